@@ -1,0 +1,1 @@
+"""grainclip.evaluate: zero-shot classification (global / descriptors / region-aware), retrieval, grounding."""

@@ -1,0 +1,40 @@
+"""Turn a user's mistake into one readable line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+
+from grainclip.config.base import ConfigError
+from grainclip.images import ImageDecodeError
+from grainclip.schema import SchemaError
+
+F = TypeVar("F", bound=Callable)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SchemaError, ImageDecodeError, FileNotFoundError)
+
+
+class NotBuiltError(RuntimeError):
+    """A command whose capability is not implemented yet; says so instead of faking output."""
+
+
+def user_errors(func: F) -> F:
+    """CLI decorator: expected user errors print `error: ...` and exit 2; bugs still show a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as exc:
+            logging.getLogger("grainclip").debug("user error", exc_info=True)
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        except NotBuiltError as exc:
+            typer.secho(f"not built yet: {exc}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(3) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,86 @@
+"""Decode the images a real crawl contains into RGB PIL images, or say exactly why not.
+
+Every stage decodes through `decode_image` so the rules are the same everywhere: EXIF rotation applied,
+CMYK / 16-bit / palette / alpha converted to RGB (alpha composited on white), first frame of animations,
+and a pixel limit checked from the header BEFORE the pixels are decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; far above any training resolution
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a usable image; the message says why (recorded as status decode_failed)."""
+
+
+def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    if not data:
+        raise ImageDecodeError("empty image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+                )
+            if width < 1 or height < 1:
+                raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+            image.seek(0)
+            image.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"not a readable image: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency composited on white, 16-bit scaled to 8-bit."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def encode_image(image: Image.Image, format: str = "PNG", quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **({"quality": quality} if format.upper() == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def load_image_bytes(image: bytes | None, image_uri: str | None) -> bytes:
+    """The encoded bytes of a row: inline bytes win; otherwise read a local path or file:// URI."""
+    if image:
+        return image
+    if not image_uri:
+        raise ImageDecodeError("row has neither image bytes nor image_uri")
+    path = Path(image_uri.removeprefix("file://"))
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"image file not found: {image_uri}") from None
+    except PermissionError:
+        raise ImageDecodeError(f"image file not readable (permission denied): {image_uri}") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"image_uri is a directory: {image_uri}") from None

@@ -1,0 +1,9 @@
+"""Shared fixtures. Tiny offline models are built once per machine into a cache (see grainclip.testing)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

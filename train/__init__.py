@@ -1,0 +1,1 @@
+"""grainclip.train: the GRAIN model on an open_clip backbone, its three losses, data loading and trainer."""
