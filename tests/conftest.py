@@ -1,9 +1,38 @@
-"""Shared fixtures. Tiny offline models are built once per machine into a cache (see grainclip.testing)."""
+"""Shared fixtures. Tiny offline models and a small PartsWorld set are built once per test session.
+
+Tiny models are cached under $GRAINCLIP_CACHE (default: <repo>/.cache) so a second run reuses them; a fresh
+clone builds them from seeds, without network.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """name -> folder of each tiny offline model (llm, vlm, grounding-dino, owlv2, groundingdino-py, clip)."""
+    from grainclip.testing import build_tiny_models, default_cache_dir
+
+    return build_tiny_models(default_cache_dir() / "tiny-models")
+
+
+@pytest.fixture(scope="session")
+def partsworld_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small PartsWorld dataset (64 train images, 64 px), shared read-only by all tests."""
+    from grainclip.partsworld import generate
+
+    out = tmp_path_factory.mktemp("partsworld")
+    generate(out, n=64, n_test=32, seed=0, image_size=64)
+    return out
