@@ -39,7 +39,9 @@ def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
             image.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image is over the limit of {max_pixels} pixels: {exc}") from None
+    except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"not a readable image: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None

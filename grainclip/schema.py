@@ -169,10 +169,11 @@ def region_problem(region: dict) -> str | None:
         return f"box must have 4 numbers, got {box!r}"
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
         return f"box has a non-finite value {list(box)}"
+    shown = [round(v, 4) for v in box]
     if not all(0.0 <= v <= 1.0 for v in box):
-        return f"box {list(box)} is outside [0, 1] (boxes are normalised xyxy)"
+        return f"box {shown} is outside [0, 1] (boxes are normalised xyxy)"
     if box[0] > box[2] or box[1] > box[3]:
-        return f"box {list(box)} has x1 > x2 or y1 > y2"
+        return f"box {shown} has x1 > x2 or y1 > y2"
     if score is None or not math.isfinite(score):
         return f"score {score!r} is not a finite number"
     return None
