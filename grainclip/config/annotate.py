@@ -1,3 +1,83 @@
-"""Config models for annotate runs (owned by the annotate domain; plain data, no heavy imports)."""
+"""Config models for the annotators: which describer (LLM) and grounder (detector) run, and how.
+
+`name` selects a plugin from the `grainclip.describers` / `grainclip.grounders` entry-point groups, so swapping
+the LLM is a change of `name`/`model` in YAML. Knobs every backend shares are typed fields here; knobs only one
+backend understands go in `options`, which that backend validates with its own model (see e.g.
+`grainclip.annotate.describers.openai_compat.OpenAIOptions`) so a typo there is an error too.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from grainclip.config.base import ConfigModel
+
+
+class SamplingConfig(ConfigModel):
+    """LLM sampling. Greedy by default: annotations should be reproducible run to run."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, gt=0, description="Room for a caption plus max_descriptions items as JSON.")
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    seed: int | None = 0
+
+
+class EngineConfig(ConfigModel):
+    """vLLM engine arguments (the `vllm` describer only). `extra` is passed through to `vllm.LLM` verbatim."""
+
+    tensor_parallel_size: int = Field(1, gt=0)
+    max_model_len: int | None = Field(4096, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    max_num_seqs: int | None = Field(None, gt=0)
+    trust_remote_code: bool = False
+    seed: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class DescriberConfig(ConfigModel):
+    """Which LLM writes the improved caption and the short visual descriptions of an image."""
+
+    name: str = Field("partsworld", description="Plugin name in the grainclip.describers entry-point group.")
+    model: str | None = Field(None, description="Model id or local folder (None for the simulated describer).")
+    batch_size: int = Field(16, gt=0, description="Requests per engine call; callers may pass any number.")
+    prompt: str = Field("grain-v1", description="Name of a versioned prompt template (grainclip.annotate.prompts).")
+    max_descriptions: int = Field(5, gt=0, le=64)
+    max_description_chars: int = Field(100, gt=0, description="Longer items are dropped (see parsing.py).")
+    max_caption_chars: int = Field(400, gt=0, description="Longer captions are cut at a word boundary.")
+    structured_output: bool = Field(True, description="Constrain decoding to the JSON schema where supported.")
+    multimodal: bool | None = Field(
+        None, description="Send the image to the model. None: detect from the model (vllm, hf); openai needs it set."
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific knobs.")
+
+    @model_validator(mode="after")
+    def _model_required_for_real_backends(self) -> DescriberConfig:
+        if self.model is None and self.name in ("vllm", "openai", "hf"):
+            raise ValueError(f"describer {self.name!r} needs `model` (a model id or a local folder)")
+        return self
+
+
+class GrounderConfig(ConfigModel):
+    """Which open-vocabulary detector localises each description, and which boxes are kept.
+
+    Paper defaults: keep boxes scoring above 0.3, NMS per description, at most 5 regions per image.
+    """
+
+    name: str = Field("partsworld", description="Plugin name in the grainclip.grounders entry-point group.")
+    model: str | None = Field(None, description="Checkpoint id or local folder; None: the backend's default.")
+    box_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep boxes with score strictly above this.")
+    text_threshold: float = Field(
+        0.25, ge=0.0, le=1.0, description="Grounding DINO: tokens above this form the phrase a box is assigned by."
+    )
+    nms_iou: float = Field(0.5, ge=0.0, le=1.0, description="Per-description NMS IoU threshold.")
+    max_regions: int = Field(5, gt=0, description="Top-k regions per image by score.")
+    batch_size: int = Field(8, gt=0, description="Images per detector forward.")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific knobs.")

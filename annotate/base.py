@@ -1,0 +1,116 @@
+"""The two annotator interfaces every backend implements and every caller (Ray stage, notebook) uses.
+
+An annotator is stateful: it loads its model once in `__init__` and then serves many batches. `describe` /
+`ground` take a batch and return a result per request, same length and order. A problem with one row (an
+unparseable answer, a detector error on one image) becomes that row's status and error; only a broken
+backend (dead engine, out of memory) raises, so the caller's retry machinery (Ray restarting the actor)
+can take over.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from grainclip.annotate.types import DescribeRequest, Description, Grounding, GroundRequest
+from grainclip.config.annotate import DescriberConfig, GrounderConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def map_isolating_failures(
+    items: Sequence[T],
+    run_batch: Callable[[Sequence[T]], list[R]],
+    on_failure: Callable[[T, Exception], R],
+    fatal: tuple[type[BaseException], ...] = (),
+) -> list[R]:
+    """Run a whole batch; if it raises, rerun row by row so one bad row cannot take its neighbours down.
+
+    Exceptions in `fatal` (a dead engine, out of memory) propagate: the backend itself is broken.
+    """
+    try:
+        return run_batch(items)
+    except fatal:
+        raise
+    except Exception as batch_error:
+        if len(items) == 1:
+            return [on_failure(items[0], batch_error)]
+        log.warning("batch of %d failed (%s); retrying row by row", len(items), batch_error)
+    results: list[R] = []
+    for item in items:
+        try:
+            results.extend(run_batch([item]))
+        except fatal:
+            raise
+        except Exception as row_error:
+            results.append(on_failure(item, row_error))
+    return results
+
+
+class Describer(ABC):
+    """Turns images (and/or their alt-text) into an improved caption and short visual descriptions."""
+
+    #: True for annotators that read ground truth instead of running a model (labelled in every manifest).
+    simulated: ClassVar[bool] = False
+    #: Ray runtime_env the backend needs (None: the main environment); callers running it in Ray apply it.
+    runtime_env: ClassVar[dict[str, Any] | None] = None
+
+    def __init__(self, config: DescriberConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def describe(self, requests: Sequence[DescribeRequest]) -> list[Description]:
+        """One Description per request, same order; per-row problems are statuses, never exceptions."""
+
+    def info(self) -> dict[str, Any]:
+        """What the run manifest records about this annotator (never secrets)."""
+        return {
+            "kind": "describer",
+            "name": self.config.name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "model": self.config.model,
+            "simulated": self.simulated,
+        }
+
+    def close(self) -> None:
+        """Release the model (engines, threads, servers). Idempotent."""
+
+
+class Grounder(ABC):
+    """Localises descriptions in images as normalised boxes of the original image frame."""
+
+    simulated: ClassVar[bool] = False
+    runtime_env: ClassVar[dict[str, Any] | None] = None
+
+    def __init__(self, config: GrounderConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def ground(self, requests: Sequence[GroundRequest]) -> list[Grounding]:
+        """One Grounding per request, same order; per-row problems are statuses, never exceptions."""
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "kind": "grounder",
+            "name": self.config.name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "model": self.config.model,
+            "simulated": self.simulated,
+            "box_threshold": self.config.box_threshold,
+            "text_threshold": self.config.text_threshold,
+            "nms_iou": self.config.nms_iou,
+            "max_regions": self.config.max_regions,
+        }
+
+    def close(self) -> None:
+        """Release the model. Idempotent."""
