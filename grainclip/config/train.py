@@ -1,3 +1,149 @@
-"""Config models for train runs (owned by the train domain; plain data, no heavy imports)."""
+"""Config models for train runs (owned by the train domain; plain data, no heavy imports).
+
+Defaults are the paper's (GRAIN, arXiv 2412.04429: ViT-B/16 backbone, 6-layer decoder, d_model 512, 8 heads,
+FFN 2048, 5 region queries + 1 global query, AdamW lr 1e-3, wd 0.1, betas (0.9, 0.98)) except where the
+prototype in DESIGN.md showed a need: fixed 2D sin-cos positions on the decoder memory are on by default
+(the paper adds none; box regression did not start without them on small models).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from grainclip.config.base import ConfigModel
+
+
+class BackboneConfig(ConfigModel):
+    """The open_clip model both modes train: a built-in config name, a config JSON file, or a local-dir folder."""
+
+    model: str = Field(
+        "ViT-B-16",
+        description="open_clip config name (ViT-B-16), a path to an open_clip config JSON (registered at run "
+        "time), or a folder holding open_clip_config.json (+ weights) as open_clip's local-dir: schema reads.",
+    )
+    pretrained: Path | None = Field(None, description="Optional open_clip weights file to start from.")
+
+
+class DecoderConfig(ConfigModel):
+    """The DETR-style region decoder over the backbone's visual patch tokens (unused in `clip` mode)."""
+
+    layers: int = Field(6, gt=0)
+    d_model: int = Field(512, gt=0)
+    heads: int = Field(8, gt=0)
+    ffn_dim: int = Field(2048, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    region_queries: int = Field(5, gt=0, description="Region queries; one more (the global query) is added.")
+    memory_position: Literal["sincos", "none"] = Field(
+        "sincos", description="Fixed 2D sin-cos positions added to the decoder memory; 'none' is the paper."
+    )
+    objectness: bool = Field(
+        False,
+        description="Extra head scoring each region query as matched or not, trained with BCE, so unmatched "
+        "queries can be ignored at zero-shot time (RegionOutput.objectness). Off = the paper.",
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> DecoderConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be divisible by heads {self.heads}")
+        return self
+
+
+class LossConfig(ConfigModel):
+    """L = caption·L_ic + box·L_box + region·L_rd (+ objectness·L_obj). Matching costs follow DETR."""
+
+    caption_weight: float = Field(1.0, ge=0.0)
+    box_weight: float = Field(1.0, ge=0.0)
+    region_weight: float = Field(1.0, ge=0.0)
+    objectness_weight: float = Field(1.0, ge=0.0)
+    box_l1_weight: float = Field(1.0, ge=0.0, description="Weight of L1 inside L_box = l1·L1 + giou·(1-GIoU).")
+    box_giou_weight: float = Field(1.0, ge=0.0)
+    match_l1_cost: float = Field(5.0, ge=0.0, description="Hungarian cost = l1·L1 + giou·(-GIoU); no class cost.")
+    match_giou_cost: float = Field(2.0, ge=0.0)
+    multi_positive_captions: bool = Field(
+        True, description="Identical caption strings in the global batch count as positives of each other."
+    )
+    max_logit_scale: float = Field(100.0, gt=0.0, description="exp(logit_scale) is clamped to this after each step.")
+
+
+class DataConfig(ConfigModel):
+    """Where the annotations are and how rows become training samples."""
+
+    train: Path = Field(..., description="Annotations Parquet file or directory (grainclip annotations schema).")
+    image_size: int | None = Field(None, gt=0, description="Training resolution; default: the backbone's.")
+    llm_caption_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="Chance of training on llm_caption instead of the alt-text caption."
+    )
+    max_regions: int = Field(5, gt=0, description="Region targets kept per image (highest score first).")
+    min_region_score: float = Field(0.0, ge=0.0, le=1.0)
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = Field(False, description="Off by default: descriptions may say 'left'/'right'.")
+    min_box_pixels: float = Field(2.0, ge=0.0, description="Boxes smaller than this after augmentation are dropped.")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes (single-process runs).")
+    shuffle_row_groups: int = Field(
+        4, gt=0, description="Rows are shuffled within windows of this many Parquet row groups (memory bound)."
+    )
+    prefetch_batches: int = Field(2, gt=0)
+
+    @model_validator(mode="after")
+    def _crop_scale_ordered(self) -> DataConfig:
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        return self
+
+
+class OptimConfig(ConfigModel):
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Cosine decays to lr * min_lr_ratio.")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="Max global grad norm; null disables clipping.")
+    grad_accum_steps: int = Field(1, gt=0)
+
+
+class EvalHookConfig(ConfigModel):
+    """Periodic zero-shot evaluation through grainclip.evaluate (skipped with a log line when unavailable)."""
+
+    every: int = Field(0, ge=0, description="Steps between evaluations; 0 disables the hook.")
+    config: Path | None = Field(None, description="Evaluate config YAML handed to the evaluator's hook.")
+
+
+class TrainConfig(ConfigModel):
+    """One training run. `mode: clip` trains the plain open_clip model with the caption loss only (baseline)."""
+
+    mode: Literal["grain", "clip"] = "grain"
+    output_dir: Path = Path("runs/train")
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalHookConfig = Field(default_factory=EvalHookConfig)
+    batch_size: int = Field(128, gt=0, description="Per worker, per micro-step (the paper: 128 per GPU).")
+    steps: int = Field(1000, gt=0, description="Optimizer steps.")
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    compile: bool = False
+    grad_checkpointing: bool = False
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+    keep_checkpoints: int = Field(2, gt=0, description="Older step checkpoints are deleted beyond this many.")
+    workers: int = Field(1, gt=0, description="Ray Train workers; 1 = single process without a process group.")
+    gpu: bool = Field(False, description="One GPU per worker (Ray Train) or cuda:0 (single process).")
+    ray_address: str | None = Field(None, description="Ray cluster to attach to; None = local or embedded.")
+
+    @model_validator(mode="after")
+    def _regions_fit_queries(self) -> TrainConfig:
+        if self.mode == "grain" and self.data.max_regions > self.decoder.region_queries:
+            raise ValueError(
+                f"data.max_regions ({self.data.max_regions}) must not exceed decoder.region_queries "
+                f"({self.decoder.region_queries}): each target box needs a query to match it"
+            )
+        return self
