@@ -1,3 +1,145 @@
-"""Config models for evaluate runs (owned by the evaluate domain; plain data, no heavy imports)."""
+"""Config models for evaluate runs (owned by the evaluate domain; plain data, no heavy imports).
+
+An evaluate run crosses a list of models with a list of datasets. Each dataset names the tasks it is used
+for; each task needs something of the data (class labels, captions, or annotated regions) and the run says
+clearly when it is missing. Example::
+
+    out: runs/eval
+    models:
+      - {label: grain, type: checkpoint, path: runs/train/grain/export}
+      - {label: clip, type: open_clip, name: ViT-B-16, pretrained: /weights/clip.pt}
+    datasets:
+      - {name: novel, type: partsworld, root: data/partsworld, split: test_novel,
+         tasks: [classification, grounding]}
+      - {name: pets, type: imagefolder, root: /data/pets/test, classnames: /data/pets/classes.txt,
+         descriptors: /data/pets/descriptors.json}
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from grainclip.config.base import ConfigModel
+
+Mode = Literal["global", "global+descriptors", "grain"]
+Task = Literal["classification", "retrieval", "grounding"]
+MODES: tuple[Mode, ...] = ("global", "global+descriptors", "grain")
+
+
+class OpenClipModel(ConfigModel):
+    """A plain open_clip model: a built-in config name or a JSON config file, random or with weights."""
+
+    type: Literal["open_clip"]
+    label: str = Field(min_length=1, description="Name of this model in the report.")
+    name: str = Field(min_length=1, description="open_clip config name (ViT-B-16) or path to a JSON config.")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or weights file; None = random.")
+
+
+class CheckpointModel(ConfigModel):
+    """A model exported by `grainclip train` (GRAIN, or its `clip` baseline), loaded by grainclip.train."""
+
+    type: Literal["checkpoint"]
+    label: str = Field(min_length=1)
+    path: Path
+
+
+ModelSpec = Annotated[OpenClipModel | CheckpointModel, Field(discriminator="type")]
+
+
+class _DatasetBase(ConfigModel):
+    name: str = Field(min_length=1, description="Name of this split in the report.")
+    tasks: list[Task] = Field(default_factory=lambda: ["classification"], min_length=1)
+    descriptors: Path | None = Field(
+        None, description="Menon & Vondrick JSON {class name: [descriptor, ...]} covering exactly the classes."
+    )
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N images (smoke runs).")
+
+
+class ImageFolderDataset(_DatasetBase):
+    """root/<class folder>/<image files>; the class-name file fixes order and display names."""
+
+    type: Literal["imagefolder"]
+    root: Path
+    classnames: Path | None = Field(
+        None,
+        description="Text file, one class per line in label order: `folder<TAB>class name` or `folder`. "
+        "Default: sorted folder names, underscores read as spaces.",
+    )
+
+
+class ParquetDataset(_DatasetBase):
+    """A Parquet file or folder in the images or annotations schema (grainclip.schema)."""
+
+    type: Literal["parquet"]
+    path: Path
+    label_column: str = Field("class_name", description="Column holding each image's class name.")
+    classnames: Path | None = Field(
+        None, description="Text file, one class name per line in label order. Default: sorted distinct labels."
+    )
+    caption_column: Literal["caption", "llm_caption"] = "caption"
+
+
+class PartsWorldDataset(_DatasetBase):
+    """A split of a PartsWorld folder written by `grainclip synth`: classes and descriptors come with it."""
+
+    type: Literal["partsworld"]
+    root: Path
+    split: str = Field("test_novel", description="Split folder under root, e.g. test_seen or test_novel.")
+    caption_column: Literal["caption", "llm_caption"] = "caption"
+
+
+DatasetSpec = Annotated[ImageFolderDataset | ParquetDataset | PartsWorldDataset, Field(discriminator="type")]
+
+
+class ScoringConfig(ConfigModel):
+    """How class scores are formed. See grainclip.evaluate.scoring for the reasoning behind the defaults."""
+
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="grain = alpha*global + (1-alpha)*region.")
+    alpha_sweep: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [round(i / 10, 1) for i in range(11)],
+        description="Alphas reported as a curve (chosen on the evaluation set itself: optimistic).",
+    )
+    grain_global: Literal["global", "global+descriptors"] = Field(
+        "global+descriptors", description="Which global score the grain mode mixes with the region score."
+    )
+    standardize: Literal["split", "none"] = Field(
+        "split",
+        description="`split`: centre each image's scores over classes and divide by that spread pooled over "
+        "the split, for global and region scores separately, before mixing. `none`: the paper's plain formula.",
+    )
+    objectness_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Regions below it are ignored (models with an objectness head)."
+    )
+
+
+class EvaluateConfig(ConfigModel):
+    out: Path = Field(Path("runs/evaluate"), description="Folder for results.json, results.md and plots.")
+    models: list[ModelSpec] = Field(min_length=1)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
+    templates: Path | None = Field(
+        None, description="Text file, one prompt template per line with `{}` for the class name. Default set if None."
+    )
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    batch_size: int = Field(64, gt=0)
+    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding and preprocessing images.")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    grid_images: int = Field(8, ge=0, description="Images drawn with their predicted regions, per region model.")
+    progress: bool = True
+
+    @field_validator("modes")
+    @classmethod
+    def _unique_modes(cls, modes: list[Mode]) -> list[Mode]:
+        return list(dict.fromkeys(modes))
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvaluateConfig:
+        for what, names in (("model label", [m.label for m in self.models]), ("dataset name", [d.name for d in self.datasets])):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"each {what} must be unique; repeated: {duplicates}")
+        return self

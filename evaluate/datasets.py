@@ -1,0 +1,383 @@
+"""Evaluation splits: where the images are, their labels, captions and regions, and the class list.
+
+Three layouts become one `EvalSplit`:
+
+* ImageFolder: root/<class folder>/<image>. A class file fixes label order and display names.
+* Parquet in the images or annotations schema (grainclip.schema), with a class-name column for
+  classification, captions for retrieval and `regions` for grounding.
+* A PartsWorld split (`grainclip synth`): DIR/<split>/{images,truth}/*.parquet, DIR/classes.json and
+  DIR/descriptors.json.
+
+Class order is always explicit and checked: class files must match the folders or labels present, and a
+descriptor file must cover exactly the split's classes; a mismatch is an error that names the classes.
+
+Images are streamed: a torch DataLoader with worker processes reads, decodes and preprocesses them, so
+memory does not grow with the split. Every sample carries its row index; a row whose image cannot be
+decoded comes back as an error record (counted in the results), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from grainclip.config.base import ConfigError
+from grainclip.config.evaluate import DatasetSpec, ImageFolderDataset, ParquetDataset, PartsWorldDataset
+from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
+from grainclip.schema import parquet_files
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+# --------------------------------------------------------------------------------------------------- classes
+def read_class_file(path: Path) -> list[tuple[str, str]]:
+    """(key, display name) per line, in label order. `key<TAB>name`, or `key` alone (underscores as spaces)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"class-name file not found: {path}") from None
+    entries = []
+    for line in lines:
+        if not line.strip():
+            continue
+        key, _, name = line.partition("\t")
+        key = key.strip()
+        entries.append((key, name.strip() or key.replace("_", " ")))
+    if not entries:
+        raise ConfigError(f"class-name file {path} lists no classes")
+    for what, values in (("key", [k for k, _ in entries]), ("class name", [n for _, n in entries])):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"class-name file {path}: repeated {what}(s) {repeated}")
+    return entries
+
+
+def check_same_classes(expected: Sequence[str], found: Sequence[str], expected_from: str, found_from: str) -> None:
+    """Raise ConfigError naming the classes one side has and the other lacks."""
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing from {found_from}: {missing}")
+        if extra:
+            parts.append(f"in {found_from} but not in {expected_from}: {extra}")
+        raise ConfigError(f"classes of {found_from} do not match {expected_from}; " + "; ".join(parts))
+
+
+def read_descriptors(path: Path, classnames: Sequence[str], subset: bool = False) -> dict[str, list[str]]:
+    """Menon & Vondrick JSON {class: [descriptor, ...]} for exactly `classnames`, in their order.
+
+    `subset=True` lets the file hold more classes than the split (PartsWorld writes one file for all splits).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"descriptor file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"descriptor file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"descriptor file {path} must map class names to lists of descriptors")
+    keys = [k for k in data if k in classnames] if subset else list(data)
+    check_same_classes(classnames, keys, "the dataset's classes", f"descriptor file {path}")
+    descriptors = {}
+    for name in classnames:
+        values = data[name]
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+            raise ConfigError(f"descriptor file {path}: class {name!r} needs a non-empty list of non-empty strings")
+        descriptors[name] = [v.strip() for v in values]
+    return descriptors
+
+
+# ----------------------------------------------------------------------------------------------- the samples
+def make_sample(
+    index: int,
+    data: bytes | None,
+    uri: str | None,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    keep_image: bool,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Decode and preprocess one row; a bad image becomes {'index', 'error', ...} instead of an exception."""
+    try:
+        raw = load_image_bytes(data, uri)
+        image = decode_image(raw)
+    except ImageDecodeError as exc:
+        return {"index": index, "error": str(exc), **fields}
+    return {
+        "index": index,
+        "pixels": preprocess(image),
+        "size": image.size,
+        "image": image if keep_image else None,
+        **fields,
+    }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the decodable samples; keep the failures as (index, image_id, reason) records."""
+    import torch
+
+    good = [s for s in samples if "error" not in s]
+    batch: dict[str, Any] = {
+        "errors": [(s["index"], s.get("image_id"), s["error"]) for s in samples if "error" in s],
+        "index": torch.tensor([s["index"] for s in good], dtype=torch.long),
+        "pixels": torch.stack([s["pixels"] for s in good]) if good else None,
+    }
+    for key in ("size", "image", "label", "caption", "regions", "image_id"):
+        batch[key] = [s.get(key) for s in good]
+    return batch
+
+
+class FolderImages:
+    """Map-style torch dataset over (path, label) pairs; nothing is read until an item is asked for."""
+
+    def __init__(self, items: Sequence[tuple[Path, int]], preprocess: Callable, keep_images: int = 0) -> None:
+        self.items, self.preprocess, self.keep_images = list(items), preprocess, keep_images
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.items[index]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return {"index": index, "error": f"cannot read {path}: {exc}", "image_id": str(path)}
+        return make_sample(index, data, None, self.preprocess, index < self.keep_images, label=label, image_id=str(path))
+
+
+@dataclass
+class RowGroup:
+    """One Parquet row group and the split-wide index of its first row."""
+
+    file: Path
+    group: int
+    start: int
+    rows: int
+
+
+class ParquetImages:
+    """Iterable torch dataset streaming Parquet row groups, dealt round-robin to DataLoader workers."""
+
+    def __init__(
+        self,
+        groups: Sequence[RowGroup],
+        preprocess: Callable,
+        label_column: str | None,
+        class_index: dict[str, int] | None,
+        caption_column: str | None,
+        with_regions: bool,
+        keep_images: int = 0,
+        batch_rows: int = 64,
+    ) -> None:
+        self.groups = list(groups)
+        self.preprocess = preprocess
+        self.label_column, self.class_index = label_column, class_index
+        self.caption_column, self.with_regions = caption_column, with_regions
+        self.keep_images, self.batch_rows = keep_images, batch_rows
+
+    def __len__(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    def _columns(self, schema: pa.Schema) -> list[str]:
+        wanted = ["image_id", "image", "image_uri", self.label_column, self.caption_column]
+        wanted += ["regions"] if self.with_regions else []
+        return [c for c in wanted if c and c in schema.names]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        mine = self.groups[info.id :: info.num_workers] if info else self.groups
+        for group in mine:
+            parquet = pq.ParquetFile(group.file)
+            index = group.start
+            for batch in parquet.iter_batches(self.batch_rows, row_groups=[group.group], columns=self._columns(parquet.schema_arrow)):
+                for row in batch.to_pylist()[: group.start + group.rows - index]:
+                    yield self._sample(index, row)
+                    index += 1
+                if index >= group.start + group.rows:
+                    break
+
+    def _sample(self, index: int, row: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {"image_id": row.get("image_id")}
+        if self.label_column:
+            fields["label"] = self.class_index[row[self.label_column]]
+        if self.caption_column:
+            fields["caption"] = row.get(self.caption_column)
+        if self.with_regions:
+            fields["regions"] = [(r["text"], r["box"]) for r in row.get("regions") or []]
+        return make_sample(index, row.get("image"), row.get("image_uri"), self.preprocess, index < self.keep_images, **fields)
+
+
+# ------------------------------------------------------------------------------------------------ the splits
+@dataclass
+class EvalSplit:
+    """One evaluation split: what it can be used for, and a factory for its streaming torch dataset."""
+
+    name: str
+    size: int
+    classnames: list[str] | None = None
+    descriptors: dict[str, list[str]] | None = None
+    has_captions: bool = False
+    has_regions: bool = False
+    make_dataset: Callable[..., Any] = field(repr=False, default=None)  # (preprocess, tasks, keep_images) -> Dataset
+
+    def dataset(self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0):
+        return self.make_dataset(preprocess, tasks, keep_images)
+
+    def check_tasks(self, tasks: Sequence[str]) -> None:
+        needs = {"classification": ("class labels", self.classnames is not None),
+                 "retrieval": ("captions", self.has_captions),
+                 "grounding": ("annotated regions (the annotations schema)", self.has_regions)}
+        for task in tasks:
+            what, present = needs[task]
+            if not present:
+                raise ConfigError(f"dataset {self.name!r}: task {task!r} needs {what}, which this data does not have")
+
+
+def imagefolder_split(spec: ImageFolderDataset) -> EvalSplit:
+    root = Path(spec.root)
+    if not root.is_dir():
+        raise ConfigError(f"dataset {spec.name!r}: image folder not found: {root}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if spec.classnames is None:
+        entries = [(f, f.replace("_", " ")) for f in folders]
+    else:
+        entries = read_class_file(spec.classnames)
+        check_same_classes([k for k, _ in entries], folders, f"class-name file {spec.classnames}", f"folders under {root}")
+    if not entries:
+        raise ConfigError(f"dataset {spec.name!r}: no class folders under {root}")
+    items = [
+        (path, label)
+        for label, (folder, _) in enumerate(entries)
+        for path in sorted((root / folder).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ][: spec.limit]
+    if not items:
+        raise ConfigError(f"dataset {spec.name!r}: no image files ({sorted(IMAGE_SUFFIXES)}) under {root}")
+    classnames = [name for _, name in entries]
+    descriptors = read_descriptors(spec.descriptors, classnames) if spec.descriptors else None
+
+    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> FolderImages:
+        return FolderImages(items, preprocess, keep_images)
+
+    return EvalSplit(spec.name, len(items), classnames, descriptors, make_dataset=make)
+
+
+def _row_groups(path: Path, limit: int | None) -> list[RowGroup]:
+    groups, start = [], 0
+    for file in parquet_files(path):
+        metadata = pq.ParquetFile(file).metadata
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            if limit is not None:
+                rows = min(rows, limit - start)
+            if rows > 0:
+                groups.append(RowGroup(file, group, start, rows))
+                start += rows
+    return groups
+
+
+def parquet_split(
+    name: str,
+    path: Path,
+    label_column: str,
+    class_entries: list[tuple[str, str]] | None,
+    caption_column: str,
+    descriptors: Path | None,
+    limit: int | None,
+    descriptors_subset: bool = False,
+) -> EvalSplit:
+    """A split over Parquet shards; classes come from `class_entries` (key, name) or the sorted distinct labels."""
+    try:
+        files = parquet_files(path)
+    except FileNotFoundError:
+        raise ConfigError(f"dataset {name!r}: no Parquet file or folder at {path}") from None
+    if not files:
+        raise ConfigError(f"dataset {name!r}: no Parquet files under {path}")
+    schema = pq.read_schema(files[0])
+    groups = _row_groups(path, limit)
+    classnames = class_index = None
+    if label_column in schema.names:
+        labels = pa.chunked_array([pq.read_table(f, columns=[label_column]).column(0) for f in files])
+        if labels.null_count:
+            raise ConfigError(f"dataset {name!r}: {labels.null_count} row(s) have no {label_column!r}")
+        present = sorted(pc.unique(labels).to_pylist())
+        if class_entries is None:
+            class_entries = [(label, label) for label in present]
+        else:
+            unknown = sorted(set(present) - {key for key, _ in class_entries})
+            if unknown:
+                raise ConfigError(f"dataset {name!r}: labels {unknown} in column {label_column!r} are not in the class list")
+        classnames = [display for _, display in class_entries]
+        class_index = {key: i for i, (key, _) in enumerate(class_entries)}
+    has_captions = caption_column in schema.names
+    has_regions = "regions" in schema.names
+    descriptor_map = None
+    if descriptors is not None:
+        if classnames is None:
+            raise ConfigError(f"dataset {name!r}: descriptors given but the data has no {label_column!r} column")
+        descriptor_map = read_descriptors(descriptors, classnames, subset=descriptors_subset)
+
+    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> ParquetImages:
+        return ParquetImages(
+            groups,
+            preprocess,
+            label_column if "classification" in tasks else None,
+            class_index,
+            caption_column if "retrieval" in tasks else None,
+            with_regions="grounding" in tasks,
+            keep_images=keep_images,
+        )
+
+    return EvalSplit(name, sum(g.rows for g in groups), classnames, descriptor_map, has_captions, has_regions, make)
+
+
+def partsworld_split(spec: PartsWorldDataset) -> EvalSplit:
+    root = Path(spec.root)
+    split_dir = root / spec.split
+    if not split_dir.is_dir():
+        available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        raise ConfigError(f"dataset {spec.name!r}: no split {spec.split!r} under {root} (found {available})")
+    try:
+        class_lists = json.loads((root / "classes.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"dataset {spec.name!r}: {root / 'classes.json'} not found; is {root} a PartsWorld folder?") from None
+    key = spec.split.removeprefix("test_")
+    if key not in class_lists:
+        raise ConfigError(f"dataset {spec.name!r}: classes.json has no {key!r} list (has {sorted(class_lists)})")
+    entries = [(c, c) for c in class_lists[key]]
+    # The ground truth is in the annotations schema (image bytes carried through), so it serves every task.
+    data = split_dir / "truth" if (split_dir / "truth").is_dir() else split_dir / "images"
+    descriptors = spec.descriptors or root / "descriptors.json"
+    return parquet_split(
+        spec.name, data, "class_name", entries, spec.caption_column, descriptors, spec.limit,
+        descriptors_subset=spec.descriptors is None,
+    )
+
+
+def load_split(spec: DatasetSpec) -> EvalSplit:
+    """Resolve a dataset config into a checked split (fails early, before any model runs)."""
+    if isinstance(spec, ImageFolderDataset):
+        split = imagefolder_split(spec)
+    elif isinstance(spec, PartsWorldDataset):
+        split = partsworld_split(spec)
+    else:
+        entries = read_class_file(spec.classnames) if spec.classnames else None
+        split = parquet_split(spec.name, spec.path, spec.label_column, entries, spec.caption_column, spec.descriptors, spec.limit)
+    split.check_tasks(spec.tasks)
+    return split

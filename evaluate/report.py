@@ -1,0 +1,188 @@
+"""Write an evaluation's results: results.json, a markdown summary, and PNG plots a person can read."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: metrics that do not exist (no rows) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    runs = results["runs"]
+    lines = ["# Evaluation", "", f"Device: {results['device']}.", ""]
+    lines += ["## Models", ""]
+    lines += _table(["model", "loaded as", "kind", "region modes"], [[m["label"], m["name"], m["kind"], "yes" if m["region_modes"] else "no (global only)"] for m in results["models"]])
+    classification = [(r, c) for r in runs for c in r.get("classification", [])]
+    if classification:
+        lines += ["## Zero-shot classification", "", "Top-1 / top-5 accuracy and mean per-class recall; ties count as errors. "
+                  "Top-5 with fewer than 5 classes is top-C (always 1).", ""]
+        lines += _table(["model", "dataset", "mode", "top-1", "top-5", "mean per-class recall", "images"],
+                        [[r["model"], r["dataset"], c["mode"], c["top1"], c["top5"], c["mean_per_class_recall"], c["n_images"]] for r, c in classification])
+    sweeps = [r for r in runs if r.get("alpha_sweep")]
+    if sweeps:
+        lines += ["## grain: alpha sweep", "", "grain = alpha*global + (1-alpha)*region. The best alpha is chosen on the "
+                  "evaluation data itself, so its accuracy is optimistic; the table above uses the configured alpha.", ""]
+        rows = []
+        for r in sweeps:
+            best = max(r["alpha_sweep"], key=lambda s: s["top1"])
+            rows.append([r["model"], r["dataset"], best["alpha"], best["top1"], ", ".join(f"{s['alpha']:g}:{s['top1']:.3f}" for s in r["alpha_sweep"])])
+        lines += _table(["model", "dataset", "best alpha", "top-1 at best", "alpha:top-1"], rows)
+    retrieval = [r for r in runs if r.get("retrieval", {}).get("n_images")]
+    if retrieval:
+        keys = [k for k in retrieval[0]["retrieval"] if "R@" in k]
+        lines += ["## Retrieval", "", "Recall@K; images sharing a caption string all count as correct for it.", ""]
+        lines += _table(["model", "dataset", *keys, "images", "distinct captions"],
+                        [[r["model"], r["dataset"], *[r["retrieval"][k] for k in keys], r["retrieval"]["n_images"], r["retrieval"]["n_texts"]] for r in retrieval])
+    grounding = [r for r in runs if "grounding" in r]
+    if grounding:
+        lines += ["## Grounding", "", "For each image and annotated description, the predicted region whose embedding matches the "
+                  "description best; correct if its box has IoU >= 0.5 with a truth box of that description.", ""]
+        lines += _table(["model", "dataset", "recall@IoU0.5", "mean IoU", "descriptions"],
+                        [[r["model"], r["dataset"], r["grounding"]["recall@iou0.5"], r["grounding"]["mean_iou"], r["grounding"]["n_descriptions"]] for r in grounding])
+    notes = [f"- {r['model']} on {r['dataset']}: {u.get('mode') or u.get('task')} unavailable: {u['reason']}" for r in runs for u in r["unavailable"]]
+    notes += [f"- {r['dataset']}: {r['skipped_images']['count']} image(s) could not be decoded and were skipped "
+              f"(e.g. {r['skipped_images']['examples'][0]['reason']})" for r in runs if r["skipped_images"]["count"] and r["model"] == runs[0]["model"]]
+    if notes:
+        lines += ["## Notes", "", *notes, ""]
+    lines += ["## Speed", ""]
+    lines += _table(["model", "dataset", "images/s"], [[r["model"], r["dataset"], r["images_per_second"]] for r in runs])
+    return "\n".join(lines)
+
+
+def plot_modes(results: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars: top-1 per dataset, one bar per (model, mode)."""
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in results["runs"]))
+    series = list(dict.fromkeys((r["model"], c["mode"]) for r in results["runs"] for c in r.get("classification", [])))
+    if not series:
+        return None
+    value = {(r["model"], c["mode"], r["dataset"]): c["top1"] for r in results["runs"] for c in r.get("classification", [])}
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(datasets) * max(1, len(series) / 3)), 4.5))
+    x = np.arange(len(datasets))
+    for k, (model, mode) in enumerate(series):
+        heights = [value.get((model, mode, d), np.nan) for d in datasets]
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=f"{model} · {mode}", color=COLORS[k % len(COLORS)])
+        ax.bar_label(bars, labels=[f"{h:.2f}" if np.isfinite(h) else "" for h in heights], fontsize=7, padding=1)
+    ax.set_xticks(x, datasets)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("Zero-shot classification by scoring mode")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_alpha_sweep(results: dict[str, Any], path: Path, configured_alpha: float | None) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    sweeps = [r for r in results["runs"] if r.get("alpha_sweep")]
+    if not sweeps:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for k, r in enumerate(sweeps):
+        alphas = [s["alpha"] for s in r["alpha_sweep"]]
+        ax.plot(alphas, [s["top1"] for s in r["alpha_sweep"]], marker="o", color=COLORS[k % len(COLORS)], label=f"{r['model']} · {r['dataset']}")
+    if configured_alpha is not None:
+        ax.axvline(configured_alpha, color="grey", linestyle="--", linewidth=1, label=f"configured alpha = {configured_alpha:g}")
+    ax.set_xlabel("alpha  (0 = region only, 1 = global only)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("grain = alpha·global + (1 − alpha)·region")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_region_grid(items: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Images with their predicted regions, each labelled with its best-matching descriptor and cosine."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    columns = min(4, len(items))
+    rows = math.ceil(len(items) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        image = item["image"]
+        ax.imshow(image)
+        width, height = image.size
+        for k, (box, text, sim) in enumerate(zip(item["boxes"], item["descriptors"], item["similarities"])):
+            color = COLORS[k % len(COLORS)]
+            x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
+            ax.text(x1, y1, f"{text} ({sim:.2f})", color="white", fontsize=7, va="bottom",
+                    bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"}, clip_on=True)
+        verdict = "✓" if item.get("prediction") == item.get("label") else "✗"
+        ax.set_title(f"true: {item.get('label')}\npred: {item.get('prediction')} {verdict}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "x"
+
+
+def write_report(results: dict[str, Any], grids: dict[tuple[str, str], list[dict]], out: str | Path) -> dict[str, Path]:
+    """results.json + results.md + plots/*.png under `out`; returns the written paths by name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    alpha = results.get("config", {}).get("scoring", {}).get("alpha")
+    for name, path in (("modes", plot_modes(results, plots / "modes.png")), ("alpha_sweep", plot_alpha_sweep(results, plots / "alpha_sweep.png", alpha))):
+        if path:
+            written[name] = path
+    for (model, dataset), items in grids.items():
+        grid_path = plots / f"regions_{_slug(model)}_{_slug(dataset)}.png"
+        written[f"regions/{model}/{dataset}"] = plot_region_grid(items, f"{model} on {dataset}: predicted regions and best-matching descriptors", grid_path)
+    results["plots"] = {name: str(path.relative_to(out)) for name, path in written.items()}
+    (out / "results.json").write_text(json.dumps(_finite(results), indent=2))
+    text = markdown(results)
+    text += "\n## Plots\n\n" + "\n".join(f"![{name}]({rel})" for name, rel in results["plots"].items()) + "\n"
+    (out / "results.md").write_text(text)
+    written["json"], written["markdown"] = out / "results.json", out / "results.md"
+    return written
