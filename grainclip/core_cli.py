@@ -16,18 +16,28 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Output directory."),
         n: int = typer.Option(1000, help="Number of training images (seen classes)."),
         seed: int = typer.Option(0, help="Random seed; output is deterministic per seed."),
+        n_test: int | None = typer.Option(None, help="Images per test split (test_seen, test_novel); default n // 4."),
+        image_size: int = typer.Option(224, help="Image width and height in pixels."),
     ) -> None:
         """Generate the built-in PartsWorld dataset (images, ground truth, class splits, descriptors)."""
-        raise NotBuiltError("synth (PartsWorld generator)")
+        from grainclip.partsworld import generate
+
+        paths = generate(out, n=n, seed=seed, n_test=n_test, image_size=image_size)
+        typer.echo(f"wrote PartsWorld to {paths.root}")
 
     @app.command()
     @user_errors
     def show(
         annotations: Path = typer.Argument(..., help="Annotations Parquet file or directory."),
         out: Path = typer.Option(..., help="Output PNG path."),
+        max_images: int = typer.Option(16, help="Show the first K rows."),
+        columns: int = typer.Option(4, help="Images per row of the grid."),
+        cell_size: int = typer.Option(256, help="Each image is scaled to fit a square of this many pixels."),
     ) -> None:
         """Render annotations (boxes and texts over images) to a PNG to look at."""
-        raise NotBuiltError("show")
+        from grainclip.show import show as render
+
+        typer.echo(f"wrote {render(annotations, out, max_images=max_images, columns=columns, cell_size=cell_size)}")
 
     @app.command("tiny-models")
     @user_errors
