@@ -18,11 +18,12 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Random seed; output is deterministic per seed."),
         n_test: int | None = typer.Option(None, help="Images per test split (test_seen, test_novel); default n // 4."),
         image_size: int = typer.Option(224, help="Image width and height in pixels."),
+        shard_rows: int = typer.Option(1000, help="Rows per Parquet shard."),
     ) -> None:
         """Generate the built-in PartsWorld dataset (images, ground truth, class splits, descriptors)."""
         from grainclip.partsworld import generate
 
-        paths = generate(out, n=n, seed=seed, n_test=n_test, image_size=image_size)
+        paths = generate(out, n=n, seed=seed, n_test=n_test, image_size=image_size, shard_rows=shard_rows)
         typer.echo(f"wrote PartsWorld to {paths.root}")
 
     @app.command()

@@ -4,8 +4,8 @@ A `Scene` holds every shape in NORMALISED image coordinates (x right, y down, bo
 (width, height) maps (u, v) to pixels (u * width, v * height), so the same scene rendered at two resolutions
 or aspect ratios has exactly the same normalised part boxes: the boxes come from the drawing geometry, not
 from the pixels. The creature is sampled in a local frame facing right and then flipped, scaled and
-placed; the parts that carry attributes are drawn last so they are never occluded and their boxes are
-tight around their visible pixels.
+placed. Crest, wings and tail are drawn last, so they are never occluded and their boxes are tight around
+their visible pixels; the body's box is its whole ellipse (the wings and tail overlap its edge a little).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from grainclip.partsworld.classes import CATALOGUE, COLOURED_PARTS, PALETTE, PARTS, RGB, CreatureClass
 
+DRAWING_ORDER = ("body", "tail", "wings", "crest")  # the coloured parts overlap the body, never each other
 Point = tuple[float, float]
 Box = tuple[float, float, float, float]
 
@@ -131,7 +132,7 @@ class Scene:
 
     def regions(self) -> list[tuple[str, Box]]:
         """(descriptor, normalised xyxy box) of every described part, independent of the render size."""
-        return [(part.text, tuple(float(np.clip(c, 0.0, 1.0)) for c in part.shape.box())) for part in self.parts]  # type: ignore[misc]
+        return [(part.text, tuple(min(max(c, 0.0), 1.0) for c in part.shape.box())) for part in self.parts]  # type: ignore[misc]
 
     def render(self, width: int, height: int) -> tuple[Image.Image, list[tuple[str, Box]]]:
         """The RGB image at (width, height) and the regions (same normalised boxes at every size)."""
@@ -139,14 +140,9 @@ class Scene:
         draw = ImageDraw.Draw(image)
         for shape in (*self.clutter, *self.decorations):
             shape.draw(draw, width, height)
-        for part in _drawing_order(self.parts):
+        for part in sorted(self.parts, key=lambda p: DRAWING_ORDER.index(p.name)):
             part.draw(image, width, height)
         return image, self.regions()
-
-
-def _drawing_order(parts: tuple[Part, ...]) -> list[Part]:
-    """Body first so the coloured parts that overlap it stay fully visible."""
-    return sorted(parts, key=lambda p: p.name != "body")
 
 
 def make_scene(class_name: str, seed: int) -> Scene:
