@@ -21,13 +21,14 @@ def select_regions(
     """Keep the boxes a GRAIN annotation should hold, best first.
 
     `boxes` (N, 4) normalised xyxy of the original image, `scores` (N,), `labels` (N,) index into `texts`.
-    Boxes are clipped to the image, degenerate ones dropped, then score > box_threshold, NMS within each
-    description, and the top `max_regions` overall.
+    Boxes are clipped to the image, degenerate ones and blank texts dropped, then score > box_threshold,
+    NMS within each description, and the top `max_regions` overall.
     """
     boxes = box_ops.clip01(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    keep = box_ops.is_valid(boxes) & np.isfinite(scores) & (scores > config.box_threshold)
+    named = np.array([bool(text.strip()) for text in texts], dtype=bool)
+    keep = box_ops.is_valid(boxes) & np.isfinite(scores) & (scores > config.box_threshold) & named[labels]
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     order = box_ops.batched_nms(boxes, scores, labels, config.nms_iou)[: config.max_regions]
     return [
