@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
+import torch.utils.data
 
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import DatasetSpec, ImageFolderDataset, ParquetDataset, PartsWorldDataset
@@ -35,7 +37,6 @@ from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
 from grainclip.schema import parquet_files
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,6 @@ def make_sample(
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the decodable samples; keep the failures as (index, image_id, reason) records."""
-    import torch
-
     good = [s for s in samples if "error" not in s]
     batch: dict[str, Any] = {
         "errors": [(s["index"], s.get("image_id"), s["error"]) for s in samples if "error" in s],
@@ -141,7 +140,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class FolderImages:
+class FolderImages(torch.utils.data.Dataset):
     """Map-style torch dataset over (path, label) pairs; nothing is read until an item is asked for."""
 
     def __init__(self, items: Sequence[tuple[Path, int]], preprocess: Callable, keep_images: int = 0) -> None:
@@ -169,7 +168,7 @@ class RowGroup:
     rows: int
 
 
-class ParquetImages:
+class ParquetImages(torch.utils.data.IterableDataset):
     """Iterable torch dataset streaming Parquet row groups, dealt round-robin to DataLoader workers."""
 
     def __init__(
@@ -198,8 +197,6 @@ class ParquetImages:
         return [c for c in wanted if c and c in schema.names]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        import torch.utils.data
-
         info = torch.utils.data.get_worker_info()
         mine = self.groups[info.id :: info.num_workers] if info else self.groups
         for group in mine:

@@ -25,15 +25,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def open_clip_model_name(name: str) -> str:
-    """A built-in open_clip name as is; a JSON config file (or a folder holding one) is registered first."""
+    """The name open_clip's factory reads: a built-in name as is, a JSON config registered under its stem, or a
+    folder in open_clip's local-dir layout (open_clip_config.json + weights, as grainclip exports backbones)."""
     import open_clip
 
-    path = Path(name)
-    if path.is_dir():
-        candidates = sorted(path.glob("*.json"))
-        if len(candidates) != 1:
-            raise ConfigError(f"open_clip model folder {path} must hold exactly one JSON config, found {[c.name for c in candidates]}")
-        path = candidates[0]
+    path = Path(name).expanduser()
     if path.suffix == ".json":
         if not path.is_file():
             raise ConfigError(f"open_clip model config not found: {path}")
@@ -42,8 +38,12 @@ def open_clip_model_name(name: str) -> str:
             raise ConfigError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
         open_clip.add_model_config(path)
         return path.stem
-    if name not in open_clip.list_models():
-        raise ConfigError(f"unknown open_clip model {name!r}: give a built-in name or a path to a JSON config")
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise ConfigError(f"open_clip model folder {path} has no open_clip_config.json")
+        return f"local-dir:{path}"
+    if open_clip.get_model_config(name) is None:
+        raise ConfigError(f"unknown open_clip model {name!r}: give a built-in name, a JSON config or a local-dir folder")
     return name
 
 

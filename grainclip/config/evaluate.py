@@ -30,11 +30,15 @@ MODES: tuple[Mode, ...] = ("global", "global+descriptors", "grain")
 
 
 class OpenClipModel(ConfigModel):
-    """A plain open_clip model: a built-in config name or a JSON config file, random or with weights."""
+    """A plain open_clip model: a built-in config name, a JSON config file or a local-dir folder."""
 
     type: Literal["open_clip"]
     label: str = Field(min_length=1, description="Name of this model in the report.")
-    name: str = Field(min_length=1, description="open_clip config name (ViT-B-16) or path to a JSON config.")
+    name: str = Field(
+        min_length=1,
+        description="open_clip config name (ViT-B-16), a path to a JSON config, or a folder holding "
+        "open_clip_config.json + weights (open_clip's local-dir layout).",
+    )
     pretrained: str | None = Field(None, description="open_clip pretrained tag or weights file; None = random.")
 
 
