@@ -161,7 +161,8 @@ def class_labels(split: str, count: int, seed: int) -> list[CreatureClass]:
 def _shard_tables(
     split: str, rows: range, labels: list[CreatureClass], seed: int, image_size: int
 ) -> tuple[pa.Table, pa.Table]:
-    columns: dict[str, list] = {key: [] for key in ("image_id", "image", "caption", "class_name", "llm_caption", "descriptions", "regions")}
+    keys = ("image_id", "image", "caption", "class_name", "llm_caption", "descriptions", "regions")
+    columns: dict[str, list] = {key: [] for key in keys}
     for index in rows:
         creature = labels[index]
         scene = sample_scene(np.random.default_rng([seed, _SPLIT_CODES[split], index]), creature)

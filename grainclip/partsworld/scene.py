@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from grainclip.boxes import clip01
 from grainclip.partsworld.classes import CATALOGUE, COLOURED_PARTS, PALETTE, PARTS, RGB, CreatureClass
 
 DRAWING_ORDER = ("body", "tail", "wings", "crest")  # the coloured parts overlap the body, never each other
@@ -133,7 +134,7 @@ class Scene:
 
     def regions(self) -> list[tuple[str, Box]]:
         """(descriptor, normalised xyxy box) of every described part, independent of the render size."""
-        return [(part.text, tuple(min(max(c, 0.0), 1.0) for c in part.shape.box())) for part in self.parts]  # type: ignore[misc]
+        return [(part.text, tuple(float(c) for c in clip01(part.shape.box()))) for part in self.parts]  # type: ignore[misc]
 
     def render(self, width: int, height: int) -> tuple[Image.Image, list[tuple[str, Box]]]:
         """The RGB image at (width, height) and the regions (same normalised boxes at every size)."""
@@ -160,7 +161,9 @@ def sample_scene(rng: np.random.Generator, creature: CreatureClass) -> Scene:
     """Draw the nuisances (placement, size, flip, pose jitter, body colour, background, clutter) for one image."""
     background = _sample_background(rng)
     bright = float(np.mean(background.colours)) > 150
-    body_colour = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.3), rng.uniform(0.3, 0.45) if bright else rng.uniform(0.75, 0.9))
+    # A neutral body that contrasts with the background: dark on bright backgrounds, pale on dark ones.
+    value = rng.uniform(0.3, 0.45) if bright else rng.uniform(0.75, 0.9)
+    body_colour = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.3), value)
     size = rng.uniform(0.55, 0.95)
     frame = _Frame(
         left=rng.uniform(0.0, 1.0 - size), top=rng.uniform(0.0, 1.0 - size), size=size, flip=bool(rng.random() < 0.5)
