@@ -37,10 +37,11 @@ BACKBONE_WEIGHTS = "open_clip_model.safetensors"
 FORMAT = "grainclip.model/1"
 
 
-def build_model(kind: str, backbone: Backbone, decoder: DecoderConfig) -> ClipModel:
+def build_model(kind: str, backbone: torch.nn.Module, decoder: DecoderConfig, embed_dim: int) -> ClipModel:
+    """The trainable model of a mode around an open_clip model (`clip` ignores the decoder config)."""
     if kind == "clip":
-        return ClipModel(backbone.model)
-    return GrainModel(backbone.model, decoder, embed_dim=int(backbone.model_cfg["embed_dim"]))
+        return ClipModel(backbone)
+    return GrainModel(backbone, decoder, embed_dim=embed_dim)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -102,6 +103,18 @@ def read_model_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+def load_weights(model: ClipModel, path: str | Path, backbone_loaded: bool = False) -> None:
+    """Load a model folder's weights into a model of the same architecture (strict: every key must fit)."""
+    path = Path(path)
+    if not backbone_loaded:
+        model.backbone.load_state_dict(load_file(path / BACKBONE_DIR / BACKBONE_WEIGHTS))
+    if isinstance(model, GrainModel):
+        missing, unexpected = model.load_state_dict(load_file(path / HEADS_WEIGHTS), strict=False)
+        missing = [key for key in missing if not key.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"{path / HEADS_WEIGHTS} does not fit the model: missing {missing}, unexpected {unexpected}")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load an exported model or a training checkpoint folder for inference (eval mode, on `device`).
 
@@ -113,15 +126,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     source = f"{LOCAL_DIR}{path / BACKBONE_DIR}"
     backbone_model = open_clip.create_model(source)
     preprocess_cfg = open_clip.get_model_preprocess_cfg(backbone_model)
-    model: ClipModel
-    if spec["kind"] == "grain":
-        model = GrainModel(backbone_model, DecoderConfig(**spec["decoder"]), embed_dim=spec["embed_dim"])
-        missing, unexpected = model.load_state_dict(load_file(path / HEADS_WEIGHTS), strict=False)
-        missing = [key for key in missing if not key.startswith("backbone.")]
-        if missing or unexpected:
-            raise ValueError(f"{path / HEADS_WEIGHTS} does not fit the model: missing {missing}, unexpected {unexpected}")
-    else:
-        model = ClipModel(backbone_model)
+    decoder = DecoderConfig(**spec["decoder"]) if spec["kind"] == "grain" else DecoderConfig()
+    model = build_model(spec["kind"], backbone_model, decoder, spec["embed_dim"])
+    load_weights(model, path, backbone_loaded=True)
     model.to(device).eval()
     preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
     return LoadedModel(

@@ -151,7 +151,11 @@ class GrainModel(ClipModel):
             "logit_scale": self.logit_scale.exp(),
         }
         if description_tokens is not None:
-            out["description_embeds"] = self.encode_text(description_tokens, normalize=True)
+            out["description_embeds"] = (
+                self.encode_text(description_tokens, normalize=True)
+                if len(description_tokens)
+                else out["caption_embeds"].new_zeros(0, out["caption_embeds"].shape[1])
+            )
         if self.objectness_head is not None:
             out["objectness_logits"] = self.objectness_head(regions).squeeze(-1)
         return out

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from grainclip.config.base import ConfigModel
+from grainclip.config.evaluate import DatasetSpec, Mode
 
 
 class BackboneConfig(ConfigModel):
@@ -109,10 +110,11 @@ class OptimConfig(ConfigModel):
 
 
 class EvalHookConfig(ConfigModel):
-    """Periodic zero-shot evaluation through grainclip.evaluate (skipped with a log line when unavailable)."""
+    """Periodic zero-shot evaluation via grainclip.evaluate.zero_shot_accuracy (skipped, logged, if unavailable)."""
 
     every: int = Field(0, ge=0, description="Steps between evaluations; 0 disables the hook.")
-    config: Path | None = Field(None, description="Evaluate config YAML handed to the evaluator's hook.")
+    datasets: list[DatasetSpec] = Field(default_factory=list, description="Splits to classify (evaluate config).")
+    modes: list[Mode] = Field(default_factory=lambda: ["global"], min_length=1)
 
 
 class TrainConfig(ConfigModel):
