@@ -10,7 +10,8 @@ yields that loss's gradient:
   batch (all-reduced, at least 1) and multiplied by the world size.
 
 Identical caption strings in a batch are positives of each other (multi-positive InfoNCE): with few distinct
-captions (PartsWorld: class names) plain InfoNCE would push an image away from its own caption's twins.
+captions (PartsWorld: class names) plain InfoNCE cannot fall below log(copies) and keeps pushing an image
+away from its own caption's twins.
 Descriptions are compared by identity too: L_rd classifies each matched region among the DISTINCT
 descriptions of the global batch.
 """
@@ -40,9 +41,17 @@ def contrastive_loss(
         labels = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
     ids = distributed.gather(text_ids)
-    positives = (ids[:, None] == ids[None, :]).to(logits.dtype)
-    targets = positives / positives.sum(dim=1, keepdim=True)  # symmetric: rows of image->text and text->image
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    positive = ids[:, None] == ids[None, :]  # symmetric, so it serves both directions
+    return (positives_loss(logits, positive) + positives_loss(logits.T, positive)) / 2
+
+
+def positives_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of −log(softmax probability mass on the row's positives).
+
+    Identical strings have identical embeddings, so a soft-target cross-entropy (uniform over the twins)
+    would equal plain InfoNCE, floor of log(k) included; summing the twins' probability removes that floor.
+    """
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(logits.masked_fill(~positive, -torch.inf), dim=1)).mean()
 
 
 def global_target_count(target_mask: torch.Tensor) -> torch.Tensor:
