@@ -131,30 +131,40 @@ def plot_alpha_sweep(results: dict[str, Any], path: Path, configured_alpha: floa
 
 
 def plot_region_grid(items: list[dict[str, Any]], title: str, path: Path) -> Path:
-    """Images with their predicted regions, each labelled with its best-matching descriptor and cosine."""
+    """Images with their predicted regions; under each image, every region's best-matching descriptor and cosine.
+
+    The descriptors are listed below the image, numbered like their boxes, rather than written on the boxes,
+    so overlapping regions stay readable.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     columns = min(4, len(items))
     rows = math.ceil(len(items) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows), squeeze=False)
-    for ax in axes.flat:
+    most_regions = max(len(item["boxes"]) for item in items)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, (3.9 + 0.16 * most_regions) * rows), squeeze=False)
+    for ax in axes.flat[len(items):]:
         ax.axis("off")
     for ax, item in zip(axes.flat, items):
         image = item["image"]
         ax.imshow(image)
+        ax.set_xticks([])
+        ax.set_yticks([])
         width, height = image.size
+        lines = []
         for k, (box, text, sim) in enumerate(zip(item["boxes"], item["descriptors"], item["similarities"])):
             color = COLORS[k % len(COLORS)]
             x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
-            ax.text(x1, y1, f"{text} ({sim:.2f})", color="white", fontsize=7, va="bottom",
-                    bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"}, clip_on=True)
-        verdict = "✓" if item.get("prediction") == item.get("label") else "✗"
-        ax.set_title(f"true: {item.get('label')}\npred: {item.get('prediction')} {verdict}", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            ax.text(x1, y1, str(k + 1), color="white", fontsize=7, va="top", ha="left",
+                    bbox={"facecolor": color, "pad": 1, "edgecolor": "none"}, clip_on=True)
+            lines.append(f"{k + 1}: {text}  (cos {sim:.2f})")
+        ax.set_xlabel("\n".join(lines), fontsize=8, loc="left")
+        verdict = "right" if item.get("prediction") == item.get("label") else "wrong"
+        ax.set_title(f"true: {item.get('label')}\npredicted: {item.get('prediction')} ({verdict})", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
