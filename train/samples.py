@@ -125,7 +125,10 @@ class SampleBuilder:
                 continue
             if score < self.config.min_region_score:
                 continue
-            valid.append((score, text, np.clip(np.asarray(box, dtype=np.float32), 0.0, 1.0)))
+            box = np.clip(np.asarray(box, dtype=np.float32), 0.0, 1.0)
+            if box[2] <= box[0] or box[3] <= box[1]:  # degenerate, or entirely outside the image
+                continue
+            valid.append((score, text, box))
         valid.sort(key=lambda item: -item[0])  # stable: ties keep annotation order
         kept = valid[: self.config.max_regions]
         scale = np.array([width, height, width, height], dtype=np.float32)
