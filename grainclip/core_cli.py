@@ -42,9 +42,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command("tiny-models")
     @user_errors
-    def tiny_models(out: Path = typer.Option(..., help="Output directory.")) -> None:
+    def tiny_models(
+        out: Path | None = typer.Option(
+            None, help="Output directory.", show_default="<cache>/tiny-models, which the tests use"
+        ),
+        only: str | None = typer.Option(None, help="Comma-separated subset, e.g. llm,owlv2.", show_default="all"),
+    ) -> None:
         """Build tiny random offline models (llm, vlm, grounding-dino, owlv2, groundingdino-py, clip)."""
-        raise NotBuiltError("tiny-models")
+        from rich.console import Console
+        from rich.table import Table
+
+        from grainclip.testing import TINY_MODEL_NAMES, default_tiny_models_dir, ensure_tiny_model
+
+        names = [name.strip() for name in only.split(",") if name.strip()] if only else list(TINY_MODEL_NAMES)
+        unknown = sorted(set(names) - set(TINY_MODEL_NAMES))
+        if unknown:
+            raise typer.BadParameter(f"unknown {', '.join(unknown)}; choose from {', '.join(TINY_MODEL_NAMES)}")
+        table = Table("model", "status", "seconds", title="tiny random models (for offline tests)")
+        table.add_column("folder", overflow="fold")
+        for name in names:
+            build = ensure_tiny_model(name, out or default_tiny_models_dir())
+            status = "built" if build.built else "cached"
+            table.add_row(name, status, f"{build.seconds:.1f}", str(build.path))
+        Console().print(table)
 
     @app.command()
     @user_errors
