@@ -1,3 +1,220 @@
-"""Config models for pipeline runs (owned by the pipeline domain; plain data, no heavy imports)."""
+"""Config models for annotation pipeline runs: source -> describe -> ground -> Parquet, then optional steps.
+
+A pipeline YAML names where images come from (`source`), which annotators run and how Ray places them
+(`describe`, `ground`), how output shards are written (`sink`) and where the run directory is (`output`).
+Model choices live in the annotator configs (`grainclip.config.annotate`); everything about *where and how
+fast* they run (actors, GPUs, batch size, runtime_env) lives in the stage config, so moving a run from a laptop
+to a GPU cluster never touches the annotator settings that decide the output (see `RESUME_FIELDS`).
+
+Relative paths are resolved against the current working directory when a run starts or is submitted
+(`PipelineConfig.with_absolute_paths`); the manifest records the absolute ones.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from grainclip.config.annotate import DescriberConfig, GrounderConfig
+from grainclip.config.base import ConfigModel
+
+#: The parts of a pipeline config that decide what the output rows contain. A rerun into an existing run
+#: directory must match them exactly to resume; the other fields (resources, shard size, steps) may change.
+RESUME_FIELDS: tuple[str, ...] = ("source", "describe.describer", "ground.grounder", "max_pixels")
+#: Settings inside RESUME_FIELDS that only change speed or placement, never the rows: free to change on resume.
+RESUME_IGNORED: tuple[str, ...] = (
+    "describe.describer.batch_size",
+    "describe.describer.engine.tensor_parallel_size",
+    "describe.describer.engine.gpu_memory_utilization",
+    "describe.describer.engine.enforce_eager",
+    "describe.describer.engine.max_num_seqs",
+    "ground.grounder.batch_size",
+    "ground.grounder.device",
+)
+
+
+class ParquetSource(ConfigModel):
+    """Parquet files in the `images` contract (one file, a directory of shards, or a list of either)."""
+
+    kind: Literal["parquet"]
+    path: str | list[str]
+
+
+class ImageFolderSource(ConfigModel):
+    """A folder of image files, optionally with a captions CSV.
+
+    The CSV has a `file_name` column (path relative to `path`, as in Hugging Face's imagefolder metadata), a
+    `caption` column and optionally `image_id` (default: the file name). Without a CSV every image file
+    under `path` is read, captions empty.
+    """
+
+    kind: Literal["image_folder"]
+    path: str
+    captions_csv: str | None = None
+    extensions: list[str] = Field(
+        default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+    )
+
+
+class WebDatasetSource(ConfigModel):
+    """WebDataset tar shards: each sample's key is its image_id, the first present image extension its image."""
+
+    kind: Literal["webdataset"]
+    path: str | list[str]
+    image_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    caption_extension: str = "txt"
+
+
+class PartsWorldSource(ConfigModel):
+    """A PartsWorld dataset directory (`grainclip synth`); reads `<path>/<split>/images`."""
+
+    kind: Literal["partsworld"]
+    path: str
+    split: Literal["train", "test_seen", "test_novel"] = "train"
+
+
+SourceConfig = Annotated[
+    ParquetSource | ImageFolderSource | WebDatasetSource | PartsWorldSource, Field(discriminator="kind")
+]
+
+
+class StageConfig(ConfigModel):
+    """How one model stage runs on Ray: an actor pool, resources per actor, rows per call, environment.
+
+    `batch_size` is rows per call into the stage (Ray Data batch); the annotator may split it further into
+    engine calls (its own `batch_size`). For vLLM a large stage batch lets the engine schedule many
+    sequences at once. `runtime_env` is merged over the annotator's own (e.g. groundingdino-py's pip list).
+    """
+
+    min_actors: int = Field(1, ge=1)
+    max_actors: int | None = Field(None, ge=1, description="Autoscale up to this many actors; None: min_actors.")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor.")
+    num_cpus: float = Field(1.0, ge=0.0, description="CPUs per actor.")
+    batch_size: int = Field(32, gt=0, description="Rows per call into the stage.")
+    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for this stage's actors.")
+    max_restarts: int = Field(3, ge=0, description="Crash restarts per actor before the run fails.")
+    max_task_retries: int = Field(3, ge=0, description="Retries of a batch whose actor died.")
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> StageConfig:
+        if self.max_actors is not None and self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) is below min_actors ({self.min_actors})")
+        return self
+
+
+class DescribeStageConfig(StageConfig):
+    describer: DescriberConfig = Field(default_factory=DescriberConfig)
+
+
+class GroundStageConfig(StageConfig):
+    grounder: GrounderConfig = Field(default_factory=GrounderConfig)
+
+
+class SinkConfig(ConfigModel):
+    """Output shards: at most `rows_per_shard` rows each, committed atomically one file at a time."""
+
+    rows_per_shard: int = Field(1000, gt=0)
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+
+
+class JobConfig(ConfigModel):
+    """What `grainclip pipeline submit` adds to the Ray Job (the cluster must have grainclip installed)."""
+
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="Job-level runtime_env (pip, env_vars, ...); working_dir is set by submit."
+    )
+    entrypoint_num_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved for the job's driver.")
+
+
+class TrainStep(ConfigModel):
+    """Train after annotation: a train config file whose data comes from this run's annotations.
+
+    The step is skipped on rerun when its output already holds a finished model.
+    """
+
+    config: str = Field(..., description="Path of a train YAML (grainclip.config.train.TrainConfig).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted-key overrides of that config.")
+
+
+class EvaluateStep(ConfigModel):
+    """Evaluate after training: an evaluate config file whose model is the train step's output.
+
+    The step is skipped on rerun when its results already exist.
+    """
+
+    config: str = Field(..., description="Path of an evaluate YAML (grainclip.config.evaluate.EvaluateConfig).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted-key overrides of that config.")
+
+
+class PipelineConfig(ConfigModel):
+    """One annotation run: read `source`, describe, ground, write `output`/annotations; then optional steps."""
+
+    output: str = Field(..., description="Run directory: annotations/, manifest.json, report/.")
+    source: SourceConfig
+    describe: DescribeStageConfig = Field(default_factory=DescribeStageConfig)
+    ground: GroundStageConfig = Field(default_factory=GroundStageConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
+    max_pixels: int | None = Field(
+        None, gt=0, description="Decode limit per image; None: grainclip.images.DEFAULT_MAX_PIXELS."
+    )
+    max_error_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Stop when more than this fraction of rows failed (any *_failed/invalid status)."
+    )
+    error_check_min_rows: int = Field(
+        200, gt=0, description="Rows processed before the error fraction is checked (avoids stopping on one bad shard)."
+    )
+    job: JobConfig = Field(default_factory=JobConfig)
+    train: TrainStep | None = None
+    evaluate: EvaluateStep | None = None
+
+    @model_validator(mode="after")
+    def _partsworld_annotators_read_the_source_truth(self) -> PipelineConfig:
+        """The simulated annotators need the generator's truth; default it to the PartsWorld source's split."""
+        if isinstance(self.source, PartsWorldSource):
+            truth = f"{self.source.path.rstrip('/')}/{self.source.split}/truth"
+            for annotator in (self.describe.describer, self.ground.grounder):
+                if annotator.name == "partsworld" and "truth" not in annotator.options:
+                    annotator.options = {**annotator.options, "truth": truth}
+        return self
+
+    @model_validator(mode="after")
+    def _evaluate_needs_a_trained_model(self) -> PipelineConfig:
+        if self.evaluate is not None and self.train is None:
+            raise ValueError("an `evaluate` step needs a `train` step before it (it evaluates that model)")
+        return self
+
+    def with_absolute_paths(self, base: Path | None = None) -> PipelineConfig:
+        """This config with relative paths resolved against `base` (default: the current directory).
+
+        Runs record absolute paths, so the resume hash does not depend on where a run was started from and a
+        submitted job (which runs in a temporary working dir) finds the same files. Fields that are always
+        paths are resolved; free-form strings (annotator `model`, `options` values) only when they name
+        something that exists here, so hub ids such as `Qwen/Qwen2.5-VL-7B-Instruct` stay ids.
+        """
+        base = (base or Path.cwd()).resolve()
+
+        def resolve(value: str) -> str:
+            return value if Path(value).is_absolute() else str(base / value)
+
+        def resolve_if_local(value: Any) -> Any:
+            if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
+                return str(base / value)
+            return value
+
+        data = self.model_dump(mode="json")
+        data["output"] = resolve(data["output"])
+        source = data["source"]
+        paths = source["path"]
+        source["path"] = [resolve(p) for p in paths] if isinstance(paths, list) else resolve(paths)
+        if source.get("captions_csv"):
+            source["captions_csv"] = resolve(source["captions_csv"])
+        for stage, key in (("describe", "describer"), ("ground", "grounder")):
+            annotator = data[stage][key]
+            annotator["model"] = resolve_if_local(annotator["model"])
+            annotator["options"] = {k: resolve_if_local(v) for k, v in annotator["options"].items()}
+        for step in ("train", "evaluate"):
+            if data.get(step):
+                data[step]["config"] = resolve(data[step]["config"])
+        return PipelineConfig.model_validate(data)

@@ -1,0 +1,79 @@
+"""Send a pipeline run to a Ray cluster as a Ray Job, and follow it (`grainclip pipeline submit/status/logs`).
+
+`submit` validates the config here first, so a typo fails before anything is sent. The job then runs the same
+command a user runs locally, `grainclip pipeline run pipeline.yaml`, on the cluster's head; inside a job
+`ray.init()` attaches to that cluster, so the DAG is the same as an attached `run --address`.
+
+What is packaged: a staging folder with the config (`pipeline.yaml`) becomes the job's `working_dir`, and the
+config's `job.runtime_env` (pip packages, env vars, py_modules with custom annotator plugins) is added to it.
+The cluster must have grainclip installed, or get it through that runtime_env. Paths: the job's working dir
+is a temporary copy, so relative paths are made absolute here (`with_absolute_paths`); they must name storage every
+node sees (a shared filesystem), like any multi-node Ray output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import tempfile
+import time
+from pathlib import Path
+
+from grainclip.config.base import dump_config, load_config
+from grainclip.config.pipeline import PipelineConfig
+
+CONFIG_NAME = "pipeline.yaml"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def submit(config_path: Path, address: str, force_new_run: bool = False) -> str:
+    """Submit the run as a Ray Job; returns the job's submission id."""
+    config = load_config(config_path, PipelineConfig).with_absolute_paths()
+    command = ["python", "-m", "grainclip.cli", "pipeline", "run", CONFIG_NAME]
+    if force_new_run:
+        command.append("--force-new-run")
+    client = _client(address)
+    with tempfile.TemporaryDirectory(prefix="grainclip-job-") as staging:  # uploaded by submit_job
+        (Path(staging) / CONFIG_NAME).write_text(dump_config(config))
+        return client.submit_job(
+            entrypoint=shlex.join(command),
+            runtime_env={**config.job.runtime_env, "working_dir": staging},
+            entrypoint_num_cpus=config.job.entrypoint_num_cpus,
+            metadata={"grainclip.output": config.output},
+        )
+
+
+def status(job_id: str, address: str) -> tuple[str, str | None]:
+    """(status, message) of a submitted job: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    info = _client(address).get_job_info(job_id)
+    return str(info.status.value if hasattr(info.status, "value") else info.status), info.message
+
+
+def logs(job_id: str, address: str) -> str:
+    return _client(address).get_job_logs(job_id)
+
+
+def follow_logs(job_id: str, address: str, write) -> None:
+    """Stream the job's log to `write` until the job ends."""
+
+    async def tail() -> None:
+        async for chunk in _client(address).tail_job_logs(job_id):
+            write(chunk)
+
+    asyncio.run(tail())
+
+
+def wait(job_id: str, address: str, timeout_s: float | None = None, poll_s: float = 2.0) -> tuple[str, str | None]:
+    """Poll until the job reaches a terminal status (or `timeout_s` passes); returns (status, message)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        state, message = status(job_id, address)
+        if state in TERMINAL or (deadline is not None and time.monotonic() > deadline):
+            return state, message
+        time.sleep(poll_s)

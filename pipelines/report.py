@@ -1,0 +1,157 @@
+"""The run report: a table of what a run produced and how fast, and PNG plots of the annotations.
+
+`grainclip pipeline report OUT` and the end of every run call this. Everything is read back from the run
+directory (manifest, committed shards, their stats), so a report can be made for any run, finished or not.
+Plots: regions per image, region scores, description lengths (words per description and descriptions per
+image), and rows committed over time (one line per attempt, so a resumed run shows its restarts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from grainclip.pipelines.rundir import RunDir
+from grainclip.schema import Status
+
+DESCRIBED = [Status.OK.value, Status.NO_REGIONS.value]
+PLOTS = ("regions_per_image.png", "region_scores.png", "description_lengths.png", "throughput.png")
+
+
+@dataclass
+class AnnotationFigures:
+    """The per-row numbers the plots show, read column-wise from the committed shards."""
+
+    regions_per_image: np.ndarray
+    region_scores: np.ndarray
+    words_per_description: np.ndarray
+    descriptions_per_image: np.ndarray
+
+
+def read_figures(run: RunDir) -> AnnotationFigures:
+    files = run.committed_files()
+    if not files:
+        raise FileNotFoundError(f"no committed annotation shards under {run.annotations}")
+    table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["status", "descriptions", "regions"])
+    described = table.filter(pc.is_in(table.column("status"), value_set=pa.array(DESCRIBED)))
+    regions, descriptions = described.column("regions"), described.column("descriptions")
+    flat_regions = pc.list_flatten(regions)
+    flat_descriptions = pc.list_flatten(descriptions)
+    words = pc.list_value_length(pc.utf8_split_whitespace(flat_descriptions))
+    return AnnotationFigures(
+        regions_per_image=_numpy(pc.list_value_length(regions)),
+        region_scores=_numpy(pc.struct_field(flat_regions, "score")),
+        words_per_description=_numpy(words),
+        descriptions_per_image=_numpy(pc.list_value_length(descriptions)),
+    )
+
+
+def _numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def write_plots(run: RunDir) -> list[Path]:
+    """Write the report PNGs under OUT/report/ and return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = read_figures(run)
+    run.report_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        path = run.report_dir / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _histogram(ax, figures.regions_per_image, "regions per image", integer=True)
+    save(fig, PLOTS[0])
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _histogram(ax, figures.region_scores, "region score", bins=np.linspace(0, 1, 21))
+    save(fig, PLOTS[1])
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    _histogram(left, figures.words_per_description, "words per description", integer=True)
+    _histogram(right, figures.descriptions_per_image, "descriptions per image", integer=True)
+    save(fig, PLOTS[2])
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    _throughput(ax, run.read_shard_stats())
+    save(fig, PLOTS[3])
+    return paths
+
+
+def _histogram(ax, values: np.ndarray, label: str, integer: bool = False, bins: Any = 20) -> None:
+    if integer and len(values):
+        bins = np.arange(values.min(), values.max() + 2) - 0.5
+    ax.hist(values, bins=bins if len(values) else 1, color="#4477aa")
+    ax.set_xlabel(label)
+    ax.set_ylabel("count")
+    ax.set_title(f"{label} (n={len(values)}, mean={values.mean():.2f})" if len(values) else f"{label} (no data)")
+
+
+def _throughput(ax, stats: list[dict[str, Any]]) -> None:
+    if not stats:
+        ax.set_title("rows committed over time (no shard stats)")
+        return
+    stats = sorted(stats, key=lambda s: s["committed_at"])
+    start = stats[0]["committed_at"]
+    times = np.array([s["committed_at"] - start for s in stats])
+    rows = np.cumsum([s["rows"] for s in stats])
+    ax.step(times, rows, where="post", color="#228833")
+    ax.set_xlabel("seconds since the first committed shard")
+    ax.set_ylabel("rows committed")
+    ax.set_title(f"rows committed over time ({rows[-1]} rows, {len(stats)} shards)")
+
+
+def summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report table: (field, value) pairs from a manifest."""
+    rows = int(manifest.get("rows") or 0)
+    out = [
+        ("run", f"{manifest.get('run_id')} ({manifest.get('status')})"),
+        ("rows", str(rows)),
+    ]
+    for status, n in (manifest.get("counts") or {}).items():
+        out.append((f"  {status}", f"{n} ({n / rows:.1%})" if rows else str(n)))
+    if manifest.get("duplicates_dropped"):
+        out.append(("duplicate ids dropped", str(manifest["duplicates_dropped"])))
+    for kind, info in (manifest.get("annotators") or {}).items():
+        label = info.get("model") or info.get("name")
+        out.append((kind, f"{info.get('name')} ({label})" + (" SIMULATED" if info.get("simulated") else "")))
+    for stage, figures in (manifest.get("throughput") or {}).items():
+        out.append((f"{stage} rows/actor-s", _fmt(figures.get("rows_per_actor_second"))))
+        out.append((f"{stage} actor-s / 1k", _fmt(figures.get("actor_seconds_per_1k"))))
+        out.append((f"{stage} GPU-s / 1k", _fmt(figures.get("gpu_seconds_per_1k"))))
+        if "output_tokens_per_actor_second" in figures:
+            out.append((f"{stage} out tokens/actor-s", _fmt(figures.get("output_tokens_per_actor_second"))))
+    for index, attempt in enumerate(manifest.get("attempts") or [], start=1):
+        out.append((f"attempt {index}", f"{attempt.get('status')}: {attempt.get('rows', 0)} rows, "
+                    f"{_fmt(attempt.get('rows_per_second'))} rows/s, {attempt.get('rows_skipped', 0)} skipped"))
+    if manifest.get("message"):
+        out.append(("message", str(manifest["message"])))
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:,.2f}" if isinstance(value, float) else str(value)
+
+
+def report(output: str | Path) -> tuple[list[tuple[str, str]], list[Path]]:
+    """The table rows and the written plot paths for the run in `output`."""
+    run = RunDir(Path(output))
+    manifest = run.read_manifest()
+    if manifest is None:
+        raise FileNotFoundError(f"no pipeline run at {output} (manifest.json missing)")
+    return summary_rows(manifest), write_plots(run)

