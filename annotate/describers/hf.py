@@ -15,7 +15,7 @@ from pydantic import Field
 
 from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
 from grainclip.config.annotate import DescriberConfig
-from grainclip.config.base import ConfigModel, parse_config
+from grainclip.config.base import ConfigError, ConfigModel, parse_config
 
 
 class HFOptions(ConfigModel):
@@ -47,6 +47,8 @@ class HFDescriber(ChatDescriber):
         self.options = parse_config(config.options, HFOptions, source="describer.options (hf)")
         remote = self.options.trust_remote_code
         detected = hasattr(AutoConfig.from_pretrained(config.model, trust_remote_code=remote), "vision_config")
+        if config.multimodal and not detected:
+            raise ConfigError(f"describer.multimodal is true but {config.model} has no vision_config (text-only)")
         self.multimodal = detected if config.multimodal is None else config.multimodal
         self.device = resolve_device(self.options.device)
         dtype = self.options.dtype if self.options.dtype == "auto" else getattr(torch, self.options.dtype)
@@ -57,7 +59,7 @@ class HFDescriber(ChatDescriber):
             self.processor = AutoProcessor.from_pretrained(config.model, trust_remote_code=remote)
             self.tokenizer = self.processor.tokenizer
         else:
-            self.processor = self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=remote)
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=remote)
         self.tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -80,9 +82,12 @@ class HFDescriber(ChatDescriber):
         import torch
 
         conversations = [[{"role": "user", "content": self._content(p)}] for p in prompts]
-        inputs = self.processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
-        ).to(self.device)
+        template_args = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
+        if self.multimodal:  # processors take tokenizer settings in processor_kwargs, tokenizers directly
+            inputs = self.processor.apply_chat_template(conversations, **template_args, processor_kwargs={"padding": True})
+        else:
+            inputs = self.tokenizer.apply_chat_template(conversations, **template_args, padding=True)
+        inputs = inputs.to(self.device)
         sampling = self.config.sampling
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)

@@ -39,6 +39,8 @@ class VLLMDescriber(ChatDescriber):
             trust_remote_code=engine.trust_remote_code,
             seed=engine.seed,
             limit_mm_per_prompt={"image": 1},  # one image per request; also bounds the memory profiling run
+            # Compact JSON: whitespace between JSON tokens is wasted output (and all a random model emits).
+            structured_outputs_config={"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
             **({"max_num_seqs": engine.max_num_seqs} if engine.max_num_seqs else {}),
             **engine.extra,
         )
@@ -53,7 +55,11 @@ class VLLMDescriber(ChatDescriber):
             max_tokens=sampling.max_tokens,
             repetition_penalty=sampling.repetition_penalty,
             seed=sampling.seed,
-            structured_outputs=StructuredOutputsParams(json=self.json_schema) if config.structured_output else None,
+            structured_outputs=(
+                StructuredOutputsParams(json=self.json_schema)
+                if config.structured_output
+                else None
+            ),
         )
 
     def _complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:

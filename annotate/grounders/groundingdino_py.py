@@ -23,7 +23,7 @@ from pydantic import Field
 from grainclip.annotate.grounders.phrases import PhraseGrounder
 from grainclip.config.annotate import GrounderConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
-from grainclip.envs import GROUNDINGDINO_PIP
+from grainclip.envs import groundingdino_runtime_env
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _single(folder: Path, pattern: str, option: str) -> Path:
 
 
 class GroundingDinoPyGrounder(PhraseGrounder):
-    runtime_env = {"pip": list(GROUNDINGDINO_PIP)}
+    runtime_env = groundingdino_runtime_env()
 
     def __init__(self, config: GrounderConfig) -> None:
         super().__init__(config)

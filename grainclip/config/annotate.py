@@ -8,7 +8,7 @@ backend understands go in `options`, which that backend validates with its own m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,6 +36,7 @@ class EngineConfig(ConfigModel):
     max_num_seqs: int | None = Field(None, gt=0)
     trust_remote_code: bool = False
     seed: int = 0
+    structured_outputs_backend: Literal["xgrammar", "guidance"] = "xgrammar"
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
