@@ -2,7 +2,9 @@
 
 Images and prompts are batched together: the image processor pads the batch and passes a pixel mask, and
 predicted boxes are fractions of each image's own (unpadded, aspect-preserving resized) frame, so they map
-to the original image unchanged (see grounders/common.py).
+to the original image unchanged (see grounders/common.py). As in the original implementation, the padding of
+a mixed-size batch can shift scores and boxes slightly; images of one size give the same result alone or
+batched.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ class GroundingDinoGrounder(PhraseGrounder):
         super().__init__(config)
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-        processor = AutoProcessor.from_pretrained(self.model_id)
-        self.image_processor = processor.image_processor
-        self.tokenizer = processor.tokenizer
+        self.processor = AutoProcessor.from_pretrained(self.model_id)
+        self.tokenizer = self.processor.tokenizer
         self.model = GroundingDinoForObjectDetection.from_pretrained(self.model_id).to(self.device).eval()
         self.max_text_len = int(self.model.config.max_text_len)
 
     def _forward(self, images: list, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import torch
 
-        pixels = self.image_processor(images=images, return_tensors="pt")
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")
         text = self.tokenizer(
             texts,
             padding="longest",
