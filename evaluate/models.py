@@ -47,18 +47,18 @@ def open_clip_model_name(name: str) -> str:
     return name
 
 
-def load_open_clip(name: str, pretrained: str | None, device: torch.device, label: str | None = None) -> LoadedModel:
+def load_open_clip(name: str, pretrained: str | None, device: torch.device) -> LoadedModel:
     import open_clip
 
     model_name = open_clip_model_name(name)
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
     model.eval()
-    return LoadedModel(model, preprocess, open_clip.get_tokenizer(model_name), "clip", label or model_name)
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(model_name), "clip", model_name)
 
 
 def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
     if isinstance(spec, OpenClipModel):
-        return load_open_clip(spec.name, spec.pretrained, device, spec.label)
+        return load_open_clip(spec.name, spec.pretrained, device)
     assert isinstance(spec, CheckpointModel)
     if not Path(spec.path).exists():
         raise ConfigError(f"model {spec.label!r}: checkpoint not found: {spec.path}")

@@ -111,7 +111,6 @@ class SplitPass:
             if not self.regions:
                 self.unavailable.append({"task": "grounding", "reason": f"{loaded.kind} model predicts no regions"})
             self.ious: list[float] = []
-            self.description_embeddings: dict[str, torch.Tensor] = {}
         self.grid: list[dict[str, Any]] = []
 
     @property
@@ -184,12 +183,13 @@ class SplitPass:
         """Per image and distinct description: IoU of the region that matches the text best with its truth box.
 
         A description with several truth boxes counts as found if the chosen box overlaps any of them (the
-        any-box protocol of phrase grounding, e.g. Flickr30k Entities).
+        any-box protocol of phrase grounding, e.g. Flickr30k Entities). Descriptions are encoded per batch, so
+        memory stays flat however many distinct descriptions the annotations hold.
         """
-        new = sorted({text for regions in truth for text, _ in regions} - set(self.description_embeddings))
-        if new:
-            for text, embedding in zip(new, class_text.encode_texts(self.loaded, new, self.device)):
-                self.description_embeddings[text] = embedding
+        distinct = sorted({text for regions in truth for text, _ in regions})
+        if not distinct:
+            return
+        encoded = dict(zip(distinct, class_text.encode_texts(self.loaded, distinct, self.device)))
         for row, regions in enumerate(truth):
             by_text: dict[str, list] = {}
             for text, box in regions:
@@ -197,7 +197,7 @@ class SplitPass:
             if not by_text:
                 continue
             texts = list(by_text)
-            queries = torch.stack([self.description_embeddings[t] for t in texts])  # (T, D)
+            queries = torch.stack([encoded[t] for t in texts])  # (T, D)
             sims = (queries @ embeddings[row].T).masked_fill(~valid[row][None, :].to(queries.device), float("-inf"))
             chosen = sims.argmax(dim=1).cpu().numpy()
             predicted = to_original_frame(boxes[row][chosen], windows[row])
