@@ -1,6 +1,6 @@
 """What the LLM describers (vllm, openai, hf) share: prompt in, parsed Description out.
 
-A backend only implements `_complete`: turn a batch of (prompt text, image or None) into completions. This
+A backend only implements `complete`: turn a batch of (prompt text, image or None) into completions. This
 class decides what each request sends (the image for multimodal models, otherwise the alt-text), renders
 the versioned prompt, isolates failures to their rows, and parses the answers.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from grainclip.annotate.base import Describer, chunks, map_isolating_failures
-from grainclip.annotate.parsing import ParseError, parse_answer
+from grainclip.annotate.parsing import ParseError, clean_caption, parse_answer
 from grainclip.annotate.prompts import description_json_schema, get_prompt
 from grainclip.annotate.types import DescribeRequest, Description
 from grainclip.config.annotate import DescriberConfig
@@ -59,8 +59,8 @@ class ChatDescriber(Describer):
         self.multimodal = bool(config.multimodal)
 
     @abstractmethod
-    def _complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
-        """Generate one completion per prompt (same order); raise only if the whole call failed."""
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
+        """The model's raw answer to each prompt (same order); raises only if the whole call failed."""
 
     @property
     def uses_structured_output(self) -> bool:
@@ -69,7 +69,7 @@ class ChatDescriber(Describer):
 
     def to_prompt(self, request: DescribeRequest) -> ChatPrompt:
         """What the model receives: the image if it can see it, else the alt-text alone (error if none)."""
-        caption = request.caption.strip() if request.caption else None
+        caption = clean_caption(request.caption, self.config.max_alt_text_chars)  # crawls hold 10 kB alt-texts
         if self.multimodal and request.image is not None:
             return ChatPrompt(self.prompt.render(caption, self.config.max_descriptions, sees_image=True), request.image)
         if not caption:
@@ -88,7 +88,7 @@ class ChatDescriber(Describer):
         for batch in chunks(runnable, self.config.batch_size):
             completions = map_isolating_failures(
                 [prompt for _, prompt in batch],
-                self._complete,
+                self.complete,
                 lambda _prompt, exc: Completion(None, error=f"{type(exc).__name__}: {exc}"),
                 fatal=self.fatal_errors,
             )

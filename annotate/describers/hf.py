@@ -68,7 +68,7 @@ class HFDescriber(ChatDescriber):
     def uses_structured_output(self) -> bool:
         return False
 
-    def _complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
         """Image and text-only prompts are generated as separate batches (their inputs differ in kind)."""
         results: list[Completion | None] = [None] * len(prompts)
         for with_image in (True, False):

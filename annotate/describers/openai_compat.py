@@ -98,7 +98,7 @@ class OpenAIDescriber(ChatDescriber):
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def _complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
         return self._run(self._complete_all(prompts))
 
     async def _complete_all(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:

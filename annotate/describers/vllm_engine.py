@@ -62,7 +62,7 @@ class VLLMDescriber(ChatDescriber):
             ),
         )
 
-    def _complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
+    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
         conversations = [[{"role": "user", "content": self._content(prompt)}] for prompt in prompts]
         outputs = self.llm.chat(conversations, self.sampling_params, use_tqdm=False)
         return [

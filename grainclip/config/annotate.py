@@ -49,7 +49,8 @@ class DescriberConfig(ConfigModel):
     prompt: str = Field("grain-v1", description="Name of a versioned prompt template (grainclip.annotate.prompts).")
     max_descriptions: int = Field(5, gt=0, le=64)
     max_description_chars: int = Field(100, gt=0, description="Longer items are dropped (see parsing.py).")
-    max_caption_chars: int = Field(400, gt=0, description="Longer captions are cut at a word boundary.")
+    max_caption_chars: int = Field(400, gt=0, description="Longer LLM captions are cut at a word boundary.")
+    max_alt_text_chars: int = Field(1000, gt=0, description="Alt-text is cut to this before it enters the prompt.")
     structured_output: bool = Field(True, description="Constrain decoding to the JSON schema where supported.")
     multimodal: bool | None = Field(
         None, description="Send the image to the model. None: detect from the model (vllm, hf); openai needs it set."
