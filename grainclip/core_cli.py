@@ -58,6 +58,8 @@ def register(app: typer.Typer) -> None:
         unknown = sorted(set(names) - set(TINY_MODEL_NAMES))
         if unknown:
             raise typer.BadParameter(f"unknown {', '.join(unknown)}; choose from {', '.join(TINY_MODEL_NAMES)}")
+        if out is not None and out.exists() and not out.is_dir():
+            raise typer.BadParameter(f"--out {out} exists and is not a directory")
         table = Table("model", "status", "seconds", title="tiny random models (for offline tests)")
         table.add_column("folder", overflow="fold")
         for name in names:

@@ -31,8 +31,8 @@ def build_clip(out: Path, seed: int, final: Path) -> None:
     from safetensors.torch import save_model
 
     (out / MODEL_CONFIG_FILE).write_text(json.dumps(MODEL_CONFIG, indent=2))
-    preprocess = {"size": IMAGE_SIZE, "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
-    local_dir_config = {"model_cfg": MODEL_CONFIG, "preprocess_cfg": preprocess}
+    mean, std = list(open_clip.OPENAI_DATASET_MEAN), list(open_clip.OPENAI_DATASET_STD)
+    local_dir_config = {"model_cfg": MODEL_CONFIG, "preprocess_cfg": {"size": IMAGE_SIZE, "mean": mean, "std": std}}
     (out / LOCAL_DIR_CONFIG_FILE).write_text(json.dumps(local_dir_config, indent=2))
     torch.manual_seed(seed)
     save_model(open_clip.CLIP(**MODEL_CONFIG), str(out / WEIGHTS_FILE))
