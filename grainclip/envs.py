@@ -12,7 +12,9 @@ with its own environment layered over the main one (reusing its torch and torchv
   used through Ray's `py_executable`. For a single machine (tests, local runs); the path must exist on
   every node that runs the stage.
 
-GROUNDINGDINO_PIP is the one list; the pyproject `groundingdino` extra mirrors it (a test checks).
+GROUNDINGDINO_PIP is the one list; the pyproject `groundingdino` extra mirrors it (a test checks). pip pulls
+groundingdino-py's own requirements with it (addict, yapf, pycocotools, opencv-python, supervision==0.6.0,
+and transformers 4.57's tokenizers/huggingface-hub); torch, torchvision, timm and numpy come from the main env.
 """
 
 from __future__ import annotations
