@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from grainclip.config.evaluate import EvaluateConfig
-from grainclip.evaluate import evaluate, load_split
+from grainclip.config.evaluate import ImageFolderDataset
+from grainclip.evaluate import load_split
 from grainclip.evaluate.class_text import DEFAULT_TEMPLATES
 from grainclip.evaluate.models import load_open_clip
 from grainclip.evaluate.runner import PassSettings, SplitPass
@@ -62,28 +62,22 @@ def straightforward_scores(root, config) -> tuple[np.ndarray, np.ndarray]:
     return scores.numpy(), np.array([label for _, label in files])
 
 
-def test_global_mode_agrees_with_a_straightforward_loop(setup, tmp_path):
+def test_global_mode_agrees_with_a_straightforward_loop(setup):
     root, config = setup
     expected_scores, labels = straightforward_scores(root, config)
     expected_predictions = expected_scores.argmax(1)
     assert len(set(expected_predictions)) > 1, "test data should not make the random model predict one class"
 
-    cfg = EvaluateConfig.model_validate({
-        "out": str(tmp_path / "out"), "modes": ["global"], "num_workers": 2, "batch_size": 5, "progress": False,
-        "models": [{"label": "tiny", "type": "open_clip", "name": str(config)}],
-        "datasets": [{"name": "colours", "type": "imagefolder", "root": str(root / "images")}],
-    })
+    spec = ImageFolderDataset(type="imagefolder", name="colours", root=root / "images")
     torch.manual_seed(0)  # the same random weights as the straightforward model
     loaded = load_open_clip(str(config), None, torch.device("cpu"))
-    evaluation = SplitPass(loaded, load_split(cfg.datasets[0]), ["classification"], PassSettings(modes=["global"], batch_size=5, num_workers=2), torch.device("cpu"))
+    settings = PassSettings(modes=["global"], batch_size=5, num_workers=2)  # batches and workers must not matter
+    evaluation = SplitPass(loaded, load_split(spec), ["classification"], settings, torch.device("cpu"))
     evaluation.run()
+    results = evaluation.results()
+
     np.testing.assert_array_equal(evaluation.labels, labels)
     np.testing.assert_allclose(evaluation.scores["global"], expected_scores, atol=1e-5)
     assert (evaluation.scores["global"].argmax(1) == expected_predictions).all()
-
-    torch.manual_seed(0)
-    results = evaluate(cfg)
-    run = results["runs"][0]
-    assert run["classification"][0]["top1"] == pytest.approx(float((expected_predictions == labels).mean()))
-    assert run["n_evaluated"] == len(labels) and run["skipped_images"]["count"] == 0
-    assert {u["mode"] for u in run["unavailable"]} == set()  # only `global` was asked for
+    assert results["classification"][0]["top1"] == pytest.approx(float((expected_predictions == labels).mean()))
+    assert results["n_evaluated"] == len(labels) and results["skipped_images"]["count"] == 0
