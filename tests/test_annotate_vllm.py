@@ -1,0 +1,119 @@
+"""The in-process vLLM describer on the tiny chat LLM (text-only) and the tiny LLaVA (multimodal), and the whole
+notebook path (annotate_rows) over a corpus of bad inputs with a real describer and a real detector."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from grainclip import schema
+from grainclip.annotate import DescribeRequest, annotate_rows, build_describer, build_grounder
+from grainclip.annotate.describers.chat import ChatPrompt
+from grainclip.config.annotate import DescriberConfig, GrounderConfig
+from grainclip.images import decode_image
+from grainclip.schema import Status
+from grainclip.testing.bad_images import bad_images
+from grainclip.testing.corpus import LONG_CAPTION, write_bad_input_corpus
+
+pytestmark = pytest.mark.slow  # one vLLM engine start per model (~30-60 s each on 2 CPU cores)
+
+LIMITS = {"max_descriptions": 3, "max_description_chars": 20, "max_caption_chars": 40}
+
+
+def vllm_config(model, **overrides) -> DescriberConfig:
+    return DescriberConfig(
+        name="vllm",
+        model=str(model),
+        batch_size=8,
+        sampling={"max_tokens": 160},
+        engine={"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+        **{**LIMITS, **overrides},
+    )
+
+
+@pytest.fixture(scope="module")
+def text_llm(tiny_models):
+    describer = build_describer(vllm_config(tiny_models["llm"], max_alt_text_chars=20_000))
+    yield describer
+    describer.close()
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_models):
+    describer = build_describer(vllm_config(tiny_models["vlm"]))
+    yield describer
+    describer.close()
+
+
+def assert_within_limits(result):
+    assert result.status == Status.OK, result.error
+    assert 1 <= len(result.descriptions) <= LIMITS["max_descriptions"]
+    assert all(0 < len(d) <= LIMITS["max_description_chars"] for d in result.descriptions)
+    assert result.llm_caption is None or len(result.llm_caption) <= LIMITS["max_caption_chars"]
+
+
+def test_text_only_model_with_structured_output_answers_parseable_json(text_llm):
+    assert text_llm.multimodal is False
+    requests = [DescribeRequest(str(i), None, f"a photo of creature number {i}") for i in range(6)]
+    requests.append(DescribeRequest("empty", None, ""))
+    results = text_llm.describe(requests)
+    assert results[-1].status == Status.DESCRIBE_FAILED and "caption is empty" in results[-1].error
+    for result in results[:-1]:
+        assert_within_limits(result)
+        assert result.num_prompt_tokens > 50 and 0 < result.num_output_tokens <= 160
+    info = text_llm.info()
+    assert info["structured_output"] is True and info["engine"]["max_model_len"] == 1024 and info["vllm_version"]
+
+
+def test_a_prompt_too_long_for_the_engine_fails_alone(text_llm):
+    requests = [DescribeRequest("a", None, "a red bird"), DescribeRequest("long", None, LONG_CAPTION),
+                DescribeRequest("b", None, "a blue fish")]
+    results = text_llm.describe(requests)
+    assert results[1].status == Status.DESCRIBE_FAILED and "LLM request failed" in results[1].error
+    assert_within_limits(results[0])
+    assert_within_limits(results[2])
+
+
+def test_multimodal_model_gets_the_image(vlm):
+    assert vlm.multimodal is True and vlm.info()["multimodal"] is True
+    images = [decode_image(data) for name, (data, outcome) in sorted(bad_images().items()) if outcome == "ok"][:4]
+    images = [image.resize((64, 64)) for image in images]
+    prompt = vlm.to_prompt(DescribeRequest("a", images[0], "a photo")).text
+    answers = [c.text for c in vlm.complete([ChatPrompt(prompt, image) for image in images])]
+    assert len(set(answers)) > 1  # same prompt, different pixels -> different answers
+    for result in vlm.describe([DescribeRequest(str(i), image, "a photo") for i, image in enumerate(images)]):
+        assert_within_limits(result)
+
+
+def test_bad_inputs_become_rows_with_a_status_never_an_exception(vlm, tiny_models, tmp_path):
+    """Corrupt, truncated, zero-byte, CMYK, 16-bit, RGBA, huge (bomb) images and empty captions, end to end."""
+    corpus = write_bad_input_corpus(tmp_path)
+    rows = pa.parquet.read_table(corpus["images"]).to_pylist()
+    expected = __import__("json").loads(corpus["expected"].read_text())
+    grounder = build_grounder(GrounderConfig(name="owlv2", model=str(tiny_models["owlv2"]), box_threshold=0.0))
+    out = annotate_rows(rows, vlm, grounder, run_id="bad-inputs")
+    assert [r["image_id"] for r in out] == [r["image_id"] for r in rows]  # no row lost or reordered
+    for row in out:
+        assert row["status"] in schema.STATUSES
+        if expected[row["image_id"]] == "error":
+            assert row["status"] == Status.DECODE_FAILED and row["error"], row["image_id"]
+        else:
+            assert row["status"] in (Status.OK, Status.NO_REGIONS), (row["image_id"], row["error"])
+    by_id = {r["image_id"]: r for r in out}
+    assert "over the limit" in by_id["bomb_header"]["error"]
+    assert by_id["cmyk_jpeg"]["status"] == by_id["gray_16bit_png"]["status"] == by_id["rgba"]["status"] == Status.OK
+    schema.validate(pa.Table.from_pylist(out), "annotations")
+
+    tight = annotate_rows(rows[:3], vlm, grounder, max_pixels=100)  # the pixel limit is the caller's
+    assert all(r["status"] == Status.DECODE_FAILED and r["error"] for r in tight)
+    assert any("over the limit of 100" in r["error"] for r in tight)
+
+
+def test_image_sizes_do_not_change_the_request_contract(vlm):
+    """Tiny and large images both go through (vLLM's processor resizes); results keep the request order."""
+    images = [Image.new("RGB", (1, 1), (255, 0, 0)), Image.new("RGB", (640, 320), (0, 0, 255))]
+    results = vlm.describe([DescribeRequest(str(i), image, None) for i, image in enumerate(images)])
+    assert len(results) == 2
+    for result in results:
+        assert_within_limits(result)
