@@ -69,8 +69,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _table(["model", "dataset", "recall@IoU0.5", "mean IoU", "descriptions"],
                         [[r["model"], r["dataset"], r["grounding"]["recall@iou0.5"], r["grounding"]["mean_iou"], r["grounding"]["n_descriptions"]] for r in grounding])
     notes = [f"- {r['model']} on {r['dataset']}: {u.get('mode') or u.get('task')} unavailable: {u['reason']}" for r in runs for u in r["unavailable"]]
-    notes += [f"- {r['dataset']}: {r['skipped_images']['count']} image(s) could not be decoded and were skipped "
-              f"(e.g. {r['skipped_images']['examples'][0]['reason']})" for r in runs if r["skipped_images"]["count"] and r["model"] == runs[0]["model"]]
+    for r in runs:
+        skipped = r["skipped_images"]
+        if skipped["count"] and r["model"] == runs[0]["model"]:  # the same images fail for every model
+            first = skipped["examples"][0]
+            notes.append(f"- {r['dataset']}: {skipped['count']} image(s) could not be decoded and were skipped "
+                         f"(e.g. {first['image_id']}: {first['reason']})")
     if notes:
         lines += ["## Notes", "", *notes, ""]
     lines += ["## Speed", ""]

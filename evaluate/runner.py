@@ -169,7 +169,7 @@ class SplitPass:
             for i, caption in zip(index, batch["caption"]):
                 self.captions[i] = caption
         if regions is not None:
-            valid = scoring.valid_regions(regions.objectness, tuple(regions.embeddings.shape[:2]), self.settings.scoring.objectness_threshold)
+            valid = scoring.valid_regions(regions, self.settings.scoring.objectness_threshold)
             embeddings = F.normalize(regions.embeddings.float(), dim=-1)
             boxes = regions.boxes.float().cpu().numpy()
             windows = [input_window(self.loaded.preprocess, w, h) for w, h in batch["size"]]
@@ -248,8 +248,9 @@ class SplitPass:
         if "grain" in self.text.modes:
             for alpha in self.settings.scoring.alpha_sweep:
                 sweep.append({"alpha": alpha, "top1": metrics.topk_accuracy(self.mode_scores("grain", alpha)[rows], self.labels[rows], 1)})
-        best_mode = "grain" if "grain" in self.text.modes else self.text.modes[-1] if self.text.modes else None
-        predictions = self.mode_scores(best_mode).argmax(axis=1) if best_mode else np.zeros(self.split.size, dtype=np.int64)
+        # What the report's image grid calls the prediction: the most informed mode that ran.
+        shown = next((mode for mode in ("grain", "global+descriptors", "global") if mode in self.text.modes), None)
+        predictions = self.mode_scores(shown).argmax(axis=1) if shown else np.zeros(self.split.size, dtype=np.int64)
         return records, sweep, predictions
 
     def _retrieval(self) -> dict[str, float]:
@@ -258,7 +259,7 @@ class SplitPass:
             return {"n_images": 0, "note": "no images with a caption"}
         distinct = sorted({self.captions[i] for i in rows})
         position = {caption: k for k, caption in enumerate(distinct)}
-        texts = class_text.TEXT_CACHE.encode(self.loaded, distinct, self.device).cpu().numpy()
+        texts = class_text.encode_texts(self.loaded, distinct, self.device).cpu().numpy()
         result = metrics.retrieval_metrics(self.image_embeddings[rows], texts, np.array([position[self.captions[i]] for i in rows]))
         result["n_without_caption"] = int(self.done.sum() - len(rows))
         return result

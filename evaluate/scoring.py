@@ -10,7 +10,8 @@ Two choices on top of the paper's formula, both switchable:
   alpha means different things for different models. Before mixing we centre each image's scores over
   classes (argmax-invariant) and divide by the spread over classes pooled over the whole split. Pooling,
   rather than a per-image z-score, keeps how confident an image is: with few classes a per-image z-score
-  turns a near tie and a clear win into the same +-1. `standardize: none` is the plain paper formula.
+  turns a near tie and a clear win into the same +-1. Only scores enter this, never labels.
+  `standardize: none` is the plain paper formula.
   Either way alpha = 1 and alpha = 0 rank classes exactly like the pure global and pure region scores.
 * Unmatched regions (`objectness_threshold`). A GRAIN model always emits Q regions, and queries that hold
   no object still produce embeddings that can win the max by chance. When the model reports objectness,
@@ -30,15 +31,16 @@ if TYPE_CHECKING:
     from grainclip.modeling import RegionOutput
 
 
-def valid_regions(objectness: torch.Tensor | None, shape: tuple[int, int], threshold: float) -> torch.Tensor:
-    """(B, Q) bool mask of regions that take part in the max over regions."""
+def valid_regions(regions: RegionOutput, threshold: float) -> torch.Tensor:
+    """(B, Q) bool mask of regions that take part in the max over regions (on the embeddings' device)."""
     import torch
 
+    objectness = regions.objectness
     if objectness is None:
-        return torch.ones(shape, dtype=torch.bool)
+        return torch.ones(regions.embeddings.shape[:2], dtype=torch.bool, device=regions.embeddings.device)
     mask = objectness >= threshold
     best = objectness.argmax(dim=1)
-    mask[torch.arange(shape[0], device=mask.device), best] = True
+    mask[torch.arange(len(mask), device=mask.device), best] = True
     return mask
 
 
@@ -49,7 +51,7 @@ def region_descriptor_similarity(regions: RegionOutput, descriptor_embeddings: t
 
     embeddings = F.normalize(regions.embeddings.float(), dim=-1)
     sims = torch.einsum("bqd,md->bqm", embeddings, descriptor_embeddings.to(embeddings.device))
-    mask = valid_regions(regions.objectness, tuple(embeddings.shape[:2]), threshold).to(sims.device)
+    mask = valid_regions(regions, threshold).to(sims.device)
     return sims.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1)
 
 
