@@ -36,7 +36,9 @@ class PromptTemplate:
     def render(self, caption: str | None, max_descriptions: int, sees_image: bool) -> str:
         caption_line = self.caption_line.format(caption=caption) if caption else ""
         template = self.with_image if sees_image else self.text_only
-        return template.format(max_descriptions=max_descriptions, caption=caption or "", caption_line=caption_line).strip()
+        return template.format(
+            max_descriptions=max_descriptions, caption=caption or "", caption_line=caption_line
+        ).strip()
 
 
 _ANSWER_FORMAT = (
@@ -51,15 +53,15 @@ GRAIN_V1 = PromptTemplate(
         "1. Write one accurate, detailed caption of the image (one sentence).\n"
         "2. List up to {max_descriptions} short visual descriptions of distinct things one could point at in "
         "the image: object parts, colours, textures, shapes and patterns. Each description is a noun phrase of "
-        "at most 8 words that names the part it describes, e.g. \"red crest on the head\" or \"striped tail\". "
+        'at most 8 words that names the part it describes, e.g. "red crest on the head" or "striped tail". '
         "Only describe what is visible.\n" + _ANSWER_FORMAT
     ),
     text_only=(
-        "An image has this alt-text: \"{caption}\". You cannot see the image.\n"
+        'An image has this alt-text: "{caption}". You cannot see the image.\n'
         "1. Write one accurate, detailed caption of what such an image most likely shows (one sentence).\n"
         "2. List up to {max_descriptions} short visual descriptions of distinct things one could point at in "
         "such an image: object parts, colours, textures, shapes and patterns. Each description is a noun phrase "
-        "of at most 8 words that names the part it describes, e.g. \"red crest on the head\" or \"striped tail\".\n"
+        'of at most 8 words that names the part it describes, e.g. "red crest on the head" or "striped tail".\n'
         + _ANSWER_FORMAT
     ),
     caption_line=' Its alt-text is: "{caption}".',

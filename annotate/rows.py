@@ -66,7 +66,9 @@ def annotate_rows(
         _apply_description(out[index], description)
 
     to_ground = [i for i in described if out[i]["status"] == Status.OK.value]
-    groundings = grounder.ground([GroundRequest(out[i]["image_id"], images[i], out[i]["descriptions"]) for i in to_ground])
+    groundings = grounder.ground(
+        [GroundRequest(out[i]["image_id"], images[i], out[i]["descriptions"]) for i in to_ground]
+    )
     for index, grounding in zip(to_ground, groundings, strict=True):
         _apply_grounding(out[index], grounding)
     return out

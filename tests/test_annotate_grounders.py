@@ -91,7 +91,10 @@ def test_grounding_dino_conversion_agrees_with_transformers_post_processing(grou
     with torch.inference_mode():
         outputs = grounding_dino.model(**inputs)
     [reference] = processor.post_process_grounded_object_detection(
-        outputs, input_ids=inputs["input_ids"], threshold=0.0, text_threshold=0.0,
+        outputs,
+        input_ids=inputs["input_ids"],
+        threshold=0.0,
+        text_threshold=0.0,
         target_sizes=[(image.height, image.width)],
     )
     scale = np.array([image.width, image.height] * 2, dtype=np.float32)
@@ -106,7 +109,10 @@ def test_phrases_are_packed_into_prompts_that_fit_the_text_limit():
     descriptions = ["Red crest", "st. bernard ears", "a very long striped tail", "x"]
     chunks = pack_chunks(descriptions, token_counts=[2, 3, 5, 1], max_tokens=10)
     # 2 special tokens + (2 + 1) + (3 + 1) = 9 fit; the long one would make 15 -> its own prompt; "x" joins it.
-    assert [c.text for c in chunks] == ["red crest. st  bernard ears.".replace("  ", " "), "a very long striped tail. x."]
+    assert [c.text for c in chunks] == [
+        "red crest. st  bernard ears.".replace("  ", " "),
+        "a very long striped tail. x.",
+    ]
     assert [c.first for c in chunks] == [0, 2]
     for chunk in chunks:
         phrases = [chunk.text[a:b] for a, b in chunk.spans]
@@ -150,9 +156,17 @@ def test_detectors_ground_batches_into_the_annotations_schema(name, request, ima
         assert result.status in (Status.OK, Status.NO_REGIONS) and len(result.regions) <= 5
         assert {r.text for r in result.regions} <= set(DESCRIPTIONS)
         assert [r.score for r in result.regions] == sorted((r.score for r in result.regions), reverse=True)
-        rows.append({"image_id": request_.image_id, "width": request_.image.width, "height": request_.image.height,
-                     "descriptions": DESCRIPTIONS, "regions": [r.to_dict() for r in result.regions],
-                     "status": result.status, "error": result.error})
+        rows.append(
+            {
+                "image_id": request_.image_id,
+                "width": request_.image.width,
+                "height": request_.image.height,
+                "descriptions": DESCRIPTIONS,
+                "regions": [r.to_dict() for r in result.regions],
+                "status": result.status,
+                "error": result.error,
+            }
+        )
     schema.validate(pa.Table.from_pylist(rows), "annotations")
     assert any(r.status == Status.OK for r in results)
     # batching images of one size does not change what an image gets (Grounding DINO pads mixed sizes)
@@ -172,8 +186,11 @@ def test_zero_detections_and_empty_descriptions_are_no_regions(name, tiny_models
 @pytest.mark.parametrize("name", ["grounding-dino", "owlv2"])
 def test_one_broken_image_fails_alone(name, request, images):
     grounder = request.getfixturevalue(name.replace("-", "_"))
-    requests = [GroundRequest("good", images[0], DESCRIPTIONS), GroundRequest("broken", None, DESCRIPTIONS),
-                GroundRequest("good2", images[3], DESCRIPTIONS)]
+    requests = [
+        GroundRequest("good", images[0], DESCRIPTIONS),
+        GroundRequest("broken", None, DESCRIPTIONS),
+        GroundRequest("good2", images[3], DESCRIPTIONS),
+    ]
     results = grounder.ground(requests)
     assert results[1].status == Status.GROUND_FAILED and results[1].error
     assert results[0] == grounder.ground(requests[:1])[0] and results[2].status != Status.GROUND_FAILED
@@ -204,7 +221,10 @@ def test_groundingdino_py_runs_in_its_own_environment_through_ray(tiny_models, i
 
     assert GroundingDinoPyGrounder.runtime_env == {"pip": list(GROUNDINGDINO_PIP)}
     config = GrounderConfig(
-        name="groundingdino-py", model=str(tiny_models["groundingdino-py"]), box_threshold=0.0, text_threshold=0.0,
+        name="groundingdino-py",
+        model=str(tiny_models["groundingdino-py"]),
+        box_threshold=0.0,
+        text_threshold=0.0,
         options={"image_size": 64},
     )
     requests = [GroundRequest(str(i), image, DESCRIPTIONS) for i, image in enumerate(images)]

@@ -21,7 +21,9 @@ def noise_image(seed: int) -> Image.Image:
 
 
 def hf_config(model, **overrides) -> DescriberConfig:
-    return DescriberConfig(name="hf", model=str(model), **{"sampling": {"max_tokens": 12}, "batch_size": 3, **overrides})
+    return DescriberConfig(
+        name="hf", model=str(model), **{"sampling": {"max_tokens": 12}, "batch_size": 3, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,9 @@ def test_multimodal_model_sees_the_image_and_different_images_change_the_output(
     assert again.text != vlm.complete([ChatPrompt(prompt.text, second)])[0].text
     # no image and no caption: nothing to describe; no image but a caption: the text-only prompt
     assert vlm.to_prompt(DescribeRequest("y", None, "a bird")).image is None
-    results = vlm.describe([DescribeRequest("x", None, None), DescribeRequest("y", None, "a bird"), DescribeRequest("z", first, "")])
+    results = vlm.describe(
+        [DescribeRequest("x", None, None), DescribeRequest("y", None, "a bird"), DescribeRequest("z", first, "")]
+    )
     assert results[0].status == Status.DESCRIBE_FAILED and "no image" in results[0].error
     assert results[1].num_prompt_tokens > 0 and results[2].num_prompt_tokens > 0
 

@@ -47,11 +47,28 @@ def server(tiny_models, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log_file = tmp_path_factory.mktemp("vllm-serve") / "server.log"
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_models["vlm"]),
-        "--served-model-name", "tiny-vlm",
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
-        "--enforce-eager", "--api-key", API_KEY, "--limit-mm-per-prompt", '{"image": 1}',
-        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_models["vlm"]),
+        "--served-model-name",
+        "tiny-vlm",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--api-key",
+        API_KEY,
+        "--limit-mm-per-prompt",
+        '{"image": 1}',
+        "--structured-outputs-config",
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
     ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     with open(log_file, "wb") as log:
@@ -133,8 +150,13 @@ class FlakyProxy:
 
 def describer_for(base_url: str, **options):
     config = DescriberConfig(
-        name="openai", model="tiny-vlm", multimodal=True, batch_size=8, sampling={"max_tokens": 160},
-        options={"base_url": f"{base_url}/v1", "api_key_env": KEY_ENV, "backoff_s": 0.01, **options}, **LIMITS,
+        name="openai",
+        model="tiny-vlm",
+        multimodal=True,
+        batch_size=8,
+        sampling={"max_tokens": 160},
+        options={"base_url": f"{base_url}/v1", "api_key_env": KEY_ENV, "backoff_s": 0.01, **options},
+        **LIMITS,
     )
     return build_describer(config)
 

@@ -22,7 +22,9 @@ def test_plain_json():
 
 
 def test_json_in_code_fence_with_stray_prose():
-    text = 'Sure! Here is the JSON:\n```json\n{"caption": "a cat", "descriptions": ["striped tail"]}\n```\nHope it helps.'
+    text = (
+        'Sure! Here is the JSON:\n```json\n{"caption": "a cat", "descriptions": ["striped tail"]}\n```\nHope it helps.'
+    )
     answer = parse(text)
     assert (answer.caption, answer.descriptions) == ("a cat", ["striped tail"])
 
@@ -51,7 +53,13 @@ Descriptions:
 """
     answer = parse(text, n=10)
     assert answer.caption == "A small bird perched on a wire."
-    assert answer.descriptions == ["red crest on the head", "Blue wings", "striped tail", "yellow beak", "round black eye"]
+    assert answer.descriptions == [
+        "red crest on the head",
+        "Blue wings",
+        "striped tail",
+        "yellow beak",
+        "round black eye",
+    ]
 
 
 def test_duplicates_are_removed_case_insensitively_keeping_the_first_spelling():

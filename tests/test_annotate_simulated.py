@@ -196,7 +196,7 @@ def test_simulated_grounder_noise_knobs(truth, truth_rows):
     moved = [
         np.abs(np.subtract(a.box, b.box)).max()
         for ga, gb in zip(jittered, exact, strict=True)
-        for a, b in zip(sorted(ga.regions, key=lambda r: r.text), sorted(gb.regions, key=lambda r: r.text))
+        for a, b in zip(sorted(ga.regions, key=lambda r: r.text), sorted(gb.regions, key=lambda r: r.text), strict=True)
     ]
     assert 0 < np.median(moved) < 0.1
 
@@ -209,7 +209,11 @@ def test_same_scene_at_two_resolutions_gives_the_same_normalised_boxes(tmp_path)
     scene = make_scene("florp", seed=11)
     _, regions = scene.render(64, 64)
     truth_row = {
-        "image_id": "scene", "caption": "a photo of a florp", "width": 64, "height": 64, "status": "ok",
+        "image_id": "scene",
+        "caption": "a photo of a florp",
+        "width": 64,
+        "height": 64,
+        "status": "ok",
         "descriptions": [t for t, _ in regions],
         "regions": [{"text": t, "box": list(b), "score": 1.0} for t, b in regions],
     }

@@ -67,8 +67,11 @@ def test_text_only_model_with_structured_output_answers_parseable_json(text_llm)
 
 
 def test_a_prompt_too_long_for_the_engine_fails_alone(text_llm):
-    requests = [DescribeRequest("a", None, "a red bird"), DescribeRequest("long", None, LONG_CAPTION),
-                DescribeRequest("b", None, "a blue fish")]
+    requests = [
+        DescribeRequest("a", None, "a red bird"),
+        DescribeRequest("long", None, LONG_CAPTION),
+        DescribeRequest("b", None, "a blue fish"),
+    ]
     results = text_llm.describe(requests)
     assert results[1].status == Status.DESCRIBE_FAILED and "LLM request failed" in results[1].error
     assert_within_limits(results[0])

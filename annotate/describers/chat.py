@@ -102,7 +102,9 @@ class ChatDescriber(Describer):
             return Description.failed(f"LLM request failed: {completion.error}", **tokens)
         cfg = self.config
         try:
-            answer = parse_answer(completion.text, cfg.max_descriptions, cfg.max_description_chars, cfg.max_caption_chars)
+            answer = parse_answer(
+                completion.text, cfg.max_descriptions, cfg.max_description_chars, cfg.max_caption_chars
+            )
         except ParseError as exc:
             snippet = (completion.text or "")[:160]
             return Description.failed(f"unusable LLM output: {exc}; output starts {snippet!r}", **tokens)

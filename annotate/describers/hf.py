@@ -44,6 +44,7 @@ class HFDescriber(ChatDescriber):
             AutoTokenizer,
         )
 
+        self.fatal_errors = (*ChatDescriber.fatal_errors, torch.OutOfMemoryError)
         self.options = parse_config(config.options, HFOptions, source="describer.options (hf)")
         remote = self.options.trust_remote_code
         detected = hasattr(AutoConfig.from_pretrained(config.model, trust_remote_code=remote), "vision_config")
@@ -84,7 +85,9 @@ class HFDescriber(ChatDescriber):
         conversations = [[{"role": "user", "content": self._content(p)}] for p in prompts]
         template_args = {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
         if self.multimodal:  # processors take tokenizer settings in processor_kwargs, tokenizers directly
-            inputs = self.processor.apply_chat_template(conversations, **template_args, processor_kwargs={"padding": True})
+            inputs = self.processor.apply_chat_template(
+                conversations, **template_args, processor_kwargs={"padding": True}
+            )
         else:
             inputs = self.tokenizer.apply_chat_template(conversations, **template_args, padding=True)
         inputs = inputs.to(self.device)

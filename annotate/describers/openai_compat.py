@@ -90,7 +90,9 @@ class OpenAIDescriber(ChatDescriber):
 
     async def _make_client(self, client_class, api_key: str):
         # Retries are ours (below) so every attempt is bounded, logged and ends in a row status.
-        return client_class(base_url=self.options.base_url, api_key=api_key, timeout=self.options.timeout_s, max_retries=0)
+        return client_class(
+            base_url=self.options.base_url, api_key=api_key, timeout=self.options.timeout_s, max_retries=0
+        )
 
     async def _make_semaphore(self) -> asyncio.Semaphore:
         return asyncio.Semaphore(self.options.max_concurrency)

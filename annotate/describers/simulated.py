@@ -42,7 +42,9 @@ class PartsWorldDescriber(Describer):
     def _describe_one(self, request: DescribeRequest) -> Description:
         record = self.truth.get(request.image_id)
         if record is None:
-            return Description.failed(f"image_id {request.image_id!r} is not in the PartsWorld truth at {self.truth.path}")
+            return Description.failed(
+                f"image_id {request.image_id!r} is not in the PartsWorld truth at {self.truth.path}"
+            )
         rng = rng_for(self.options.seed, "describe", request.image_id)
         true_set = {d.lower() for d in record.descriptions}
         descriptions: list[str] = []

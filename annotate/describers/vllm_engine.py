@@ -8,14 +8,12 @@ With `structured_output` the decoder is constrained to the bounded JSON schema o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
 from grainclip.config.annotate import DescriberConfig
-
-log = logging.getLogger(__name__)
+from grainclip.config.base import ConfigError
 
 
 class VLLMDescriber(ChatDescriber):
@@ -29,25 +27,27 @@ class VLLMDescriber(ChatDescriber):
         # restarted with a fresh engine, instead of marking every following row as failed (or hanging).
         self.fatal_errors = (*ChatDescriber.fatal_errors, EngineDeadError)
         engine = config.engine
-        self.llm = LLM(
-            model=config.model,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            max_model_len=engine.max_model_len,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
-            dtype=engine.dtype,
-            enforce_eager=engine.enforce_eager,
-            trust_remote_code=engine.trust_remote_code,
-            seed=engine.seed,
-            limit_mm_per_prompt={"image": 1},  # one image per request; also bounds the memory profiling run
+        engine_args = {
+            "model": config.model,
+            "tensor_parallel_size": engine.tensor_parallel_size,
+            "max_model_len": engine.max_model_len,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "dtype": engine.dtype,
+            "enforce_eager": engine.enforce_eager,
+            "trust_remote_code": engine.trust_remote_code,
+            "seed": engine.seed,
+            "limit_mm_per_prompt": {"image": 1},  # one image per request; also bounds the memory profiling
             # Compact JSON: whitespace between JSON tokens is wasted output (and all a random model emits).
-            structured_outputs_config={"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
-            **({"max_num_seqs": engine.max_num_seqs} if engine.max_num_seqs else {}),
-            **engine.extra,
-        )
+            "structured_outputs_config": {"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
+        }
+        if engine.max_num_seqs:
+            engine_args["max_num_seqs"] = engine.max_num_seqs
+        self.llm = LLM(**{**engine_args, **engine.extra})  # `extra`: any vLLM engine argument, overriding ours
         detected = bool(self.llm.model_config.is_multimodal_model)
+        if config.multimodal and not detected:
+            self.close()
+            raise ConfigError(f"describer.multimodal is true but vLLM reports {config.model} as text-only")
         self.multimodal = detected if config.multimodal is None else config.multimodal
-        if self.multimodal and not detected:
-            log.warning("describer.multimodal is true but vLLM reports %s as text-only", config.model)
         sampling = config.sampling
         self.sampling_params = SamplingParams(
             temperature=sampling.temperature,
@@ -55,11 +55,7 @@ class VLLMDescriber(ChatDescriber):
             max_tokens=sampling.max_tokens,
             repetition_penalty=sampling.repetition_penalty,
             seed=sampling.seed,
-            structured_outputs=(
-                StructuredOutputsParams(json=self.json_schema)
-                if config.structured_output
-                else None
-            ),
+            structured_outputs=(StructuredOutputsParams(json=self.json_schema) if config.structured_output else None),
         )
 
     def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:

@@ -31,9 +31,7 @@ def select_regions(
     keep = box_ops.is_valid(boxes) & np.isfinite(scores) & (scores > config.box_threshold) & named[labels]
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     order = box_ops.batched_nms(boxes, scores, labels, config.nms_iou)[: config.max_regions]
-    return [
-        Region(text=texts[labels[i]], box=tuple(float(v) for v in boxes[i]), score=float(scores[i])) for i in order
-    ]
+    return [Region(text=texts[labels[i]], box=tuple(float(v) for v in boxes[i]), score=float(scores[i])) for i in order]
 
 
 def cxcywh_to_original(pred_boxes: np.ndarray) -> np.ndarray:

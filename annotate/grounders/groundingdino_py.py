@@ -59,7 +59,9 @@ class GroundingDinoPyGrounder(PhraseGrounder):
         from groundingdino.util.misc import clean_state_dict
         from groundingdino.util.slconfig import SLConfig
 
-        self.options = parse_config(config.options, GroundingDinoPyOptions, source="grounder.options (groundingdino-py)")
+        self.options = parse_config(
+            config.options, GroundingDinoPyOptions, source="grounder.options (groundingdino-py)"
+        )
         folder = Path(config.model)
         self.config_file = self.options.config_file or _single(folder, "*.py", "config_file")
         self.checkpoint = self.options.checkpoint or _single(folder, "*.pth", "checkpoint")
@@ -71,9 +73,13 @@ class GroundingDinoPyGrounder(PhraseGrounder):
         state = torch.load(self.checkpoint, map_location="cpu", weights_only=self.options.weights_only)
         missing, unexpected = model.load_state_dict(clean_state_dict(state.get("model", state)), strict=False)
         if len(missing) > len(model.state_dict()) // 2:  # not this model's checkpoint at all
-            raise ConfigError(f"checkpoint {self.checkpoint} does not match {self.config_file}: {len(missing)} weights missing")
+            raise ConfigError(
+                f"checkpoint {self.checkpoint} does not match {self.config_file}: {len(missing)} weights missing"
+            )
         if missing or unexpected:  # the official checkpoints carry a few unused keys (e.g. label_enc.weight)
-            log.warning("checkpoint %s: %d missing, %d unexpected weights", self.checkpoint, len(missing), len(unexpected))
+            log.warning(
+                "checkpoint %s: %d missing, %d unexpected weights", self.checkpoint, len(missing), len(unexpected)
+            )
         self.model = model.to(self.device).eval()
         self.tokenizer = model.tokenizer
         self.max_text_len = int(model.max_text_len)
@@ -105,7 +111,7 @@ class GroundingDinoPyGrounder(PhraseGrounder):
             pred_boxes = outputs["pred_boxes"].float().cpu().numpy()
             for k, index in enumerate(indices):
                 results[index] = (logits[k], pred_boxes[k])
-        probs, boxes = (np.stack(column) for column in zip(*results))
+        probs, boxes = (np.stack(column) for column in zip(*results, strict=True))
         return probs, boxes, offsets
 
     def info(self) -> dict[str, Any]:

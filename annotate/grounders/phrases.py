@@ -102,9 +102,7 @@ class PhraseGrounder(DetectorGrounder):
         """
 
     def chunks_for(self, descriptions: Sequence[str]) -> list[PhraseChunk]:
-        counts = [
-            len(self.tokenizer(phrase_text(d), add_special_tokens=False)["input_ids"]) for d in descriptions
-        ]
+        counts = [len(self.tokenizer(phrase_text(d), add_special_tokens=False)["input_ids"]) for d in descriptions]
         return pack_chunks(descriptions, counts, self.max_text_len)
 
     def _detect(self, requests: Sequence[GroundRequest]) -> list[Grounding]:
@@ -112,7 +110,9 @@ class PhraseGrounder(DetectorGrounder):
         found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in requests]
         for start in range(0, len(pairs), self.config.batch_size):
             batch = pairs[start : start + self.config.batch_size]
-            probs, pred_boxes, offsets = self._forward([requests[i].image for i, _ in batch], [c.text for _, c in batch])
+            probs, pred_boxes, offsets = self._forward(
+                [requests[i].image for i, _ in batch], [c.text for _, c in batch]
+            )
             for k, (i, chunk) in enumerate(batch):
                 spans = token_spans(offsets[k], chunk.spans)
                 queries, labels, scores = assign_boxes(
@@ -121,6 +121,8 @@ class PhraseGrounder(DetectorGrounder):
                 found[i].append((cxcywh_to_original(pred_boxes[k][queries]), scores, labels + chunk.first))
         groundings = []
         for request, parts in zip(requests, found, strict=True):
-            boxes, scores, labels = (np.concatenate(column) for column in zip(*parts))
-            groundings.append(Grounding.from_regions(select_regions(request.descriptions, boxes, scores, labels, self.config)))
+            boxes, scores, labels = (np.concatenate(column) for column in zip(*parts, strict=True))
+            groundings.append(
+                Grounding.from_regions(select_regions(request.descriptions, boxes, scores, labels, self.config))
+            )
         return groundings

@@ -47,7 +47,9 @@ class PartsWorldGrounder(Grounder):
     def _ground_one(self, request: GroundRequest) -> Grounding:
         record = self.truth.get(request.image_id)
         if record is None:
-            return Grounding.failed(f"image_id {request.image_id!r} is not in the PartsWorld truth at {self.truth.path}")
+            return Grounding.failed(
+                f"image_id {request.image_id!r} is not in the PartsWorld truth at {self.truth.path}"
+            )
         rng = rng_for(self.options.seed, "ground", request.image_id)
         boxes, scores, labels = [], [], []
         for label, text in enumerate(request.descriptions):
