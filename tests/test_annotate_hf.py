@@ -12,7 +12,7 @@ from PIL import Image
 from grainclip.annotate import DescribeRequest, build_describer
 from grainclip.annotate.describers.chat import ChatPrompt, Completion
 from grainclip.config.annotate import DescriberConfig
-from grainclip.config.base import ConfigError
+from grainclip.config.base import ConfigError, load_config
 from grainclip.schema import Status
 
 
@@ -101,3 +101,18 @@ def test_answers_become_descriptions_or_failed_rows(text_llm, text, status, erro
 def test_forcing_multimodal_on_a_text_only_model_is_a_config_error(tiny_models):
     with pytest.raises(ConfigError, match="no vision_config"):
         build_describer(hf_config(tiny_models["llm"], multimodal=True))
+
+
+def test_swapping_the_model_is_one_yaml_line(tiny_models, tmp_path):
+    """The same YAML with only `model` changed switches a vision-language model for a text-only one."""
+    text = "name: hf\nmodel: {model}\nbatch_size: 2\nsampling: {{max_tokens: 4}}\n"
+    builds = {}
+    for name in ("vlm", "llm"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text.format(model=tiny_models[name]))
+        builds[name] = build_describer(load_config(path, DescriberConfig))
+    request = DescribeRequest("a", noise_image(0), "a photo of a bird")
+    assert builds["vlm"].to_prompt(request).image is not None and builds["llm"].to_prompt(request).image is None
+    for describer in builds.values():
+        [result] = describer.describe([request])
+        assert result.num_output_tokens > 0
