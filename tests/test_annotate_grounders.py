@@ -184,6 +184,21 @@ def test_zero_detections_and_empty_descriptions_are_no_regions(name, tiny_models
 
 
 @pytest.mark.parametrize("name", ["grounding-dino", "owlv2"])
+def test_odd_images_and_over_long_descriptions_are_grounded(name, request):
+    """1x1 and extreme aspect ratios, and a description longer than the text tower's limit (truncated)."""
+    grounder = request.getfixturevalue(name.replace("-", "_"))
+    long_description = "red " * 60 + "crest"
+    requests = [
+        GroundRequest("pixel", Image.new("RGB", (1, 1), (200, 10, 10)), DESCRIPTIONS),
+        GroundRequest("strip", noise_image(300, 10, 4), DESCRIPTIONS),
+        GroundRequest("long", noise_image(64, 64, 5), [long_description, "wings"]),
+    ]
+    for result in grounder.ground(requests):
+        assert result.status in (Status.OK, Status.NO_REGIONS), result.error
+        assert all(schema.region_problem(r.to_dict()) is None for r in result.regions)
+
+
+@pytest.mark.parametrize("name", ["grounding-dino", "owlv2"])
 def test_one_broken_image_fails_alone(name, request, images):
     grounder = request.getfixturevalue(name.replace("-", "_"))
     requests = [
