@@ -7,7 +7,6 @@ pipeline runs the same steps as separate stages so the LLM and the detector scal
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,8 +14,6 @@ from grainclip.annotate.base import Describer, Grounder
 from grainclip.annotate.types import DescribeRequest, Description, Grounding, GroundRequest
 from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image_bytes
 from grainclip.schema import Status
-
-log = logging.getLogger(__name__)
 
 
 def input_problem(row: dict[str, Any]) -> str | None:
@@ -28,11 +25,6 @@ def input_problem(row: dict[str, Any]) -> str | None:
     if caption is not None and not isinstance(caption, str):
         return f"caption must be a string or null, got {type(caption).__name__}"
     return None
-
-
-def clean_caption(caption: str | None) -> str | None:
-    """Alt-text as the describer should see it: None when missing or blank."""
-    return caption.strip() or None if isinstance(caption, str) else None
 
 
 def annotate_rows(
@@ -60,7 +52,7 @@ def annotate_rows(
 
     described = list(images)
     results = describer.describe(
-        [DescribeRequest(out[i]["image_id"], images[i], clean_caption(out[i].get("caption"))) for i in described]
+        [DescribeRequest(out[i]["image_id"], images[i], out[i].get("caption")) for i in described]
     )
     for index, description in zip(described, results, strict=True):
         _apply_description(out[index], description)

@@ -7,7 +7,6 @@ the versioned prompt, isolates failures to their rows, and parses the answers.
 
 from __future__ import annotations
 
-import logging
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from grainclip.schema import Status
 
 if TYPE_CHECKING:
     from PIL import Image
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from grainclip.annotate.base import Describer
-from grainclip.annotate.simulated import TruthIndex, rng_for, words
+from grainclip.annotate.partsworld_truth import TruthIndex, rng_for, words
 from grainclip.annotate.types import DescribeRequest, Description
 from grainclip.config.annotate import DescriberConfig
 from grainclip.config.base import ConfigModel, parse_config

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from grainclip.annotate.base import Grounder
 from grainclip.annotate.grounders.common import select_regions
-from grainclip.annotate.simulated import TruthIndex, TruthRecord, rng_for, word_overlap
+from grainclip.annotate.partsworld_truth import TruthIndex, TruthRecord, rng_for, word_overlap
 from grainclip.annotate.types import Grounding, GroundRequest
 from grainclip.config.annotate import GrounderConfig
 from grainclip.config.base import ConfigModel, parse_config
