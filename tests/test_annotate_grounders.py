@@ -185,12 +185,13 @@ def test_zero_detections_and_empty_descriptions_are_no_regions(name, tiny_models
 
 @pytest.mark.parametrize("name", ["grounding-dino", "owlv2"])
 def test_odd_images_and_over_long_descriptions_are_grounded(name, request):
-    """1x1 and extreme aspect ratios, and a description longer than the text tower's limit (truncated)."""
+    """1x1, 12-megapixel and extreme aspect ratios, and a description longer than the text tower's limit (truncated)."""
     grounder = request.getfixturevalue(name.replace("-", "_"))
     long_description = "red " * 60 + "crest"
     requests = [
         GroundRequest("pixel", Image.new("RGB", (1, 1), (200, 10, 10)), DESCRIPTIONS),
         GroundRequest("strip", noise_image(300, 10, 4), DESCRIPTIONS),
+        GroundRequest("big", noise_image(4000, 3000, 6), DESCRIPTIONS),
         GroundRequest("long", noise_image(64, 64, 5), [long_description, "wings"]),
     ]
     for result in grounder.ground(requests):

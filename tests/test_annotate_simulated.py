@@ -274,3 +274,28 @@ def test_annotate_rows_on_partsworld_conforms_to_the_annotations_schema(partswor
     assert table.column("status").to_pylist().count("ok") >= 12
     assert "class_name" in table.column_names  # extra columns are carried through
     assert all(r["run_id"] == "t" for r in rows)
+
+
+# --- failure isolation ---------------------------------------------------------------------------------
+
+
+def test_a_failing_batch_is_split_until_the_bad_rows_are_alone():
+    from grainclip.annotate.base import map_isolating_failures
+
+    calls: list[list[int]] = []
+
+    def run(batch):
+        calls.append(list(batch))
+        if 5 in batch or 11 in batch:
+            raise ValueError("bad row")
+        return [item * 10 for item in batch]
+
+    results = map_isolating_failures(list(range(16)), run, lambda item, exc: f"failed {item}: {exc}")
+    assert results == [i * 10 if i not in (5, 11) else f"failed {i}: bad row" for i in range(16)]
+    assert len(calls) < 16  # halving, not one call per row
+
+    def dead(batch):
+        raise MemoryError
+
+    with pytest.raises(MemoryError):
+        map_isolating_failures([1, 2, 3], dead, lambda item, exc: None, fatal=(MemoryError,))

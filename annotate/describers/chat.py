@@ -46,6 +46,8 @@ class ChatDescriber(Describer):
 
     #: exceptions meaning the backend itself is broken (raised, not recorded per row)
     fatal_errors: ClassVar[tuple[type[BaseException], ...]] = (MemoryError,)
+    #: requests per `complete` call when the config sets no batch_size (None: the whole batch at once)
+    default_batch_size: ClassVar[int | None] = None
 
     def __init__(self, config: DescriberConfig) -> None:
         super().__init__(config)
@@ -82,7 +84,8 @@ class ChatDescriber(Describer):
                 runnable.append((index, self.to_prompt(request)))
             except ValueError as exc:
                 results[index] = Description.failed(str(exc))
-        for batch in chunks(runnable, self.config.batch_size):
+        size = self.config.batch_size or self.default_batch_size or max(len(runnable), 1)
+        for batch in chunks(runnable, size):
             completions = map_isolating_failures(
                 [prompt for _, prompt in batch],
                 self.complete,

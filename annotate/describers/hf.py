@@ -33,6 +33,8 @@ def resolve_device(device: str) -> str:
 
 
 class HFDescriber(ChatDescriber):
+    default_batch_size = 8  # padded generate: memory grows with the batch
+
     def __init__(self, config: DescriberConfig) -> None:
         super().__init__(config)
         import torch

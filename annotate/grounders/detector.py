@@ -1,8 +1,8 @@
 """Base for grounders backed by a torch detector: device choice, batching, and failure isolation.
 
 A subclass implements `_detect` for a batch of requests that each have at least one description. Requests
-with no descriptions get no_regions; a batch that raises is retried image by image so a single bad image
-becomes a ground_failed row, while out-of-memory propagates (the worker is unhealthy, not the row).
+with no descriptions get no_regions; a batch that raises is split until the failing image is alone, so a
+single bad image becomes a ground_failed row, while out-of-memory propagates (the worker is unhealthy).
 """
 
 from __future__ import annotations

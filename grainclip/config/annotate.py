@@ -45,7 +45,12 @@ class DescriberConfig(ConfigModel):
 
     name: str = Field("partsworld", description="Plugin name in the grainclip.describers entry-point group.")
     model: str | None = Field(None, description="Model id or local folder (None for the simulated describer).")
-    batch_size: int = Field(16, gt=0, description="Requests per engine call; callers may pass any number.")
+    batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="Requests per model call; callers may pass any number. None: the backend's choice (vllm and "
+        "openai take the whole batch, their scheduler / concurrency limit does the rest; hf 8).",
+    )
     prompt: str = Field("grain-v1", description="Name of a versioned prompt template (grainclip.annotate.prompts).")
     max_descriptions: int = Field(5, gt=0, le=64)
     max_description_chars: int = Field(100, gt=0, description="Longer items are dropped (see parsing.py).")
