@@ -129,6 +129,19 @@ def test_parquet_stream_covers_every_row_once_and_reports_bad_images(tmp_path, w
     assert [(index, image_id) for index, image_id, _ in errors] == [(3, "img-3")]
 
 
+def test_one_row_group_is_shared_between_workers(tmp_path):
+    """Small shards are often a single row group: its record batches are dealt to the workers in turn."""
+    from grainclip.evaluate.datasets import ParquetImages, _row_groups
+
+    path = tmp_path / "one.parquet"
+    write_shard(pa.Table.from_pylist([{"image_id": f"i{i}", "image": encode_image(_image("red")), "width": 20, "height": 12} for i in range(5)]), path, "images")
+    assert len(_row_groups(path, None)) == 1
+    dataset = ParquetImages(_row_groups(path, None), PREPROCESS, None, None, None, False, batch_rows=2)
+    # DataLoader takes one sample from each worker in turn: worker 0 has rows 0,1,4 and worker 1 rows 2,3.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=collate)
+    assert [int(batch["index"][0]) for batch in loader] == [0, 2, 1, 3, 4]
+
+
 def test_parquet_labels_outside_the_class_file_rejected(tmp_path):
     path = _annotation_rows(tmp_path, ["a", "b", "zebra"])
     classes = tmp_path / "classes.txt"
