@@ -10,8 +10,8 @@ Ray Data's own progress bars show each stage while it runs. When the stream ends
 (see `rundir`), counts are taken from the committed shards themselves, the manifest is finalised and the
 report written. Then the optional train/evaluate steps run on the same Ray cluster.
 
-Ray: with no address, `ray.init()` starts an embedded local instance (or, inside a Ray Job, attaches to the
-job's cluster via RAY_ADDRESS); with an address it attaches to that cluster. An already initialised Ray (a
+Ray: with no address an embedded local instance is started (inside a Ray Job, RAY_ADDRESS points at the job's
+cluster and the run attaches to it); with an address it attaches to that cluster. An already initialised Ray (a
 test cluster, the quickstart) is reused and left running.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from collections import Counter
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.errors import USER_ERRORS
 from grainclip.pipelines import manifest as manifests
@@ -138,15 +140,18 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
 
     started_ray = not ray.is_initialized()
+    embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
     if started_ray:
-        ray.init(address=address, log_to_driver=True)
+        # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
+        # machine last started with `ray start`.
+        ray.init(address="local" if embedded else address, log_to_driver=True)
     attempt["ray_address"] = address or "local"
     progress = AttemptProgress()
     try:
         stale = run.remove_stale_temp_files()
         if stale:
             log.info("removed %d temp file(s) left by a killed attempt", stale)
-        check_resources(config, ray.cluster_resources())
+        check_resources(config, ray.cluster_resources(), autoscaling=not embedded)
         done = run.committed_ids()
         attempt["rows_skipped"] = len(done)
         if len(done):
@@ -196,22 +201,27 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     return result
 
 
-def check_resources(config: PipelineConfig, cluster: dict[str, float]) -> None:
-    """Warn when the actor pools' minimum sizes leave no room for the read/commit tasks: the plan would hang.
+def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscaling: bool) -> None:
+    """Refuse a plan whose actor pools leave no room for the read/commit tasks: it would wait forever.
 
-    A warning, not an error: an autoscaling cluster may add the missing nodes once the actors ask for them.
+    On an attached cluster this is only a warning, since an autoscaler may add the missing nodes once the
+    actors ask for them; an embedded local Ray never grows, so there it is an error.
     """
     stages = (("describe", config.describe), ("ground", config.ground))
     for resource, per_actor in (("CPU", lambda s: s.num_cpus), ("GPU", lambda s: s.num_gpus)):
         needed = sum(stage.min_actors * per_actor(stage) for _, stage in stages) + (1 if resource == "CPU" else 0)
         have = cluster.get(resource, 0.0)
-        if needed > have:
-            wants = ", ".join(f"{name}: {stage.min_actors} x {per_actor(stage):g}" for name, stage in stages)
-            log.warning(
-                "the stages' actors need %g %s (%s%s) but the cluster has %g: the run will wait for resources "
-                "unless the cluster autoscales; lower min_actors or num_cpus/num_gpus per actor",
-                needed, resource, wants, ", plus 1 for read/commit tasks" if resource == "CPU" else "", have,
-            )
+        if needed <= have:
+            continue
+        wants = ", ".join(f"{name}: {stage.min_actors} x {per_actor(stage):g}" for name, stage in stages)
+        tasks = ", plus 1 for the read/commit tasks" if resource == "CPU" else ""
+        message = (
+            f"the stages' actors need {needed:g} {resource} ({wants}{tasks}) but the Ray cluster has {have:g}; "
+            f"lower min_actors or num_{resource.lower()}s per actor (describe/ground in the config)"
+        )
+        if not autoscaling:
+            raise ConfigError(message)
+        log.warning("%s -- waiting for the cluster to scale up", message)
 
 
 def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.ObjectRef) -> ray.data.Dataset:
@@ -261,8 +271,8 @@ def _actor_stage(dataset: ray.data.Dataset, stage_class: type, annotator: dict[s
 def actor_pool_options(stage: StageConfig, annotator_env: dict[str, Any] | None) -> dict[str, Any]:
     """map_batches keyword arguments for a model stage: actor pool, resources, restarts, runtime_env.
 
-    The stage's runtime_env is laid over the annotator's own (e.g. groundingdino-py's pip list); env_vars
-    are merged key by key.
+    The actors run in the annotator's own runtime_env (e.g. groundingdino-py's pip list) unless the stage
+    sets one, which replaces it (e.g. a prebuilt environment via py_executable; `{}` = the main environment).
     """
     import ray.data
 
@@ -275,18 +285,12 @@ def actor_pool_options(stage: StageConfig, annotator_env: dict[str, Any] | None)
     }
     if stage.num_gpus:
         options["num_gpus"] = stage.num_gpus
-    env = merge_runtime_envs(annotator_env, stage.runtime_env)
+    if stage.resources:
+        options["resources"] = stage.resources
+    env = annotator_env if stage.runtime_env is None else stage.runtime_env
     if env:
         options["runtime_env"] = env
     return options
-
-
-def merge_runtime_envs(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
-    merged = {**(base or {}), **(override or {})}
-    env_vars = {**(base or {}).get("env_vars", {}), **(override or {}).get("env_vars", {})}
-    if env_vars:
-        merged["env_vars"] = env_vars
-    return merged
 
 
 def find_user_error(error: BaseException) -> BaseException | None:

