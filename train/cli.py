@@ -6,12 +6,50 @@ from pathlib import Path
 
 import typer
 
-from grainclip.errors import NotBuiltError, user_errors
+from grainclip.errors import user_errors
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """`--set key.path=value` pairs; values are read as YAML (numbers, booleans, lists), else kept as text."""
+    import yaml
+
+    from grainclip.config.base import ConfigError
+
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
-    def train(config: Path) -> None:
-        """Train GRAIN (or the CLIP baseline) from a train config."""
-        raise NotBuiltError("train")
+    def train(
+        config: Path = typer.Argument(..., help="Train config YAML (grainclip.config.train.TrainConfig)."),
+        workers: int | None = typer.Option(None, "--workers", help="Ray Train workers (DDP); default: the config's."),
+        gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
+        address: str | None = typer.Option(None, "--address", help="Ray cluster address to attach to."),
+        resume: str | None = typer.Option(None, "--resume", help="'latest' or a checkpoint folder."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config value: --set steps=100."),
+    ) -> None:
+        """Train GRAIN (or the CLIP baseline with mode: clip) from a train config."""
+        from grainclip.config.base import load_config
+        from grainclip.config.train import TrainConfig
+
+        values = parse_overrides(overrides)
+        if workers is not None:
+            values["workers"] = workers
+        if gpu:
+            values["gpu"] = True
+        if address is not None:
+            values["ray_address"] = address
+        cfg = load_config(config, TrainConfig, values)  # config mistakes surface before torch is imported
+
+        from grainclip.train.trainer import train as run_training
+
+        result = run_training(cfg, resume=resume)
+        typer.echo(f"model: {result.checkpoint}")
+        typer.echo(f"metrics: {result.output_dir / 'metrics.jsonl'}")

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from grainclip.config.base import ConfigError
-from grainclip.schema import ANNOTATIONS_SCHEMA, parquet_files
-from grainclip.train.samples import SKIP_KEYS, SampleBuilder
+from grainclip.schema import ANNOTATIONS_SCHEMA, SchemaError, parquet_files
+from grainclip.train.samples import SKIP_KEYS, TRAINABLE_STATUSES, SampleBuilder
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,22 @@ def list_row_groups(path: str | Path) -> list[RowGroup]:
     if not groups:
         raise FileNotFoundError(f"no annotation rows under {path}")
     return groups
+
+
+def check_trainable(groups: list[RowGroup], num_shards: int) -> dict[str, int]:
+    """Rows per status (read from the small status column only); fails early if nothing can train."""
+    statuses: dict[str, int] = {}
+    for path in sorted({group.path for group in groups}):
+        for status in pq.read_table(path, columns=["status"]).column("status").to_pylist():
+            statuses[status] = statuses.get(status, 0) + 1
+    trainable = sum(count for status, count in statuses.items() if status in TRAINABLE_STATUSES)
+    if not trainable:
+        raise SchemaError(f"no annotation row has a trainable status {sorted(TRAINABLE_STATUSES)}; found {statuses}")
+    total = sum(statuses.values())
+    if total < num_shards:
+        raise SchemaError(f"{total} annotation rows cannot feed {num_shards} data shards (ranks x data.num_workers)")
+    log.info("annotation rows by status: %s (only %s train)", statuses, sorted(TRAINABLE_STATUSES))
+    return statuses
 
 
 class EpochOrder:
@@ -195,6 +211,9 @@ def make_loader(
         num_workers=num_workers,
         prefetch_factor=prefetch_batches if num_workers else None,
         pin_memory=pin_memory,
+        # Its own generator: the DataLoader's seed draw must not consume the global RNG that dropout uses,
+        # or a resumed run's dropout masks would shift. (Samples carry their own seeds; workers need none.)
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -28,7 +28,14 @@ from grainclip.modeling import LoadedModel
 from grainclip.train import distributed
 from grainclip.train.backbone import Backbone, build_backbone
 from grainclip.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from grainclip.train.data import EpochOrder, StreamPosition, list_row_groups, make_loader, prepare_batch
+from grainclip.train.data import (
+    EpochOrder,
+    StreamPosition,
+    check_trainable,
+    list_row_groups,
+    make_loader,
+    prepare_batch,
+)
 from grainclip.train.export import build_model, export_model
 from grainclip.train.losses import GrainCriterion
 from grainclip.train.metrics import MetricsLog
@@ -74,8 +81,10 @@ class LocalBatches:
     """The DataLoader stream of data.py plus the position of the batches actually consumed."""
 
     def __init__(self, cfg: TrainConfig, backbone: Backbone, state: dict[str, Any] | None, rank: int = 0, world_size: int = 1) -> None:
-        order = EpochOrder(list_row_groups(cfg.data.train), cfg.data.shuffle_row_groups, cfg.seed)
+        groups = list_row_groups(cfg.data.train)
         num_shards = world_size * max(cfg.data.num_workers, 1)
+        check_trainable(groups, num_shards)
+        order = EpochOrder(groups, cfg.data.shuffle_row_groups, cfg.seed)
         self.position = StreamPosition.from_state(state, num_shards) if state else StreamPosition(num_shards)
         loader = make_loader(
             order,
@@ -112,6 +121,7 @@ def sample_builder(cfg: TrainConfig, backbone: Backbone) -> SampleBuilder:
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     """Train per `cfg`; `resume` is "latest" or a checkpoint folder. Returns where the model was exported."""
+    check_trainable(list_row_groups(cfg.data.train), num_shards=1)  # bad data fails before any model is built
     if cfg.workers > 1 or cfg.ray_address:
         from grainclip.train.ray_train import train_with_ray
 
