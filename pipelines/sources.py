@@ -123,10 +123,10 @@ def webdataset_to_images(batch: pa.Table, image_extensions: list[str], caption_e
     for extension in image_extensions:
         if extension in batch.column_names:
             column = batch.column(extension).to_pylist()
-            images = [have if have is not None else new for have, new in zip(images, column)]
+            images = [have if have is not None else _bytes(new) for have, new in zip(images, column)]
     captions: list[str | None] = [None] * n
     if caption_extension in batch.column_names:
-        captions = [_text(v) for v in batch.column(caption_extension).to_pylist()]
+        captions = [_text(_bytes(v)) for v in batch.column(caption_extension).to_pylist()]
     return pa.table(
         {
             "image_id": batch.column("__key__"),
@@ -136,10 +136,13 @@ def webdataset_to_images(batch: pa.Table, image_extensions: list[str], caption_e
     )
 
 
-def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+def _bytes(value: object) -> bytes | None:
+    """A member's raw bytes; the reader fills members a sample lacks with null or NaN (it builds pandas frames)."""
+    return bytes(value) if isinstance(value, (bytes, bytearray)) else None
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", errors="replace") if value is not None else None
 
 
 def prepare_images(batch: pa.Table, done_ids: np.ndarray | None = None) -> pa.Table:
@@ -161,7 +164,7 @@ def prepare_images(batch: pa.Table, done_ids: np.ndarray | None = None) -> pa.Ta
         if not image_id or not image_id.strip():
             ids[row] = MISSING_ID_PREFIX + hashlib.sha1((image or b"") + (uri or "").encode()).hexdigest()
             problems.append("row has no image_id")
-        if not image and not uri:
+        if image is None and not uri:  # empty bytes are an image that fails to decode, not a missing one
             problems.append("row has neither image bytes nor image_uri")
         if problems:
             statuses[row], errors[row] = Status.INVALID_INPUT.value, "; ".join(problems)

@@ -1,0 +1,153 @@
+"""Exactly-once resume under real SIGKILLs: the driver of a 2000-image run is killed midway, the rerun has one
+of its describe actors killed midway, and the output still holds every input image exactly once.
+
+Simulated PartsWorld annotators keep the run itself cheap; what is under test is Ray, the commit protocol and
+the resume bookkeeping. Runs are separate `grainclip pipeline run` processes (each with its embedded Ray), so
+a SIGKILL hits a real driver; every process they started is killed by pid at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from grainclip.partsworld import generate
+from grainclip.schema import read_table
+
+pytestmark = pytest.mark.slow
+
+N_IMAGES = 2000
+ROWS_PER_SHARD = 10
+
+
+class Run:
+    """A `grainclip pipeline run` subprocess and every process it started (tracked to clean up after kills)."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log.open("w")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "grainclip.cli", "pipeline", "run", str(config)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+        self.seen: dict[int, psutil.Process] = {}
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            self.seen.setdefault(child.pid, child)
+        return children
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.descendants()
+            if self.process.poll() is not None:
+                raise AssertionError(f"run exited ({self.process.returncode}) before the condition held")
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for the run")
+            time.sleep(0.05)
+
+    def kill_everything(self) -> None:
+        self.descendants()
+        for proc in [psutil.Process(self.process.pid) if self.process.poll() is None else None, *self.seen.values()]:
+            try:
+                if proc is not None and proc.is_running():
+                    proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+def committed_rows(annotations: Path) -> int:
+    if not annotations.is_dir():
+        return 0
+    total = 0
+    for path in annotations.glob("part-*.parquet"):
+        try:
+            total += pq.read_metadata(path).num_rows
+        except OSError:  # renamed into place between glob and read: count it next time
+            continue
+    return total
+
+
+def digests(annotations: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in annotations.glob("part-*.parquet")}
+
+
+def test_sigkilled_driver_and_worker_actor_leave_every_image_exactly_once(tmp_path: Path):
+    generate(tmp_path / "pw", n=N_IMAGES, seed=3, n_test=1, image_size=32)
+    inputs = read_table(tmp_path / "pw" / "train" / "images", "images", columns=["image_id"]).column("image_id")
+    assert len(inputs) == N_IMAGES
+    out = tmp_path / "run"
+    annotations = out / "annotations"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "output": str(out),
+        "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
+        "describe": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD, "max_restarts": 2},
+        "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
+        "sink": {"rows_per_shard": ROWS_PER_SHARD},
+    }))
+
+    # Attempt 1: SIGKILL the driver once a few shards are committed.
+    first = Run(config, tmp_path / "attempt1.log")
+    try:
+        first.wait_until(lambda: committed_rows(annotations) >= 5 * ROWS_PER_SHARD)
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(timeout=30)
+    finally:
+        first.kill_everything()  # Ray's agents and actors outlive a SIGKILLed driver
+    time.sleep(1)
+    after_kill = committed_rows(annotations)
+    assert 0 < after_kill < N_IMAGES, "the kill must land midway"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "running"  # the killed attempt never got to close its record
+    before = digests(annotations)
+
+    # Attempt 2: same config, resumes; SIGKILL one describe actor once it is working.
+    second = Run(config, tmp_path / "attempt2.log")
+    try:
+        second.wait_until(lambda: committed_rows(annotations) >= after_kill + 2 * ROWS_PER_SHARD)
+        actors = [p for p in second.descendants() if "DescribeStage" in " ".join(p.cmdline())]
+        assert actors, "no describe actor process found"
+        killed_while_running = committed_rows(annotations) < N_IMAGES
+        actors[0].send_signal(signal.SIGKILL)
+        returncode = second.process.wait(timeout=300)
+    finally:
+        second.kill_everything()
+    log = (tmp_path / "attempt2.log").read_text()
+    assert returncode == 0, log[-4000:]
+    assert killed_while_running, "the actor kill must land before the run ends"
+
+    table = read_table(annotations, "annotations", columns=["image_id", "status"])
+    ids = table.column("image_id").to_pylist()
+    assert len(ids) == N_IMAGES and len(set(ids)) == N_IMAGES
+    assert set(ids) == set(inputs.to_pylist())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["rows"] == N_IMAGES
+    assert sum(manifest["counts"].values()) == N_IMAGES
+    assert set(manifest["counts"]) <= {"ok", "no_regions"}
+    first_attempt, second_attempt = manifest["attempts"]
+    assert first_attempt["status"] == "running" and second_attempt["status"] == "complete"
+    # Finished shards were not redone: skipped + annotated now == input, and the old files are untouched.
+    assert second_attempt["rows_skipped"] == after_kill
+    assert second_attempt["rows_skipped"] + second_attempt["rows"] - manifest["duplicates_dropped"] == N_IMAGES
+    assert {name: digest for name, digest in digests(annotations).items() if name in before} == before
+    assert "already committed; they are skipped" in log
