@@ -102,6 +102,15 @@ def test_grounding_dino_conversion_agrees_with_transformers_post_processing(grou
     np.testing.assert_allclose(ours, np.clip(reference["boxes"].numpy() / scale, 0, 1), atol=1e-5)
 
 
+def test_oversized_images_are_downscaled_keeping_the_aspect_ratio():
+    from grainclip.annotate.image_prep import fit_within
+
+    small = Image.new("RGB", (100, 50))
+    assert fit_within(small, 1600) is small
+    assert fit_within(Image.new("RGB", (4000, 3000)), 1600).size == (1600, 1200)
+    assert fit_within(Image.new("RGB", (30, 6000)), 1600).size == (8, 1600)
+
+
 # --- Grounding DINO's text side ------------------------------------------------------------------------
 
 

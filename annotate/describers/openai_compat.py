@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field
 
 from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
+from grainclip.annotate.image_prep import fit_within
 from grainclip.config.annotate import DescriberConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
 from grainclip.images import encode_image
@@ -43,6 +44,7 @@ class OpenAIOptions(ConfigModel):
     backoff_s: float = Field(1.0, gt=0, description="First retry delay; doubles each retry (with jitter).")
     max_backoff_s: float = Field(30.0, gt=0)
     image_format: Literal["JPEG", "PNG"] = Field("JPEG", description="How images are encoded into data URLs.")
+    max_image_side: int = Field(1536, gt=0, description="Larger images are downscaled (aspect kept) before sending.")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -134,7 +136,7 @@ class OpenAIDescriber(ChatDescriber):
     def _request(self, prompt: ChatPrompt) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.text}]
         if prompt.image is not None:
-            url = image_data_url(prompt.image, self.options.image_format)
+            url = image_data_url(fit_within(prompt.image, self.options.max_image_side), self.options.image_format)
             content.insert(0, {"type": "image_url", "image_url": {"url": url}})
         sampling = self.config.sampling
         request: dict[str, Any] = {

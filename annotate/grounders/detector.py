@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 from grainclip.annotate.base import Grounder, chunks, map_isolating_failures
+from grainclip.annotate.image_prep import fit_within
 from grainclip.annotate.types import Grounding, GroundRequest
 from grainclip.config.annotate import GrounderConfig
 from grainclip.config.base import ConfigError
@@ -55,7 +57,7 @@ class DetectorGrounder(Grounder):
                 results[index] = Grounding([], Status.NO_REGIONS.value, "no descriptions to ground")
         for batch in chunks(todo, self.config.batch_size):
             groundings = map_isolating_failures(
-                [requests[i] for i in batch],
+                [self._fit(requests[i]) for i in batch],
                 self._detect,
                 lambda _request, exc: Grounding.failed(f"{type(exc).__name__}: {exc}"),
                 fatal=self.fatal_errors,
@@ -64,8 +66,18 @@ class DetectorGrounder(Grounder):
                 results[index] = grounding
         return results  # type: ignore[return-value]
 
+    def _fit(self, request: GroundRequest) -> GroundRequest:
+        if request.image is None:
+            return request  # fails in _detect, as its own ground_failed row
+        return replace(request, image=fit_within(request.image, self.config.max_image_side))
+
     def info(self):
-        return {**super().info(), "model": self.model_id, "device": self.device}
+        return {
+            **super().info(),
+            "model": self.model_id,
+            "device": self.device,
+            "max_image_side": self.config.max_image_side,
+        }
 
     def close(self) -> None:
         self.__dict__.pop("model", None)

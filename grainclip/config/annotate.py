@@ -87,4 +87,7 @@ class GrounderConfig(ConfigModel):
     max_regions: int = Field(5, gt=0, description="Top-k regions per image by score.")
     batch_size: int = Field(8, gt=0, description="Images per detector forward.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    max_image_side: int = Field(
+        1600, gt=0, description="Larger images are downscaled (aspect kept) before the detector's processor."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific knobs.")
