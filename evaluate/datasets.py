@@ -32,7 +32,7 @@ import torch
 import torch.utils.data
 
 from grainclip.config.base import ConfigError
-from grainclip.config.evaluate import DatasetSpec, ImageFolderDataset, ParquetDataset, PartsWorldDataset
+from grainclip.config.evaluate import DatasetSpec, ImageFolderDataset, PartsWorldDataset
 from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
 from grainclip.schema import parquet_files
 
@@ -236,13 +236,14 @@ class EvalSplit:
 
     name: str
     size: int
+    make_dataset: Callable[[Callable, Sequence[str], int], torch.utils.data.Dataset] = field(repr=False)
     classnames: list[str] | None = None
     descriptors: dict[str, list[str]] | None = None
     has_captions: bool = False
     has_regions: bool = False
-    make_dataset: Callable[..., Any] = field(repr=False, default=None)  # (preprocess, tasks, keep_images) -> Dataset
 
-    def dataset(self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0):
+    def dataset(self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0) -> torch.utils.data.Dataset:
+        """A fresh streaming dataset yielding preprocessed samples (the first `keep_images` also keep the image)."""
         return self.make_dataset(preprocess, tasks, keep_images)
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
@@ -281,7 +282,7 @@ def imagefolder_split(spec: ImageFolderDataset) -> EvalSplit:
     def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> FolderImages:
         return FolderImages(items, preprocess, keep_images)
 
-    return EvalSplit(spec.name, len(items), classnames, descriptors, make_dataset=make)
+    return EvalSplit(spec.name, len(items), make, classnames, descriptors)
 
 
 def _row_groups(path: Path, limit: int | None) -> list[RowGroup]:
@@ -350,7 +351,7 @@ def parquet_split(
             keep_images=keep_images,
         )
 
-    return EvalSplit(name, sum(g.rows for g in groups), classnames, descriptor_map, has_captions, has_regions, make)
+    return EvalSplit(name, sum(g.rows for g in groups), make, classnames, descriptor_map, has_captions, has_regions)
 
 
 def partsworld_split(spec: PartsWorldDataset) -> EvalSplit:

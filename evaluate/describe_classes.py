@@ -31,11 +31,11 @@ def describe_classes(classnames: Sequence[str], describer: Describer, caption_te
 
     requests = [DescribeRequest(image_id=f"class-{i}", image=None, caption=caption_template.format(name)) for i, name in enumerate(classnames)]
     answers = describer.describe(requests)
-    failed = {name: answer.error for name, answer in zip(classnames, answers) if answer.status != Status.OK.value or not answer.descriptions}
+    failed = {name: answer.error for name, answer in zip(classnames, answers, strict=True) if answer.status != Status.OK.value or not answer.descriptions}
     if failed:
         shown = "; ".join(f"{name!r}: {error}" for name, error in list(failed.items())[:5])
         raise DescribeClassesError(f"{len(failed)} of {len(classnames)} classes got no descriptors ({shown})")
-    return {name: list(answer.descriptions) for name, answer in zip(classnames, answers)}
+    return {name: list(answer.descriptions) for name, answer in zip(classnames, answers, strict=True)}
 
 
 def write_descriptors(descriptors: dict[str, list[str]], path: str | Path) -> Path:

@@ -156,7 +156,7 @@ def plot_region_grid(items: list[dict[str, Any]], title: str, path: Path) -> Pat
         ax.set_yticks([])
         width, height = image.size
         lines = []
-        for k, (box, text, sim) in enumerate(zip(item["boxes"], item["descriptors"], item["similarities"])):
+        for k, (box, text, sim) in enumerate(zip(item["boxes"], item["descriptors"], item["similarities"], strict=True)):
             color = COLORS[k % len(COLORS)]
             x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))

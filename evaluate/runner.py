@@ -127,7 +127,7 @@ class SplitPass:
     def run(self) -> float:
         """Stream the split through the model; returns images per second."""
         from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() in __init__, starting a second set of workers
 
         dataset = self.split.dataset(self.loaded.preprocess, self.tasks, keep_images=self.grid_size)
         workers = self.settings.num_workers
@@ -166,7 +166,7 @@ class SplitPass:
             if self.image_embeddings is None:
                 self.image_embeddings = np.zeros((self.split.size, image.shape[1]), dtype=np.float32)
             self.image_embeddings[index] = image.cpu().numpy()
-            for i, caption in zip(index, batch["caption"]):
+            for i, caption in zip(index, batch["caption"], strict=True):
                 self.captions[i] = caption
         if regions is not None:
             valid = scoring.valid_regions(regions, self.settings.scoring.objectness_threshold)
@@ -189,7 +189,7 @@ class SplitPass:
         distinct = sorted({text for regions in truth for text, _ in regions})
         if not distinct:
             return
-        encoded = dict(zip(distinct, class_text.encode_texts(self.loaded, distinct, self.device)))
+        encoded = dict(zip(distinct, class_text.encode_texts(self.loaded, distinct, self.device), strict=True))
         for row, regions in enumerate(truth):
             by_text: dict[str, list] = {}
             for text, box in regions:
