@@ -3,7 +3,10 @@ notebook path (annotate_rows) over a corpus of bad inputs with a real describer 
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -92,8 +95,8 @@ def test_multimodal_model_gets_the_image(vlm):
 def test_bad_inputs_become_rows_with_a_status_never_an_exception(vlm, tiny_models, tmp_path):
     """Corrupt, truncated, zero-byte, CMYK, 16-bit, RGBA, huge (bomb) images and empty captions, end to end."""
     corpus = write_bad_input_corpus(tmp_path)
-    rows = pa.parquet.read_table(corpus["images"]).to_pylist()
-    expected = __import__("json").loads(corpus["expected"].read_text())
+    rows = pq.read_table(corpus["images"]).to_pylist()
+    expected = json.loads(corpus["expected"].read_text())
     grounder = build_grounder(GrounderConfig(name="owlv2", model=str(tiny_models["owlv2"]), box_threshold=0.0))
     out = annotate_rows(rows, vlm, grounder, run_id="bad-inputs")
     assert [r["image_id"] for r in out] == [r["image_id"] for r in rows]  # no row lost or reordered
