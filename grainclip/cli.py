@@ -13,6 +13,7 @@ import typer
 from grainclip import core_cli
 from grainclip.evaluate import cli as evaluate_cli
 from grainclip.pipelines import cli as pipelines_cli
+from grainclip.pipelines import quickstart
 from grainclip.train import cli as train_cli
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 core_cli.register(app)
 pipelines_cli.register(app)
+quickstart.register(app)
 train_cli.register(app)
 evaluate_cli.register(app)
 

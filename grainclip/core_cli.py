@@ -1,4 +1,4 @@
-"""Core commands: PartsWorld synthesis, rendering annotations, tiny offline models, the quickstart."""
+"""Core commands: PartsWorld synthesis, rendering annotations, tiny offline models."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from grainclip.errors import NotBuiltError, user_errors
+from grainclip.errors import user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -67,9 +67,3 @@ def register(app: typer.Typer) -> None:
             status = "built" if build.built else "cached"
             table.add_row(name, status, f"{build.seconds:.1f}", str(build.path))
         Console().print(table)
-
-    @app.command()
-    @user_errors
-    def quickstart(out: Path = typer.Option(Path("runs/quickstart"), help="Output directory.")) -> None:
-        """Whole flow offline: PartsWorld -> annotation pipeline -> train GRAIN and CLIP -> evaluate -> report."""
-        raise NotBuiltError("quickstart")

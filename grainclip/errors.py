@@ -18,10 +18,6 @@ F = TypeVar("F", bound=Callable)
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SchemaError, ImageDecodeError, FileNotFoundError)
 
 
-class NotBuiltError(RuntimeError):
-    """A command whose capability is not implemented yet; says so instead of faking output."""
-
-
 def user_errors(func: F) -> F:
     """CLI decorator: expected user errors print `error: ...` and exit 2; bugs still show a traceback."""
 
@@ -33,8 +29,5 @@ def user_errors(func: F) -> F:
             logging.getLogger("grainclip").debug("user error", exc_info=True)
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
-        except NotBuiltError as exc:
-            typer.secho(f"not built yet: {exc}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(3) from None
 
     return wrapper  # type: ignore[return-value]
