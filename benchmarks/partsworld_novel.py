@@ -7,7 +7,8 @@ their names never occur in training, so they can only be recognised from their d
 
 For each seed: generate PartsWorld → annotate the training split with the SIMULATED describer + grounder
 (they replay the generator's truth through noise; no model weights exist offline) → train the `clip`
-baseline and GRAIN with the same backbone, data, steps, batch and seed → evaluate both on held-out seen
+baseline and GRAIN with the same backbone, data, steps, batch and seed (the quickstart's recipe,
+grainclip.pipelines.quickstart.train_config) → evaluate both on held-out seen
 images and on novel classes in every scoring mode. Then the noise sweep: GRAIN on seed 0 at other noise
 levels (the CLIP baseline does not read descriptions or boxes, so the seed-0 CLIP run is its reference).
 
@@ -31,14 +32,10 @@ import pyarrow as pa
 from grainclip import schema
 from grainclip.annotate import annotate_rows, build_describer, build_grounder
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
-from grainclip.config.base import parse_config
-from grainclip.config.evaluate import EvaluateConfig
-from grainclip.config.train import TrainConfig
 from grainclip.partsworld import generate
+from grainclip.pipelines.quickstart import evaluate_config, top1_table, train_config
 
 log = logging.getLogger("partsworld_novel")
-
-BACKBONE = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "partsworld-vit.json"
 
 # (describer options, grounder options) per noise level. "moderate" is the quickstart's setting.
 NOISE = {
@@ -60,54 +57,8 @@ def annotate_split(root: Path, noise: str, seed: int, out: Path) -> Path:
     return out
 
 
-def train_config(mode: str, data: Path, out: Path, args: argparse.Namespace, seed: int) -> TrainConfig:
-    return parse_config(
-        {
-            "mode": mode,
-            "output_dir": str(out),
-            "backbone": {"model": str(BACKBONE)},
-            "decoder": {"layers": 2, "d_model": 128, "heads": 4, "ffn_dim": 512, "region_queries": 5, "dropout": 0.0},
-            "data": {"train": str(data), "num_workers": 1},
-            "optim": {"lr": args.lr, "warmup_steps": max(1, args.steps // 20)},
-            "batch_size": args.batch_size,
-            "steps": args.steps,
-            "seed": seed,
-            "log_every": 25,
-            "checkpoint_every": args.steps,
-        },
-        TrainConfig,
-    )
-
-
-def evaluate_models(models: dict[str, Path], root: Path, out: Path) -> dict:
-    from grainclip.evaluate import evaluate
-
-    cfg = parse_config(
-        {
-            "out": str(out),
-            "models": [{"type": "checkpoint", "label": label, "path": str(path)} for label, path in models.items()],
-            "datasets": [
-                {"type": "partsworld", "name": split, "root": str(root), "split": split} for split in ("test_seen", "test_novel")
-            ],
-            "num_workers": 1,
-            "grid_images": 4,
-            "progress": False,
-        },
-        EvaluateConfig,
-    )
-    return evaluate(cfg)
-
-
-def top1_table(results: dict) -> dict[tuple[str, str, str], float]:
-    """(model label, dataset, mode) -> top-1 from an evaluate() result."""
-    table = {}
-    for run in results["runs"]:
-        for row in run.get("classification", []):
-            table[(run["model"], run["dataset"], row["mode"])] = row["top1"]
-    return table
-
-
 def run_seed(args: argparse.Namespace, seed: int, noise: str, modes: tuple[str, ...]) -> dict:
+    from grainclip.evaluate import evaluate
     from grainclip.train import train
 
     work = args.out / f"seed{seed}-{noise}"
@@ -118,9 +69,9 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str, modes: tuple[str, 
     annotations = annotate_split(root, noise, seed, work / "annotations")
     models = {}
     for mode in modes:
-        result = train(train_config(mode, annotations, work / mode, args, seed))
-        models[mode] = result.checkpoint
-    results = evaluate_models(models, root, work / "eval")
+        config = train_config(mode, annotations, work / mode, args.steps, args.batch_size, seed, lr=args.lr)
+        models[mode] = train(config).checkpoint
+    results = evaluate(evaluate_config(models, root, work / "eval", grid_images=4))
     elapsed = time.perf_counter() - started
     log.info("seed %d noise %s done in %.0f s", seed, noise, elapsed)
     return {"seed": seed, "noise": noise, "seconds": elapsed,
