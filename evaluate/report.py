@@ -1,9 +1,14 @@
-"""Write an evaluation's results: results.json, a markdown summary, and PNG plots a person can read."""
+"""Write an evaluation's results: results.json, a markdown summary, and PNG plots a person can read.
+
+Figures are built with matplotlib's object API (no pyplot), so writing a report never changes the
+backend or state of a notebook or program that calls `evaluate`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -84,7 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def plot_modes(results: dict[str, Any], path: Path) -> Path | None:
     """Grouped bars: top-1 per dataset, one bar per (model, mode)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     datasets = list(dict.fromkeys(r["dataset"] for r in results["runs"]))
     series = list(dict.fromkeys((r["model"], c["mode"]) for r in results["runs"] for c in r.get("classification", [])))
@@ -92,7 +97,8 @@ def plot_modes(results: dict[str, Any], path: Path) -> Path | None:
         return None
     value = {(r["model"], c["mode"], r["dataset"]): c["top1"] for r in results["runs"] for c in r.get("classification", [])}
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(datasets) * max(1, len(series) / 3)), 4.5))
+    fig = Figure(figsize=(max(6, 1.6 * len(datasets) * max(1, len(series) / 3)), 4.5))
+    ax = fig.subplots()
     x = np.arange(len(datasets))
     for k, (model, mode) in enumerate(series):
         heights = [value.get((model, mode, d), np.nan) for d in datasets]
@@ -106,17 +112,17 @@ def plot_modes(results: dict[str, Any], path: Path) -> Path | None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_alpha_sweep(results: dict[str, Any], path: Path, configured_alpha: float | None) -> Path | None:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     sweeps = [r for r in results["runs"] if r.get("alpha_sweep")]
     if not sweeps:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     for k, r in enumerate(sweeps):
         alphas = [s["alpha"] for s in r["alpha_sweep"]]
         ax.plot(alphas, [s["top1"] for s in r["alpha_sweep"]], marker="o", color=COLORS[k % len(COLORS)], label=f"{r['model']} · {r['dataset']}")
@@ -130,7 +136,6 @@ def plot_alpha_sweep(results: dict[str, Any], path: Path, configured_alpha: floa
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -140,13 +145,14 @@ def plot_region_grid(items: list[dict[str, Any]], title: str, path: Path) -> Pat
     The descriptors are listed below the image, numbered like their boxes, rather than written on the boxes,
     so overlapping regions stay readable.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     columns = min(4, len(items))
     rows = math.ceil(len(items) / columns)
     most_regions = max(len(item["boxes"]) for item in items)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, (3.9 + 0.16 * most_regions) * rows), squeeze=False)
+    fig = Figure(figsize=(3.6 * columns, (3.9 + 0.16 * most_regions) * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(items):]:
         ax.axis("off")
     for ax, item in zip(axes.flat, items):
@@ -169,7 +175,6 @@ def plot_region_grid(items: list[dict[str, Any]], title: str, path: Path) -> Pat
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -178,10 +183,7 @@ def _slug(text: str) -> str:
 
 
 def write_report(results: dict[str, Any], grids: dict[tuple[str, str], list[dict]], out: str | Path) -> dict[str, Path]:
-    """results.json + results.md + plots/*.png under `out`; returns the written paths by name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """plots/*.png, results.md, then results.json under `out`; returns the written paths by name."""
     out = Path(out)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -194,9 +196,12 @@ def write_report(results: dict[str, Any], grids: dict[tuple[str, str], list[dict
         grid_path = plots / f"regions_{_slug(model)}_{_slug(dataset)}.png"
         written[f"regions/{model}/{dataset}"] = plot_region_grid(items, f"{model} on {dataset}: predicted regions and best-matching descriptors", grid_path)
     results["plots"] = {name: str(path.relative_to(out)) for name, path in written.items()}
-    (out / "results.json").write_text(json.dumps(_finite(results), indent=2))
     text = markdown(results)
     text += "\n## Plots\n\n" + "\n".join(f"![{name}]({rel})" for name, rel in results["plots"].items()) + "\n"
     (out / "results.md").write_text(text)
-    written["json"], written["markdown"] = out / "results.json", out / "results.md"
+    # results.json last and atomically: its presence means the evaluation finished (pipelines resume on it).
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(_finite(results), indent=2))
+    os.replace(tmp, out / "results.json")
+    written["markdown"], written["json"] = out / "results.md", out / "results.json"
     return written
