@@ -14,6 +14,7 @@ node sees (a shared filesystem), like any multi-node Ray output.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import tempfile
 import time
@@ -22,7 +23,10 @@ from pathlib import Path
 from grainclip.config.base import dump_config, load_config
 from grainclip.config.pipeline import PipelineConfig
 
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "pipeline.yaml"
+AGENT_WAIT_S = 60.0
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -41,12 +45,21 @@ def submit(config_path: Path, address: str, force_new_run: bool = False) -> str:
     client = _client(address)
     with tempfile.TemporaryDirectory(prefix="grainclip-job-") as staging:  # uploaded by submit_job
         (Path(staging) / CONFIG_NAME).write_text(dump_config(config))
-        return client.submit_job(
-            entrypoint=shlex.join(command),
-            runtime_env={**config.job.runtime_env, "working_dir": staging},
-            entrypoint_num_cpus=config.job.entrypoint_num_cpus,
-            metadata={"grainclip.output": config.output},
-        )
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return client.submit_job(
+                    entrypoint=shlex.join(command),
+                    runtime_env={**config.job.runtime_env, "working_dir": staging},
+                    entrypoint_num_cpus=config.job.entrypoint_num_cpus,
+                    metadata={"grainclip.output": config.output},
+                )
+            except RuntimeError as exc:
+                # A freshly started head answers this until its job agent is up; anything else is real.
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                log.info("the cluster's job agent is not up yet; retrying")
+                time.sleep(2.0)
 
 
 def status(job_id: str, address: str) -> tuple[str, str | None]:

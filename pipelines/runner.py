@@ -38,6 +38,7 @@ from grainclip.pipelines.rundir import RunDir, config_hash, resume_view
 from grainclip.pipelines.sink import FAILED_STATUSES, commit_shard
 from grainclip.pipelines.sources import prepare_images, read_source
 from grainclip.pipelines.stages import DescribeStage, GroundStage
+from grainclip.pipelines.steps import plan_steps, run_steps
 
 if TYPE_CHECKING:
     import ray
@@ -134,10 +135,8 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     view = resume_view(config)
     record = previous or manifests.new_manifest(run_id, config, view, config_hash(view))
     record.update(status="running", message=None, config=config.model_dump(mode="json"))
-    attempt: dict[str, Any] = {"started_at": manifests.now_iso(), "status": "running", "rows": 0}
-    record["attempts"].append(attempt)
-    run.write_manifest(record)
     log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
+    steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
 
     started_ray = not ray.is_initialized()
     embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
@@ -145,7 +144,25 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
         # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
         # machine last started with `ray start`.
         ray.init(address="local" if embedded else address, log_to_driver=True)
-    attempt["ray_address"] = address or "local"
+    try:
+        result = annotate(config, run, record, address, embedded)
+        if steps is not None:
+            result.steps = run_steps(steps, record, run)
+        return result
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def annotate(config: PipelineConfig, run: RunDir, record: dict[str, Any], address: str | None,
+             embedded: bool) -> RunResult:
+    """One attempt of the annotation plan on the connected Ray, recorded in the manifest whatever happens."""
+    import ray
+
+    attempt: dict[str, Any] = {"started_at": manifests.now_iso(), "status": "running", "rows": 0,
+                               "ray_address": address or ("local" if embedded else "attached")}
+    record["attempts"].append(attempt)
+    run.write_manifest(record)
     progress = AttemptProgress()
     try:
         stale = run.remove_stale_temp_files()
@@ -156,7 +173,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
         attempt["rows_skipped"] = len(done)
         if len(done):
             log.info("%d image(s) already committed; they are skipped", len(done))
-        summaries = build_plan(config, run, run_id, ray.put(done))
+        summaries = build_plan(config, run, record["run_id"], ray.put(done))
         for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
             for line in batch.column("stats").to_pylist():
                 progress.add(json.loads(line))
@@ -174,19 +191,16 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
         if user_error is not None:
             raise user_error from None
         raise
-    finally:
-        if started_ray:
-            ray.shutdown()
 
     record["duplicates_dropped"] = record.get("duplicates_dropped", 0) + duplicates
     _finish(record, attempt, progress, "complete", None, run, config)
     _write_report(run)
     counts = record["counts"]
-    log.info("run %s complete: %d rows in %s (%s)", run_id, record["rows"], run.annotations,
+    log.info("run %s complete: %d rows in %s (%s)", record["run_id"], record["rows"], run.annotations,
              ", ".join(f"{k} {v}" for k, v in counts.items()))
-    result = RunResult(
+    return RunResult(
         output=run.root,
-        run_id=run_id,
+        run_id=record["run_id"],
         rows=record["rows"],
         counts=counts,
         rows_this_attempt=progress.rows,
@@ -194,11 +208,6 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
         duplicates_dropped=record["duplicates_dropped"],
         manifest=record,
     )
-    if config.train is not None:
-        from grainclip.pipelines.steps import run_steps
-
-        result.steps = run_steps(config, run, record, address=address)
-    return result
 
 
 def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscaling: bool) -> None:

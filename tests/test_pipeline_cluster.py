@@ -7,8 +7,10 @@ other Ray users of this machine, and it is torn down by the fixture's finalizer.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,12 @@ pytestmark = pytest.mark.slow
 LLM_NODE, DETECTOR_NODE = "llm_node", "detector_node"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     import ray
@@ -34,7 +42,13 @@ def cluster():
     private_tmp = tempfile.mkdtemp(prefix="gcray-", dir="/tmp")  # short: Ray's unix socket paths must fit
     previous = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = private_tmp
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    # Other Ray instances on this machine may hold the default dashboard (8265) and job agent (52365) ports.
+    dashboard_port, agent_port = free_port(), free_port()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": dashboard_port,
+                        "dashboard_agent_listen_port": agent_port},
+    )
     try:
         cluster.add_node(num_cpus=1, resources={LLM_NODE: 1})
         cluster.add_node(num_cpus=1, resources={DETECTOR_NODE: 1})
@@ -126,19 +140,35 @@ def test_vllm_and_groundingdino_py_stages_run_on_separate_nodes_in_their_own_env
     assert result.manifest["throughput"]["describe"]["output_tokens"] > 0
 
 
-def test_submit_runs_the_pipeline_as_a_ray_job(cluster, partsworld_small, tmp_path):
+def test_submitted_job_goes_from_images_to_a_trained_and_evaluated_model(cluster, tiny_models, partsworld_small,
+                                                                          tmp_path):
+    """`pipeline submit` through the head's Jobs API, with train (Ray Train) and evaluate steps in the same job."""
     dashboard = f"http://{cluster.webui_url}"
-    config = tmp_path / "pipeline.yaml"
+    train_yaml, evaluate_yaml, config = tmp_path / "train.yaml", tmp_path / "evaluate.yaml", tmp_path / "pipeline.yaml"
+    train_yaml.write_text(yaml.safe_dump({
+        "backbone": {"model": str(tiny_models["clip"])},
+        "decoder": {"layers": 2, "d_model": 64, "heads": 4, "ffn_dim": 128, "dropout": 0.0},
+        "data": {"num_workers": 0},
+        "batch_size": 8, "steps": 3, "log_every": 1,
+    }))
+    evaluate_yaml.write_text(yaml.safe_dump({
+        "datasets": [{"name": "novel", "type": "partsworld", "root": str(partsworld_small), "split": "test_novel",
+                      "tasks": ["classification"], "limit": 16}],
+        "batch_size": 16, "num_workers": 0, "device": "cpu", "progress": False, "grid_images": 0,
+    }))
+    out = tmp_path / "submitted"
     config.write_text(yaml.safe_dump({
-        "output": str(tmp_path / "submitted"),
+        "output": str(out),
         "source": {"kind": "partsworld", "path": str(partsworld_small)},
         "describe": {"num_cpus": 0.25},
         "ground": {"num_cpus": 0.25},
         "sink": {"rows_per_shard": 32},
+        "train": {"config": str(train_yaml)},
+        "evaluate": {"config": str(evaluate_yaml), "num_cpus": 0.5},
     }))
     cli = [sys.executable, "-m", "grainclip.cli", "pipeline"]
     submitted = subprocess.run([*cli, "submit", str(config), "--address", dashboard, "--wait"],
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=540)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     job_id = submitted.stdout.splitlines()[0].strip()
     assert job_id.startswith("raysubmit_")
@@ -149,10 +179,18 @@ def test_submit_runs_the_pipeline_as_a_ray_job(cluster, partsworld_small, tmp_pa
     logs = subprocess.run([*cli, "logs", job_id, "--address", dashboard], capture_output=True, text=True)
     assert "complete: 64 rows" in logs.stdout
 
-    table = read_table(tmp_path / "submitted" / "annotations", "annotations")
+    table = read_table(out / "annotations", "annotations")
     inputs = read_table(partsworld_small / "train" / "images", "images").column("image_id").to_pylist()
     assert sorted(table.column("image_id").to_pylist()) == sorted(inputs)
     assert set(table.column("status").to_pylist()) <= {"ok", "no_regions"}
+    # The steps ran in the same job, on the same cluster, and wrote where the manifest says.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"]["train"].startswith("trained 3 steps with Ray Train")
+    assert manifest["steps"]["evaluate"].startswith("evaluated")
+    assert (out / "train" / "model" / "grain_model.json").exists()
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    assert [m["label"] for m in results["models"]] == ["pipeline-grain"]
+    assert results["runs"] and results["runs"][0]["dataset"] == "novel"
 
     missing = subprocess.run([*cli, "submit", str(tmp_path / "nope.yaml"), "--address", dashboard],
                              capture_output=True, text=True)

@@ -3,6 +3,7 @@ id filtering, duplicate removal, row preparation and the error-fraction check.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
 from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
 from grainclip.pipelines.sources import MISSING_ID_PREFIX, prepare_images
+from grainclip.pipelines.steps import plan_steps, run_steps
 from grainclip.schema import read_table, write_shard
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
@@ -185,3 +187,37 @@ def test_a_stage_runtime_env_replaces_the_annotators():
     options = actor_pool_options(StageConfig(min_actors=2, max_actors=4, num_gpus=1, max_restarts=5), None)
     assert (options["compute"].min_size, options["compute"].max_size) == (2, 4)
     assert options["num_gpus"] == 1 and options["max_restarts"] == 5 and "runtime_env" not in options
+
+
+def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: Path):
+    train_yaml, eval_yaml = tmp_path / "train.yaml", tmp_path / "evaluate.yaml"
+    train_yaml.write_text("backbone: {model: ViT-B-16}\nsteps: 5\ndata: {train: /elsewhere}\n")
+    eval_yaml.write_text(
+        "models: [{label: baseline, type: open_clip, name: ViT-B-16}]\n"
+        "datasets: [{name: novel, type: partsworld, root: /pw}]\n"
+    )
+    config = minimal(tmp_path, train={"config": str(train_yaml), "overrides": {"steps": 7}},
+                     evaluate={"config": str(eval_yaml)})
+    run = RunDir(Path(config.output))
+    plan = plan_steps(config, run)
+    assert plan.train.data.train == run.annotations  # always this run's annotations
+    assert plan.train.output_dir == run.root / "train" and plan.train.steps == 7
+    assert [(m.label, getattr(m, "path", None)) for m in plan.evaluate.models] == [
+        ("pipeline-grain", run.root / "train" / "model"), ("baseline", None)]
+    assert plan.evaluate.out == run.root / "evaluate"
+
+    # Outputs present: nothing runs (no Ray needed), the manifest says why.
+    (run.root / "train" / "model").mkdir(parents=True)
+    (run.root / "train" / "model" / "grain_model.json").write_text("{}")
+    (run.root / "evaluate").mkdir()
+    (run.root / "evaluate" / "results.json").write_text("{}")
+    record = {"run_id": "r"}
+    outcomes = run_steps(plan, record, run)
+    assert outcomes["train"].startswith("skipped") and outcomes["evaluate"].startswith("skipped")
+    assert json.loads(run.manifest_path.read_text())["steps"] == outcomes
+
+    broken = minimal(tmp_path, train={"config": str(train_yaml), "overrides": {"batchsize": 3}})
+    with pytest.raises(ConfigError, match="batchsize"):
+        plan_steps(broken, run)
+    with pytest.raises(ConfigError, match="step config file not found"):
+        plan_steps(minimal(tmp_path, train={"config": str(tmp_path / "nope.yaml")}), run)

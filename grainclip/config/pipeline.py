@@ -135,9 +135,10 @@ class JobConfig(ConfigModel):
 
 
 class TrainStep(ConfigModel):
-    """Train after annotation: a train config file whose data comes from this run's annotations.
+    """Train after annotation (Ray Train, on the same cluster) on this run's annotations.
 
-    The step is skipped on rerun when its output already holds a finished model.
+    `data.train` is set to OUT/annotations and `output_dir` defaults to OUT/train; workers and GPUs come from
+    the train YAML. Skipped on rerun once the exported model exists (see grainclip.pipelines.steps).
     """
 
     config: str = Field(..., description="Path of a train YAML (grainclip.config.train.TrainConfig).")
@@ -145,13 +146,15 @@ class TrainStep(ConfigModel):
 
 
 class EvaluateStep(ConfigModel):
-    """Evaluate after training: an evaluate config file whose model is the train step's output.
+    """Evaluate the trained model (added to the YAML's `models`) as a Ray task on the cluster.
 
-    The step is skipped on rerun when its results already exist.
+    `out` defaults to OUT/evaluate. Skipped on rerun once its results.json exists.
     """
 
     config: str = Field(..., description="Path of an evaluate YAML (grainclip.config.evaluate.EvaluateConfig).")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted-key overrides of that config.")
+    num_cpus: float = Field(1.0, ge=0.0, description="CPUs of the evaluation task.")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs of the evaluation task.")
 
 
 class PipelineConfig(ConfigModel):

@@ -1,0 +1,140 @@
+"""The steps after annotation in a whole-flow pipeline: train on the run's annotations, evaluate that model.
+
+Both run on the Ray cluster the annotation ran on, so one `grainclip pipeline run` (or one submitted job) goes
+from raw images to a trained and evaluated model:
+
+- train: the step's train YAML with `data.train` set to OUT/annotations and `output_dir` defaulting to
+  OUT/train; it goes through Ray Train (`ray_address` is set to the running cluster, which train reuses).
+- evaluate: the step's evaluate YAML with the trained model added to its `models` (label `pipeline-<mode>`,
+  beside any baselines the YAML lists) and `out` defaulting to OUT/evaluate; it runs as a Ray task with the
+  step's CPUs/GPUs, i.e. on a cluster node rather than in the driver.
+
+A step whose output already exists is skipped (the exported model folder for train, results.json for
+evaluate): a rerun after a crash redoes only what is missing. Delete a step's output to redo it. The
+training stack is imported only when a step actually runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grainclip.config.base import ConfigError, parse_config, set_dotted
+from grainclip.config.pipeline import EvaluateStep, PipelineConfig, TrainStep
+from grainclip.pipelines.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+TRAINED_MODEL = "model/grain_model.json"  # what grainclip.train exports last (grainclip.train.export)
+EVALUATION_RESULTS = "results.json"  # what grainclip.evaluate writes last
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"step config file not found: {path}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"step config {path} must be a mapping of keys to values")
+    return data
+
+
+def train_config(step: TrainStep, run: RunDir):
+    """The TrainConfig the train step runs: its YAML, pointed at this run's annotations, then the overrides."""
+    from grainclip.config.train import TrainConfig
+
+    data = _read_yaml(step.config)
+    set_dotted(data, "data.train", str(run.annotations))
+    data.setdefault("output_dir", str(run.root / "train"))
+    for dotted, value in step.overrides.items():
+        set_dotted(data, dotted, value)
+    return parse_config(data, TrainConfig, source=step.config)
+
+
+def evaluate_config(step: EvaluateStep, run: RunDir, model_dir: Path, label: str):
+    """The EvaluateConfig the evaluate step runs: its YAML with the trained model added, then the overrides."""
+    from grainclip.config.evaluate import EvaluateConfig
+
+    data = _read_yaml(step.config)
+    data["models"] = [{"label": label, "type": "checkpoint", "path": str(model_dir)}, *(data.get("models") or [])]
+    data.setdefault("out", str(run.root / "evaluate"))
+    for dotted, value in step.overrides.items():
+        set_dotted(data, dotted, value)
+    return parse_config(data, EvaluateConfig, source=step.config)
+
+
+@dataclass
+class StepPlan:
+    """The step configs a pipeline will run, parsed up front so a mistake fails before hours of annotation."""
+
+    train: Any  # grainclip.config.train.TrainConfig
+    evaluate: Any | None  # grainclip.config.evaluate.EvaluateConfig
+    evaluate_step: EvaluateStep | None
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.train.output_dir) / Path(TRAINED_MODEL).parent
+
+
+def plan_steps(config: PipelineConfig, run: RunDir) -> StepPlan | None:
+    if config.train is None:
+        return None
+    train_cfg = train_config(config.train, run)
+    model_dir = Path(train_cfg.output_dir) / Path(TRAINED_MODEL).parent
+    eval_cfg = None
+    if config.evaluate is not None:
+        eval_cfg = evaluate_config(config.evaluate, run, model_dir, f"pipeline-{train_cfg.mode}")
+    return StepPlan(train_cfg, eval_cfg, config.evaluate)
+
+
+def run_steps(plan: StepPlan, record: dict[str, Any], run: RunDir) -> dict[str, str]:
+    """Run (or skip) the planned steps; records and returns step -> outcome. Ray must be initialised."""
+    record["steps"] = {}
+    trained = Path(plan.train.output_dir) / TRAINED_MODEL
+    skipped = f"skipped: {plan.model_dir} exists" if trained.exists() else None
+    _step("train", skipped, lambda: _train(plan.train), record, run)
+    if plan.evaluate is not None:
+        results = Path(plan.evaluate.out) / EVALUATION_RESULTS
+        skipped = f"skipped: {results} exists" if results.exists() else None
+        _step("evaluate", skipped, lambda: _evaluate(plan.evaluate, plan.evaluate_step), record, run)
+    return dict(record["steps"])
+
+
+def _step(name: str, skipped: str | None, execute, record: dict[str, Any], run: RunDir) -> None:
+    """Run one step (unless `skipped` says why not) and record its outcome in the manifest, failures too."""
+    steps = record.setdefault("steps", {})
+    try:
+        steps[name] = skipped or execute()
+    except BaseException as exc:
+        steps[name] = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        run.write_manifest(record)
+    log.info("step %s: %s", name, steps[name])
+
+
+def _train(cfg) -> str:
+    import ray
+
+    from grainclip.train import train
+
+    cfg = cfg.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address})
+    result = train(cfg)
+    return f"trained {result.steps} steps with Ray Train; model at {result.checkpoint}"
+
+
+def _evaluate(cfg, step: EvaluateStep) -> str:
+    import ray
+
+    def evaluate_on_cluster(cfg) -> str:
+        from grainclip.evaluate import evaluate
+
+        evaluate(cfg)
+        return str(Path(cfg.out) / EVALUATION_RESULTS)
+
+    task = ray.remote(num_cpus=step.num_cpus, num_gpus=step.num_gpus)(evaluate_on_cluster)
+    return f"evaluated; results at {ray.get(task.remote(cfg))}"
