@@ -180,7 +180,8 @@ def plot_curves(metrics_files: dict[str, Path], path: Path) -> Path:
 def write_report(settings: QuickstartSettings, annotation: Any, results: dict[str, Any], timings: dict[str, float],
                  out: Path) -> Path:
     manifest = annotation.manifest
-    simulated = [stage for stage in ("describer", "grounder") if manifest.get(stage, {}).get("simulated")]
+    annotators = manifest.get("annotators", {})
+    simulated = [stage for stage in ("describer", "grounder") if annotators.get(stage, {}).get("simulated")]
     top1 = top1_table(results)
     lines = [
         "# grainclip quickstart report",
