@@ -58,12 +58,7 @@ IMAGES_SCHEMA = pa.schema(
 
 ANNOTATIONS_SCHEMA = pa.schema(
     [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("image", pa.binary()),
-        pa.field("image_uri", pa.string()),
-        pa.field("caption", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
+        *IMAGES_SCHEMA,  # the input row is carried through unchanged
         pa.field("llm_caption", pa.string()),
         pa.field("descriptions", pa.list_(pa.string())),
         pa.field("regions", pa.list_(REGION_TYPE)),
