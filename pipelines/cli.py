@@ -30,6 +30,25 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return overrides
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ENOSPC is behind `error` (Ray wraps a task's OSError; the errno may only survive in the text)."""
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "errno", None) == errno.ENOSPC or "No space left on device" in str(current):
+            return True
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_message(output: str) -> str:
+    return (f"no space left on device while writing the run to {output}; the committed shards are kept -- free "
+            "space and rerun the same command to resume")
+
+
 def print_table(rows: list[tuple[str, str]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -61,6 +80,11 @@ def run(
         result = run_pipeline(cfg, address=address, force_new_run=force_new_run)
     except PipelineError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        typer.secho(f"error: {disk_full_message(cfg.output)}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
     print_table(summary_rows(result.manifest), title=f"pipeline run {result.output}")
     for step, outcome in result.steps.items():

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -46,6 +47,9 @@ from grainclip.config.pipeline import RESUME_FIELDS, RESUME_IGNORED, PipelineCon
 from grainclip.schema import write_shard
 
 log = logging.getLogger(__name__)
+
+#: What a run id may look like when it becomes a folder name (new ids: 20250101T000000Z-0123abcd).
+SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class RunConfigChanged(ConfigError):
@@ -228,7 +232,14 @@ class RunDir:
     # --- starting or resuming a run ---------------------------------------------------------------------------
 
     def supersede(self, run_id: str) -> Path:
-        """Move the current run's files to _superseded/<run_id>/ (kept, not deleted)."""
+        """Move the current run's files to _superseded/<run_id>/ (kept, not deleted).
+
+        The run id comes from the manifest on disk, which anyone may have edited: one that is not a plain name
+        (a path like `../../x`) is replaced, so the move can never leave the run directory.
+        """
+        if not SAFE_RUN_ID.fullmatch(str(run_id)):
+            log.warning("previous run id %r is not a plain name; superseding it as unknown", run_id)
+            run_id = f"unknown-{new_run_id()}"
         target = self.root / "_superseded" / run_id
         target.mkdir(parents=True, exist_ok=True)
         for path in (self.annotations, self.stats_dir, self.manifest_path, self.report_dir):

@@ -129,9 +129,13 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     """Annotate `config.source` into `config.output` (resuming a killed run), then run the configured steps."""
     import ray
 
+    from grainclip.pipelines.preflight import preflight, preflight_resources
+
     config = config.with_absolute_paths()
+    preflight(config, address)
     run = RunDir(Path(config.output))
     run_id, previous = run.open(config, force_new_run)
+    preflight_resources(config, address)
     view = resume_view(config)
     record = previous or manifests.new_manifest(run_id, config, view, config_hash(view))
     record.update(status="running", message=None, config=config.model_dump(mode="json"))

@@ -13,7 +13,11 @@ columns and times itself.
   `ok` / `no_regions` / `ground_failed`. Failed rows pass through untouched and are written like any other.
 - An annotator raises only when its backend is broken (dead engine, out of memory). The stage then exits its
   process: Ray counts that as an actor crash, restarts the actor (up to the stage's `max_restarts`) and retries
-  the batch (`max_task_retries`) -- the fix for "a dead vLLM engine hangs the job".
+  the batch (`max_task_retries`) -- the fix for "a dead vLLM engine hangs the job". A plugin that breaks the
+  contract and raises on some rows must not take the run down with it (every retry would raise again): a
+  batch that raises is split in halves until the raising rows are alone, and those rows fail with the
+  exception as their error. Only when every row raises (or the annotator's own `fatal_errors` are raised) is
+  the backend taken for broken.
 - Each stage adds per-row accounting columns (prefix `__gc_`: its busy seconds shared over the batch's rows,
   token counts, the annotator's info() plus the package versions of the stage's own environment, which may
   differ from the driver's); the sink sums them per shard and drops them before writing.
@@ -30,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -69,6 +73,42 @@ def exit_for_restart(stage: str, error: BaseException) -> None:
                  stage, type(error).__name__, error, exc_info=error)
     logging.shutdown()
     os._exit(1)
+
+
+def call_isolating_rows(stage: str, annotator: Any, call: Callable[[Sequence[Any]], list[Any]],
+                        requests: Sequence[Any], failed: Callable[[str], Any]) -> list[Any]:
+    """`call(requests)`; if it raises, isolate the raising rows (halving) and fail them alone.
+
+    Exits for an actor restart when the annotator's `fatal_errors` are raised or every row raises on its own.
+    """
+    from grainclip.annotate.base import map_isolating_failures
+
+    fatal = tuple(getattr(annotator, "fatal_errors", ()))
+    try:
+        return call(requests)
+    except fatal as exc:
+        exit_for_restart(stage, exc)
+    except Exception as exc:  # noqa: BLE001 -- isolated below; all rows raising means a broken backend
+        first = exc
+    if len(requests) == 1:
+        exit_for_restart(stage, first)
+    raised: list[BaseException] = []
+
+    def on_failure(request: Any, error: Exception) -> Any:
+        raised.append(error)
+        return failed(f"{type(annotator).__name__} raised {type(error).__name__}: {error}")
+
+    middle = len(requests) // 2
+    try:
+        results = [*map_isolating_failures(requests[:middle], call, on_failure, fatal),
+                   *map_isolating_failures(requests[middle:], call, on_failure, fatal)]
+    except fatal as exc:
+        exit_for_restart(stage, exc)
+    if len(raised) == len(requests):
+        exit_for_restart(stage, first)
+    log.warning("%s: %d of %d row(s) raised and were failed alone (first: %s: %s)",
+                stage, len(raised), len(requests), type(raised[0]).__name__, raised[0])
+    return results
 
 
 class _ImageStage:
@@ -142,10 +182,9 @@ class DescribeStage(_ImageStage):
     def _describe(self, requests: Sequence[Any]) -> list[Any]:
         if not requests:
             return []
-        try:
-            results = self.describer.describe(requests)
-        except Exception as exc:  # noqa: BLE001 -- per-row problems never raise; this is a broken backend
-            exit_for_restart("describe", exc)
+        from grainclip.annotate.types import Description
+
+        results = call_isolating_rows("describe", self.describer, self.describer.describe, requests, Description.failed)
         if len(results) != len(requests):
             raise RuntimeError(f"describer returned {len(results)} results for {len(requests)} requests")
         return results
@@ -206,10 +245,9 @@ class GroundStage(_ImageStage):
     def _ground(self, requests: Sequence[Any]) -> list[Any]:
         if not requests:
             return []
-        try:
-            results = self.grounder.ground(requests)
-        except Exception as exc:  # noqa: BLE001 -- per-row problems never raise; this is a broken backend
-            exit_for_restart("ground", exc)
+        from grainclip.annotate.types import Grounding
+
+        results = call_isolating_rows("ground", self.grounder, self.grounder.ground, requests, Grounding.failed)
         if len(results) != len(requests):
             raise RuntimeError(f"grounder returned {len(results)} results for {len(requests)} requests")
         return results
