@@ -70,6 +70,8 @@ def save_checkpoint(
 ) -> Path:
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step_*.tmp-*"):  # half-written by a killed process (only rank 0 writes here)
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex}"
     try:

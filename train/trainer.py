@@ -22,7 +22,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from grainclip.config.base import dump_config
+from grainclip.config.base import ConfigError, dump_config
 from grainclip.config.train import TrainConfig
 from grainclip.modeling import LoadedModel
 from grainclip.train import distributed
@@ -126,9 +126,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         from grainclip.train.ray_train import train_with_ray
 
         return train_with_ray(cfg, resume)
-    device = torch.device("cuda" if cfg.gpu else "cpu")
     if cfg.gpu and not torch.cuda.is_available():
-        raise RuntimeError("gpu: true but torch sees no CUDA device")
+        raise ConfigError("gpu: true (--gpu) but torch sees no CUDA device on this machine; drop --gpu to train on CPU")
+    device = torch.device("cuda" if cfg.gpu else "cpu")
     return fit(cfg, resume, WorkerContext(device=device))
 
 
