@@ -74,6 +74,9 @@ class OpenAIDescriber(ChatDescriber):
 
         self.options = parse_config(config.options, OpenAIOptions, source="describer.options (openai)")
         api_key = self._api_key()
+        # Servers may echo the credential in an error body; every error text is scrubbed of it before it
+        # becomes a row's error (Parquet, stats, manifest examples) or a log line.
+        self._secret = api_key if api_key != NO_AUTH_KEY else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-describer", daemon=True)
         self._thread.start()
@@ -118,11 +121,11 @@ class OpenAIDescriber(ChatDescriber):
                     response = await self._client.chat.completions.create(**request)
             except Exception as exc:
                 if not is_retryable(exc):
-                    return Completion(None, error=_describe_error(exc))
+                    return Completion(None, error=self._describe_error(exc))
                 if attempt == opts.max_retries:
-                    return Completion(None, error=f"{_describe_error(exc)} (gave up after {attempt + 1} attempts)")
+                    return Completion(None, error=f"{self._describe_error(exc)} (gave up after {attempt + 1} attempts)")
                 delay = backoff_delay(attempt, opts.backoff_s, opts.max_backoff_s)
-                log.info("retrying in %.1fs after %s", delay, _describe_error(exc))
+                log.info("retrying in %.1fs after %s", delay, self._describe_error(exc))
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
@@ -155,6 +158,10 @@ class OpenAIDescriber(ChatDescriber):
                 "json_schema": {"name": "grain_description", "schema": self.json_schema},
             }
         return request
+
+    def _describe_error(self, exc: BaseException) -> str:
+        text = _describe_error(exc)
+        return text.replace(self._secret, "[api key redacted]") if self._secret else text
 
     def info(self) -> dict[str, Any]:
         # The key's variable NAME is recorded, never its value.
