@@ -28,6 +28,7 @@ from grainclip.config.train import TrainConfig
 from grainclip.train.backbone import Backbone, build_backbone
 from grainclip.train.checkpoint import STATE_JSON, find_checkpoint
 from grainclip.train.data import check_trainable, list_row_groups
+from grainclip.train.metrics import read_metrics
 from grainclip.train.ray_data import epochs_needed, training_dataset
 from grainclip.train.samples import TRAINABLE_STATUSES
 from grainclip.train.trainer import MODEL_DIR, TrainResult, WorkerContext, fit, sample_builder
@@ -121,10 +122,11 @@ def train_with_ray(cfg: TrainConfig, resume: str | None) -> TrainResult:
             datasets={"train": dataset},
             dataset_config=DataConfig(execution_options=options),
         )
-        result = trainer.fit()
+        trainer.fit()
     finally:
         if started:
             ray.shutdown()
+    logged = read_metrics(cfg.output_dir)  # what rank 0 logged: the same as every worker reported
     return TrainResult(
-        output_dir=cfg.output_dir, checkpoint=cfg.output_dir / MODEL_DIR, metrics=dict(result.metrics or {}), steps=cfg.steps
+        output_dir=cfg.output_dir, checkpoint=cfg.output_dir / MODEL_DIR, metrics=logged[-1] if logged else {}, steps=cfg.steps
     )
