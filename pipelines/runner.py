@@ -38,7 +38,7 @@ from grainclip.pipelines.rundir import RunDir, config_hash, resume_view
 from grainclip.pipelines.sink import FAILED_STATUSES, commit_shard
 from grainclip.pipelines.sources import prepare_images, read_source
 from grainclip.pipelines.stages import DescribeStage, GroundStage
-from grainclip.pipelines.steps import plan_steps, run_steps
+from grainclip.pipelines.steps import import_training_stack, plan_steps, run_steps
 
 if TYPE_CHECKING:
     import ray
@@ -141,13 +141,18 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     record.update(status="running", message=None, config=config.model_dump(mode="json"))
     log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
     steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
+    if steps is not None:
+        import_training_stack()
 
     started_ray = not ray.is_initialized()
     embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
     if started_ray:
         # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
         # machine last started with `ray start`.
-        ray.init(address="local" if embedded else address, log_to_driver=True)
+        # An embedded Ray gets at least the CPUs the train step needs, or its data pipeline never starts on
+        # a small machine (Ray's CPU count is a scheduling token, not a thread count).
+        num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
+        ray.init(address="local" if embedded else address, num_cpus=num_cpus, log_to_driver=True)
     try:
         result = annotate(config, run, record, address, embedded)
         if steps is not None:

@@ -79,6 +79,22 @@ class StepPlan:
     def model_dir(self) -> Path:
         return Path(self.train.output_dir) / Path(TRAINED_MODEL).parent
 
+    @property
+    def min_cpus(self) -> int:
+        """Logical CPUs Ray Train needs: one per worker plus its data actors and read tasks (as in
+        grainclip.train.ray_train, which asks for the same when it starts Ray itself)."""
+        return self.train.workers + max(self.train.data.num_workers, 1) + 1
+
+
+def import_training_stack() -> None:
+    """Import torch and the trainer before Ray connects, when a run has steps.
+
+    Measured (torch 2.14.1, Ray 2.60): in a Ray Job on a multi-node cluster, importing torch after `ray.init()`
+    aborts the driver with "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", while importing it
+    first works. It also makes a missing training stack fail before hours of annotation, not after.
+    """
+    import grainclip.train.trainer  # noqa: F401
+
 
 def plan_steps(config: PipelineConfig, run: RunDir) -> StepPlan | None:
     if config.train is None:
