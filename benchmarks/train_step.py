@@ -111,13 +111,9 @@ def main() -> None:
         pp = grain.backbone.preprocess_cfg
         mean, std = torch.tensor(pp["mean"]).view(1, 3, 1, 1), torch.tensor(pp["std"]).view(1, 3, 1, 1)
 
-        # Loader alone: images/s after the first batch (worker start-up excluded).
         loader = LocalBatches(grain_cfg, grain.backbone, None)
-        raw = [next(loader)]
-        started = time.perf_counter()
-        raw += [next(loader) for _ in range(args.steps)]
-        loader_ips = args.steps * args.batch / (time.perf_counter() - started)
-        batches = [prepare_batch(b, torch.device("cpu"), mean, std) for b in raw]
+        batches = [prepare_batch(next(loader), torch.device("cpu"), mean, std) for _ in range(args.steps + 1)]
+        del loader
 
         # Step times, modes alternating over the same prepared batches.
         grain.step(batches[0]), clip.step(batches[0])  # warm-up
@@ -130,7 +126,20 @@ def main() -> None:
         grain_s, clip_s = statistics.median(times["grain"]), statistics.median(times["clip"])
         step_ips = args.batch / grain_s
 
-        # Real loop: the loader feeding GRAIN steps; how much of the wall time is waiting for data.
+        # Loader alone, fresh: images/s once every worker has delivered its first batch (start-up excluded).
+        loader = LocalBatches(grain_cfg, grain.backbone, None)
+        for _ in range(max(args.workers, 1)):
+            next(loader)
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            next(loader)
+        loader_ips = args.steps * args.batch / (time.perf_counter() - started)
+        del loader
+
+        # Real loop, fresh loader feeding GRAIN steps: the share of wall time spent waiting for a batch.
+        loader = LocalBatches(grain_cfg, grain.backbone, None)
+        for _ in range(max(args.workers, 1)):
+            grain.step(prepare_batch(next(loader), torch.device("cpu"), mean, std))
         waited = total = 0.0
         for _ in range(args.steps):
             t0 = time.perf_counter()

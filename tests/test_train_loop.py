@@ -185,6 +185,16 @@ def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_fold
     assert not (result.checkpoint / "grain_heads.safetensors").exists()
 
 
+def test_objectness_head_trains_and_scores_regions(clip_folder, partsworld_small, tmp_path):
+    cfg = tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "obj", decoder={"objectness": True}, steps=2)
+    result = train(cfg)
+    assert "loss/objectness" in read_metrics(result.output_dir)[-1]
+    loaded = load_model(result.checkpoint)
+    with torch.no_grad():
+        objectness = loaded.model.encode_regions(torch.zeros(2, 3, 64, 64)).objectness
+    assert objectness.shape == (2, 5) and bool(((objectness > 0) & (objectness < 1)).all())
+
+
 def test_bad_annotation_rows_are_skipped_and_counted_not_fatal(clip_folder, tmp_path):
     corpus = write_bad_input_corpus(tmp_path / "corpus")
     cfg = tiny_config(clip_folder, corpus["annotations"], tmp_path / "bad", batch_size=2, steps=6)

@@ -118,7 +118,7 @@ def test_box_loss_by_hand():
     assert l1.item() == pytest.approx(0.05 + 0.0 + 0.1 + 0.0, abs=1e-6)
     inter, union = 0.2 * 0.2, 0.04 + 0.3 * 0.2 - 0.04
     hull = 0.3 * 0.2
-    assert giou_loss.item() == pytest.approx(1 - (inter / union - (hull - union) / hull), abs=1e-6)
+    assert giou_loss.item() == pytest.approx(1 - (inter / union - (hull - union) / hull), abs=1e-5)  # torchvision eps
     (l1 + giou_loss).backward()
     assert pred.grad[1].abs().sum() == 0 and pred.grad[0, 0].abs().sum() == 0 and pred.grad[0, 1].abs().sum() > 0
 

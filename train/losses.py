@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from grainclip.config.train import LossConfig
 from grainclip.train import distributed
@@ -76,8 +76,8 @@ def box_loss(
     # `0 * pred_cxcywh.sum()` keeps the box head in the graph when nothing matched (DDP waits for its grads).
     anchor = 0.0 * pred_cxcywh.sum()
     l1 = F.l1_loss(pred, box_convert(target, "xyxy", "cxcywh"), reduction="sum")
-    giou = torch.diag(generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"), target))
-    return l1 * scale + anchor, (1.0 - giou).sum() * scale + anchor
+    giou = generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), target, reduction="sum")  # pairwise aligned
+    return l1 * scale + anchor, giou * scale + anchor
 
 
 def region_description_loss(

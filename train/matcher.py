@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 Match = tuple[torch.Tensor, torch.Tensor]  # (prediction indices, target indices), int64, same length
 
@@ -20,10 +20,13 @@ class HungarianMatcher:
         self.giou_cost = giou_cost
 
     def cost(self, pred_cxcywh: torch.Tensor, target_xyxy: torch.Tensor) -> torch.Tensor:
-        """Pairwise cost (Q, T) between Q predicted cxcywh boxes and T target xyxy boxes."""
+        """Pairwise cost (..., Q, T) between (..., Q, 4) predicted cxcywh boxes and (..., T, 4) target xyxy boxes."""
         l1 = torch.cdist(pred_cxcywh, box_convert(target_xyxy, "xyxy", "cxcywh"), p=1)
-        giou = generalized_box_iou(box_convert(pred_cxcywh, "cxcywh", "xyxy"), target_xyxy)
-        return self.l1_cost * l1 - self.giou_cost * giou
+        pairs = (*l1.shape, 4)
+        pred = box_convert(pred_cxcywh, "cxcywh", "xyxy").unsqueeze(-2).expand(pairs)
+        # 1 - GIoU, computed pair by pair: each image only against its own targets
+        giou_loss = generalized_box_iou_loss(pred, target_xyxy.unsqueeze(-3).expand(pairs))
+        return self.l1_cost * l1 + self.giou_cost * (giou_loss - 1.0)
 
     @torch.no_grad()
     def __call__(self, pred_cxcywh: torch.Tensor, target_xyxy: torch.Tensor, target_mask: torch.Tensor) -> list[Match]:
@@ -32,21 +35,16 @@ class HungarianMatcher:
         Returns one (prediction indices, target indices) pair per image; target indices point into the padded
         R slots, so they index `target_xyxy[b]` and any per-target tensor aligned with it.
         """
-        batch, queries, _ = pred_cxcywh.shape
-        slots = target_xyxy.shape[1]
-        # One pairwise cost over the flattened batch, then each image's own (Q, R) block (as DETR does).
-        cost = self.cost(pred_cxcywh.detach().float().flatten(0, 1), target_xyxy.float().flatten(0, 1))
-        images = torch.arange(batch, device=cost.device)
-        blocks = cost.view(batch, queries, batch, slots)[images, :, images, :].cpu().numpy()
+        costs = self.cost(pred_cxcywh.detach().float(), target_xyxy.float()).cpu().numpy()
         mask = target_mask.cpu().numpy()
         matches: list[Match] = []
-        for b in range(batch):
-            real = mask[b].nonzero()[0]
-            rows, cols = linear_sum_assignment(blocks[b][:, real]) if real.size else ([], [])
+        for cost, real in zip(costs, mask):
+            slots = real.nonzero()[0]
+            rows, cols = linear_sum_assignment(cost[:, slots]) if slots.size else ([], [])
             matches.append(
                 (
                     torch.as_tensor(rows, dtype=torch.int64, device=pred_cxcywh.device),
-                    torch.as_tensor(real[cols], dtype=torch.int64, device=pred_cxcywh.device),
+                    torch.as_tensor(slots[cols], dtype=torch.int64, device=pred_cxcywh.device),
                 )
             )
         return matches

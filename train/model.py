@@ -143,19 +143,18 @@ class GrainModel(ClipModel):
         self, images: torch.Tensor, caption_tokens: torch.Tensor, description_tokens: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         regions, global_query = self.decode(images)
+        # Captions and descriptions go through the text tower in one call: one larger batch is cheaper.
+        texts = caption_tokens if description_tokens is None else torch.cat([caption_tokens, description_tokens])
+        text_embeds = self.encode_text(texts, normalize=True)
         out = {
             "image_embeds": F.normalize(self.global_proj(global_query), dim=-1),
-            "caption_embeds": self.encode_text(caption_tokens, normalize=True),
+            "caption_embeds": text_embeds[: len(caption_tokens)],
             "region_embeds": F.normalize(self.region_proj(regions), dim=-1),
             "boxes": self.box_head(regions),  # normalised cxcywh
             "logit_scale": self.logit_scale.exp(),
         }
         if description_tokens is not None:
-            out["description_embeds"] = (
-                self.encode_text(description_tokens, normalize=True)
-                if len(description_tokens)
-                else out["caption_embeds"].new_zeros(0, out["caption_embeds"].shape[1])
-            )
+            out["description_embeds"] = text_embeds[len(caption_tokens) :]
         if self.objectness_head is not None:
             out["objectness_logits"] = self.objectness_head(regions).squeeze(-1)
         return out

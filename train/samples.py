@@ -31,6 +31,8 @@ TRAINABLE_STATUSES = frozenset({Status.OK.value, Status.NO_REGIONS.value})
 SKIP_REASONS = ("status", "image", "caption")  # why a row produced no sample
 SKIP_KEYS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS)
 
+TOKEN_CACHE_SIZE = 100_000  # distinct texts kept tokenised per builder (a few MB)
+
 Sample = dict[str, np.ndarray]
 
 
@@ -71,6 +73,17 @@ class SampleBuilder:
             steps.append(v2.RandomHorizontalFlip())
         steps += [v2.PILToTensor(), v2.SanitizeBoundingBoxes(min_size=config.min_box_pixels)]
         self.transform = v2.Compose(steps)
+        self.random = config.random_resized_crop or config.hflip
+        # Descriptions repeat across images ("red crest"); tokenising (ftfy + BPE) costs more than decoding.
+        self.token_cache: dict[str, np.ndarray] = {}
+
+    def tokens(self, text: str) -> np.ndarray:
+        cached = self.token_cache.get(text)
+        if cached is None:
+            if len(self.token_cache) >= TOKEN_CACHE_SIZE:
+                self.token_cache.clear()
+            cached = self.token_cache[text] = self.tokenizer([text])[0].numpy()
+        return cached
 
     def __call__(self, row: dict[str, Any], epoch: int) -> Sample | str:
         if row.get("status") not in TRAINABLE_STATUSES:
@@ -84,21 +97,23 @@ class SampleBuilder:
         if caption is None:
             return "caption"
         texts, boxes, dropped, truncated = self.clean_regions(row.get("regions") or [], image.width, image.height)
-        with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; keep it untouched
-            torch.manual_seed(rng_seed)
-            out = self.transform(
-                {
-                    "image": image,
-                    "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(image.height, image.width)),
-                    "labels": torch.arange(len(texts)),
-                }
-            )
+        inputs = {
+            "image": image,
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(image.height, image.width)),
+            "labels": torch.arange(len(texts)),
+        }
+        if self.random:
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG: keep it untouched
+                torch.default_generator.manual_seed(rng_seed)  # CPU only: torch.manual_seed also seeds CUDA (slow)
+                out = self.transform(inputs)
+        else:
+            out = self.transform(inputs)
         kept = [texts[i] for i in out["labels"].tolist()]
         dropped += len(texts) - len(kept)
-        tokens = self.tokenizer([caption, *kept]) if self.with_regions else self.tokenizer([caption])
+        tokens = np.stack([self.tokens(text) for text in ([caption, *kept] if self.with_regions else [caption])])
         sample: Sample = {
             "image": out["image"].numpy(),
-            "caption_tokens": tokens[0].numpy(),
+            "caption_tokens": tokens[0],
             "caption_ids": np.int64(text_id(caption)),
             "regions_dropped": np.int64(dropped),
             "regions_truncated": np.int64(truncated),
@@ -135,12 +150,12 @@ class SampleBuilder:
         boxes = torch.from_numpy(np.stack([box for _, _, box in kept]) * scale) if kept else torch.zeros(0, 4)
         return [text for _, text, _ in kept], boxes, len(regions) - len(valid), len(valid) - len(kept)
 
-    def pad_regions(self, tokens: torch.Tensor, boxes: torch.Tensor, texts: list[str]) -> Sample:
+    def pad_regions(self, tokens: np.ndarray, boxes: torch.Tensor, texts: list[str]) -> Sample:
         slots, count = self.config.max_regions, len(texts)
         padded_boxes = np.zeros((slots, 4), dtype=np.float32)
         padded_boxes[:count] = boxes.numpy() / self.image_size
         padded_tokens = np.zeros((slots, tokens.shape[1]), dtype=np.int64)
-        padded_tokens[:count] = tokens.numpy()
+        padded_tokens[:count] = tokens
         ids = np.zeros(slots, dtype=np.int64)
         ids[:count] = [text_id(text) for text in texts]
         return {
