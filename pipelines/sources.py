@@ -31,6 +31,7 @@ from grainclip.config.pipeline import (
     WebDatasetSource,
 )
 from grainclip.pipelines.rundir import contains_sorted
+from grainclip.pipelines.stages import set_column
 from grainclip.schema import Status, conform, parquet_files
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ def prepare_images(batch: pa.Table, done_ids: np.ndarray | None = None) -> pa.Ta
 
     Rows with no image_id get a stable synthetic id (`missing-id:<sha1 of the row's image>`) so they are
     written with status invalid_input instead of vanishing; rows with neither bytes nor a URI are
-    invalid_input too. `width`/`height` are filled in by the describe stage from the decoded image.
+    invalid_input too. Missing `width`/`height` are filled in by the describe stage from the decoded image.
     `done_ids` is the sorted array of image_ids already committed (see `rundir.committed_ids`).
     """
     table = conform(batch, "images")
@@ -168,11 +169,10 @@ def prepare_images(batch: pa.Table, done_ids: np.ndarray | None = None) -> pa.Ta
             problems.append("row has neither image bytes nor image_uri")
         if problems:
             statuses[row], errors[row] = Status.INVALID_INPUT.value, "; ".join(problems)
-    id_index = table.schema.get_field_index("image_id")
-    table = table.set_column(id_index, table.schema.field(id_index), pa.array(ids, pa.string()))
-    table = table.append_column(STATUS, pa.array(statuses, pa.string())).append_column(
-        ERROR, pa.array(errors, pa.string())
-    )
+    # set, not append: a source that is itself an annotations table carries old status/error columns
+    table = set_column(table, "image_id", pa.array(ids, pa.string()))
+    table = set_column(table, STATUS, pa.array(statuses, pa.string()))
+    table = set_column(table, ERROR, pa.array(errors, pa.string()))
     if done_ids is not None and len(done_ids):
         table = table.filter(pa.array(~contains_sorted(done_ids, ids)))
     return table

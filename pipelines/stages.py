@@ -106,8 +106,9 @@ def call_isolating_rows(stage: str, annotator: Any, call: Callable[[Sequence[Any
         exit_for_restart(stage, exc)
     if len(raised) == len(requests):
         exit_for_restart(stage, first)
-    log.warning("%s: %d of %d row(s) raised and were failed alone (first: %s: %s)",
-                stage, len(raised), len(requests), type(raised[0]).__name__, raised[0])
+    if raised:  # empty when the whole batch raised once but every row passed when rerun (a transient error)
+        log.warning("%s: %d of %d row(s) raised and were failed alone (first: %s: %s)",
+                    stage, len(raised), len(requests), type(raised[0]).__name__, raised[0])
     return results
 
 
