@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 
 from grainclip.config.train import LossConfig
 from grainclip.train.data import distinct_descriptions
@@ -31,6 +30,8 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("batch", [1, 7, 32])
 def test_contrastive_loss_equals_open_clip_clip_loss(batch):
+    from open_clip.loss import ClipLoss  # here, not at the top: the spawned ranks below import this module
+
     g = torch.Generator().manual_seed(batch)
     images = unit(torch.randn(batch, 16, generator=g)).requires_grad_()
     texts = unit(torch.randn(batch, 16, generator=g)).requires_grad_()
@@ -48,6 +49,8 @@ def test_contrastive_loss_equals_open_clip_clip_loss(batch):
 
 
 def test_identical_captions_are_shared_positives():
+    from open_clip.loss import ClipLoss
+
     # Images 0 and 1 carry the same caption string (so the same text embedding); image 2 its own.
     images = unit(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]))
     texts = unit(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
@@ -250,6 +253,7 @@ def _rank_worker(rank: int, init_file: str, queue) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_losses_across_two_gloo_ranks_equal_one_process(tmp_path):
     inputs = _criterion_inputs()
     single_parts, single_grads, single_table = _loss_and_grads(inputs, slice(0, 6))

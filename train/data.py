@@ -183,6 +183,8 @@ class StreamPosition:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], num_shards: int) -> StreamPosition:
+        if "num_shards" not in state:
+            raise ConfigError("the checkpoint was written by a Ray Train run (--workers N): resume it the same way")
         if state["num_shards"] != num_shards:
             raise ConfigError(
                 f"cannot resume the data stream exactly: the checkpoint used {state['num_shards']} data shards "

@@ -151,15 +151,14 @@ def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext) -> TrainResult
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
     torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)  # dropout differs per rank, reproducibly
 
+    model.to(ctx.device)  # in place: the optimizer keeps the same parameter objects
     step, data_state, totals = 0, None, dict.fromkeys(COUNTER_KEYS, 0)
     if resume:
         path = find_checkpoint(output_dir, resume)
-        state = load_checkpoint(path, model, optimizer, scheduler)
+        state = load_checkpoint(path, model, optimizer, scheduler)  # optimizer state lands on the params' device
         step, data_state = state["step"], state["data"]["stream"]
         totals.update(state["data"]["totals"])
         log.info("resumed from %s at step %d", path, step)
-    model.to(ctx.device)
-    optimizer_to(optimizer, ctx.device)
     train_model = ctx.prepare_model(model)
     if cfg.compile:
         train_model = torch.compile(train_model)
@@ -212,7 +211,8 @@ def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext) -> TrainResult
             advance()
 
             last = step == cfg.steps
-            if step % cfg.log_every == 0 or last:
+            checkpoint_due = step % cfg.checkpoint_every == 0 or last
+            if step % cfg.log_every == 0 or checkpoint_due:  # a checkpoint carries up-to-date counters
                 elapsed = time.perf_counter() - interval_start
                 counts = distributed.all_reduce_sum(torch.tensor([interval[k] for k in COUNTER_KEYS], dtype=torch.float64))
                 for key, count in zip(COUNTER_KEYS, counts.tolist()):
@@ -235,7 +235,7 @@ def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext) -> TrainResult
                 if metrics_log is not None:
                     metrics_log.write(step, metrics)
                 ctx.report(metrics)
-            if is_main and (step % cfg.checkpoint_every == 0 or last):
+            if is_main and checkpoint_due:
                 save_checkpoint(
                     output_dir, step, model, backbone, cfg.decoder, optimizer, scheduler,
                     {"stream": batches.state_dict(), "totals": totals}, metrics, cfg.mode, cfg.keep_checkpoints,
@@ -247,14 +247,6 @@ def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext) -> TrainResult
         metrics_log.close()
         log.info("exported %s model to %s", cfg.mode, exported)
     return TrainResult(output_dir=output_dir, checkpoint=exported, metrics=metrics, steps=step)
-
-
-def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Move restored optimizer state to the parameters' device (checkpoints are loaded on CPU)."""
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)
 
 
 @contextlib.contextmanager
