@@ -3,7 +3,6 @@ baseline, bad input, the eval hook, and the optimizer's parameter groups and sch
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

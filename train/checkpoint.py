@@ -26,7 +26,7 @@ import torch
 
 from grainclip.config.train import DecoderConfig
 from grainclip.train.backbone import Backbone
-from grainclip.train.export import load_weights, write_model_files
+from grainclip.train.export import load_weights, replace_dir_atomically, write_model_files
 from grainclip.train.model import ClipModel
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,7 @@ def save_checkpoint(
             tmp / STATE_TENSORS,
         )
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "data": data_state, "metrics": metrics}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir_atomically(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     pointer = root / f".{LATEST}.tmp-{uuid.uuid4().hex}"
