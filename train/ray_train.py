@@ -103,10 +103,11 @@ def train_with_ray(cfg: TrainConfig, resume: str | None) -> TrainResult:
     cfg = absolute_paths(cfg)
     started = not ray.is_initialized()
     if started:
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         # Ray's CPU count is a scheduling token: on a small machine the data actors and read tasks still
-        # need CPUs beside the training workers, or the pipeline never starts.
-        num_cpus = None if cfg.ray_address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.num_workers, 1) + 1)
-        ray.init(address=cfg.ray_address, num_cpus=num_cpus)
+        # need CPUs beside the training workers, or the pipeline never starts. A cluster brings its own.
+        num_cpus = None if address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.num_workers, 1) + 1)
+        ray.init(address=address, num_cpus=num_cpus)
     try:
         statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)
         trainable = sum(count for status, count in statuses.items() if status in TRAINABLE_STATUSES)
