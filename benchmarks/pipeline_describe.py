@@ -7,8 +7,9 @@ structured-output settings. The stage's extra work -- reading the Arrow batch, d
 prompts, parsing the JSON answers, building the output columns -- is what the ratio measures. They are run in
 rotating order; the fastest pass of each is the headline (other jobs on a shared machine only add time), the
 median is printed beside it; prompt and output token totals are checked to be
-equal, so every side did the same generation work. Two references: `generate` on the prompt texts (what a
-plain vLLM user runs; tokenization included) and on their token ids (the engine alone). The stage's time is
+equal, so every side did the same generation work. Three references: `generate` on the prompt texts (what a
+plain vLLM user runs; tokenization included), on their token ids (the engine alone), and `chat` on the
+conversations the describer builds (chat-template rendering included, as the describer calls it). The stage's time is
 split into the describer's (`describer.describe`, which renders chat prompts through `LLM.chat`) and the
 stage's own (Arrow columns, image decoding).
 
@@ -85,6 +86,8 @@ def main() -> None:
         for r in requests
     ]
     token_ids = [{"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)} for text in texts]
+    conversations = [[{"role": "user", "content": [{"type": "text", "text": describer.to_prompt(r).text}]}]
+                     for r in requests]  # what the describer hands to LLM.chat for a text-only model
 
     stage(batches[0].slice(0, 16))  # warm-up: first-call allocations are start-up, not throughput
 
@@ -107,25 +110,25 @@ def main() -> None:
         table = pa.concat_tables(outputs)
         return seconds, pc.sum(table[PROMPT_TOKENS]).as_py(), pc.sum(table[OUTPUT_TOKENS]).as_py()
 
-    def run_generate(prompts: list, **kwargs) -> tuple[float, int, int]:
+    def run_engine(method, prompts: list, **kwargs) -> tuple[float, int, int]:
         started = time.perf_counter()
         outputs = [
             output
             for start in range(0, len(prompts), args.batch)
-            for output in llm.generate(prompts[start:start + args.batch], describer.sampling_params,
-                                       use_tqdm=False, **kwargs)
+            for output in method(prompts[start:start + args.batch], describer.sampling_params, use_tqdm=False, **kwargs)
         ]
         seconds = time.perf_counter() - started
         return seconds, sum(len(o.prompt_token_ids) for o in outputs), sum(len(o.outputs[0].token_ids) for o in outputs)
 
     measure = {
-        "text": lambda: run_generate(texts, tokenization_kwargs={"add_special_tokens": False}),
-        "ids": lambda: run_generate(token_ids),
+        "text": lambda: run_engine(llm.generate, texts, tokenization_kwargs={"add_special_tokens": False}),
+        "ids": lambda: run_engine(llm.generate, token_ids),
+        "chat": lambda: run_engine(llm.chat, conversations),
         "stage": run_stage,
     }
     runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name in measure}
     for repeat in range(args.repeats):
-        order = list(measure)[repeat % 3:] + list(measure)[:repeat % 3]  # rotate: no side always goes first
+        order = list(measure)[repeat % len(measure):] + list(measure)[:repeat % len(measure)]  # no side always first
         for name in order:
             if name == "stage":
                 describe_seconds.clear()
@@ -140,14 +143,15 @@ def main() -> None:
           f"max_tokens: {args.max_tokens}, repeats: {args.repeats}, engine start-up: {startup:.1f} s")
     print(f"prompt/output tokens per pass: {runs['stage'][0][1]}/{runs['stage'][0][2]} "
           f"(identical in every pass: {same_work})")
-    labels = {"text": "LLM.generate(prompt text)", "ids": "LLM.generate(token ids)", "stage": "DescribeStage"}
+    labels = {"text": "LLM.generate(prompt text)", "ids": "LLM.generate(token ids)",
+              "chat": "LLM.chat(conversations)", "stage": "DescribeStage"}
     for name, label in labels.items():
         print(f"{label:27s}: best {best[name]:6.2f} s = {n / best[name]:6.1f} images/s, median {median[name]:6.2f} s  "
               f"(runs: {', '.join(f'{r[0]:.2f}' for r in runs[name])})")
     inside = sum(describe_seconds)
     print(f"last stage pass: {runs['stage'][-1][0]:.2f} s = describer.describe {inside:.2f} s "
           f"+ stage's own work (Arrow, image decoding, columns) {runs['stage'][-1][0] - inside:.2f} s")
-    for name in ("text", "ids"):
+    for name in ("text", "ids", "chat"):
         print(f"ratio stage / {labels[name]:25s}: best {best[name] / best['stage']:.3f}, "
               f"median {median[name] / median['stage']:.3f}" + ("  (target >= 0.9)" if name == "text" else ""))
     describer.close()

@@ -65,8 +65,12 @@ def print_table(rows: list[tuple[str, str]], title: str) -> None:
 @user_errors
 def run(
     config: Path = typer.Argument(..., help="Pipeline YAML."),
-    address: str | None = typer.Option(None, help="Ray cluster to attach to (ray://... or HOST:PORT); default: embedded local Ray."),
-    force_new_run: bool = typer.Option(False, "--force-new-run", help="Move an existing run with a different config to _superseded/ and start over."),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to attach to (ray://... or HOST:PORT); default: embedded local Ray."
+    ),
+    force_new_run: bool = typer.Option(
+        False, "--force-new-run", help="Move an existing run with a different config to _superseded/ and start over."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set output=runs/x (repeatable)."),
 ) -> None:
     """Run an annotation pipeline (resumes an interrupted run in the same output directory)."""

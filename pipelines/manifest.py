@@ -40,7 +40,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def new_manifest(run_id: str, config: PipelineConfig, resume_config: dict[str, Any], config_hash: str) -> dict[str, Any]:
+def new_manifest(
+    run_id: str, config: PipelineConfig, resume_config: dict[str, Any], config_hash: str
+) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "run_id": run_id,

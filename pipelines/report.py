@@ -38,7 +38,8 @@ def read_figures(run: RunDir) -> AnnotationFigures:
     files = run.committed_files()
     if not files:
         raise FileNotFoundError(f"no committed annotation shards under {run.annotations}")
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["status", "descriptions", "regions"])
+    columns = ["status", "descriptions", "regions"]
+    table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
     described = table.filter(pc.is_in(table.column("status"), value_set=pa.array(DESCRIBED)))
     regions, descriptions = described.column("regions"), described.column("descriptions")
     flat_regions = pc.list_flatten(regions)

@@ -5,8 +5,9 @@ The plan is one streaming Ray Data pipeline:
     read source -> prepare_images (tasks) -> DescribeStage (actor pool) -> GroundStage (actor pool)
                 -> commit_shard (tasks) -> one summary row per shard, streamed to this driver
 
-The driver consumes the summaries as shards commit: it logs progress and stops the run when the failed fraction of this attempt's rows exceeds `max_error_fraction`.
-Ray Data's own progress bars show each stage while it runs. When the stream ends, duplicates are removed
+The driver consumes the summaries as shards commit: it logs progress and stops the run when the failed
+fraction of this attempt's rows exceeds `max_error_fraction`. Ray Data's own progress bars show each stage
+while it runs. When the stream ends, duplicates are removed
 (see `rundir`), counts are taken from the committed shards themselves, the manifest is finalised and the
 report written. Then the optional train/evaluate steps run on the same Ray cluster.
 
@@ -122,7 +123,8 @@ class AttemptProgress:
         self.last_log = now
         elapsed = max(now - self.started, 1e-9)
         counts = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
-        log.info("committed %d shard(s), %d rows (%s), %.1f rows/s", self.shards, self.rows, counts, self.rows / elapsed)
+        log.info("committed %d shard(s), %d rows (%s), %.1f rows/s",
+                 self.shards, self.rows, counts, self.rows / elapsed)
 
 
 def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_run: bool = False) -> RunResult:

@@ -62,6 +62,11 @@ def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     return table.set_column(index, pa.field(name, values.type), values)
 
 
+def stage_info(annotator: Any) -> str:
+    """The annotator's info() plus the package versions of this actor's own environment, as JSON."""
+    return json.dumps({**annotator.info(), "environment": package_versions()}, sort_keys=True, default=str)
+
+
 def constant(value: str, n: int) -> pa.Array:
     """A string repeated n times, dictionary-encoded so the copies cost nothing."""
     return pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([value]))
@@ -131,7 +136,7 @@ class DescribeStage(_ImageStage):
         super().__init__(max_pixels)
         started = time.perf_counter()
         self.describer = build_describer(describer)
-        self.info = json.dumps({**self.describer.info(), "environment": package_versions()}, sort_keys=True, default=str)
+        self.info = stage_info(self.describer)
         log.info("describer %r ready in %.1f s", describer.name, time.perf_counter() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -200,7 +205,7 @@ class GroundStage(_ImageStage):
         super().__init__(max_pixels)
         started = time.perf_counter()
         self.grounder = build_grounder(grounder)
-        self.info = json.dumps({**self.grounder.info(), "environment": package_versions()}, sort_keys=True, default=str)
+        self.info = stage_info(self.grounder)
         log.info("grounder %r ready in %.1f s", grounder.name, time.perf_counter() - started)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -228,7 +233,8 @@ class GroundStage(_ImageStage):
             found = [region.to_dict() for region in result.regions]
             problems = [p for p in map(region_problem, found) if p]
             if problems:
-                status[row], error[row] = Status.GROUND_FAILED.value, f"grounder returned an invalid region: {problems[0]}"
+                status[row] = Status.GROUND_FAILED.value
+                error[row] = f"grounder returned an invalid region: {problems[0]}"
                 continue
             regions[row], status[row], error[row] = found, result.status, result.error
 

@@ -51,7 +51,9 @@ def test_shipped_configs_cover_quickstart_and_a_gpu_llm_swap():
 
 def test_config_errors_name_the_field(tmp_path: Path):
     path = tmp_path / "bad.yaml"
-    path.write_text("output: x\nsource: {kind: parquet, path: x}\ndescribe: {min_actors: 2, max_actors: 1, batchsize: 3}\n")
+    path.write_text(
+        "output: x\nsource: {kind: parquet, path: x}\ndescribe: {min_actors: 2, max_actors: 1, batchsize: 3}\n"
+    )
     with pytest.raises(ConfigError) as error:
         load_config(path, PipelineConfig)
     assert "describe.batchsize: unknown key" in str(error.value)

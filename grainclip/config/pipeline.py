@@ -85,8 +85,9 @@ class StageConfig(ConfigModel):
 
     `batch_size` is rows per call into the stage (Ray Data batch); the annotator may split it further into
     engine calls (its own `batch_size`). For vLLM a large stage batch lets the engine schedule many
-    sequences at once. `runtime_env`, when set, replaces the annotator's own (e.g. groundingdino-py's pip list)
-    -- point it at a prebuilt environment, or `{}` for the main one.
+    sequences at once -- set `describer.batch_size` to the same value, or each engine call sees only that
+    many. `runtime_env`, when set, replaces the annotator's own (e.g. groundingdino-py's pip list) -- point
+    it at a prebuilt environment, or `{}` for the main one.
     """
 
     min_actors: int = Field(1, ge=1)
@@ -169,7 +170,8 @@ class PipelineConfig(ConfigModel):
         None, gt=0, description="Decode limit per image; None: grainclip.images.DEFAULT_MAX_PIXELS."
     )
     max_error_fraction: float = Field(
-        0.1, ge=0.0, le=1.0, description="Stop when more than this fraction of rows failed (any *_failed/invalid status)."
+        0.1, ge=0.0, le=1.0,
+        description="Stop when more than this fraction of rows failed (any *_failed/invalid status).",
     )
     error_check_min_rows: int = Field(
         200, gt=0, description="Rows processed before the error fraction is checked (avoids stopping on one bad shard)."
