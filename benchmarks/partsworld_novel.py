@@ -15,7 +15,9 @@ levels (the CLIP baseline does not read descriptions or boxes, so the seed-0 CLI
     python benchmarks/partsworld_novel.py --out runs/bench-novel            # the recorded configuration
     python benchmarks/partsworld_novel.py --out /tmp/b --seeds 0 --steps 50 --n 256   # a smoke run
 
-Prints a markdown table (mean ± std over seeds) and writes results.json + results.md under --out.
+Prints a markdown table (mean ± std over seeds) and writes results.json + results.md under --out. Each
+(seed, noise) run keeps its result.json, so rerunning the same command after an interruption skips finished runs
+(use a new --out after changing settings).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str, modes: tuple[str, 
     from grainclip.train import train
 
     work = args.out / f"seed{seed}-{noise}"
+    done = work / "result.json"
+    if done.exists():  # finished by an earlier, interrupted invocation: a long benchmark resumes per run
+        return json.loads(done.read_text())
     root = work / "partsworld"
     started = time.perf_counter()
     if not (root / "manifest.json").exists():
@@ -74,8 +79,10 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str, modes: tuple[str, 
     results = evaluate(evaluate_config(models, root, work / "eval", grid_images=4))
     elapsed = time.perf_counter() - started
     log.info("seed %d noise %s done in %.0f s", seed, noise, elapsed)
-    return {"seed": seed, "noise": noise, "seconds": elapsed,
-            "top1": {"/".join(k): v for k, v in top1_table(results).items()}}
+    result = {"seed": seed, "noise": noise, "seconds": elapsed,
+              "top1": {"/".join(k): v for k, v in top1_table(results).items()}}
+    done.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def mean_std(values: list[float]) -> str:

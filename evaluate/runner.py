@@ -152,8 +152,9 @@ class SplitPass:
     def _add(self, batch: dict[str, Any]) -> None:
         index = batch["index"].numpy()
         pixels = batch["pixels"].to(self.device, non_blocking=True)
-        image = F.normalize(self.loaded.model.encode_image(pixels).float(), dim=-1)
         regions = self.loaded.model.encode_regions(pixels, normalize=True) if self.wants_regions else None
+        image = regions.image if regions is not None and regions.image is not None else self.loaded.model.encode_image(pixels)
+        image = F.normalize(image.float(), dim=-1)
         self.done[index] = True
         if self.text is not None:
             self.labels[index] = batch["label"]

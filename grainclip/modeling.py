@@ -23,11 +23,14 @@ class RegionOutput:
     embeddings: (B, Q, D) region embeddings (L2-normalised when requested).
     boxes: (B, Q, 4) normalised xyxy boxes in [0, 1] of the model's input frame.
     objectness: (B, Q) probability that a query holds a real region, or None if the model has no such head.
+    image: (B, D) the global image embedding from the same forward pass (normalised like `embeddings`), or
+        None; a model that returns it spares the evaluator a second pass through the backbone.
     """
 
     embeddings: torch.Tensor
     boxes: torch.Tensor
     objectness: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
 
 @runtime_checkable

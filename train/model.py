@@ -130,13 +130,14 @@ class GrainModel(ClipModel):
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def encode_regions(self, images: torch.Tensor, normalize: bool = False) -> RegionOutput:
-        regions, _ = self.decode(images)
-        embeds = self.region_proj(regions)
+        regions, global_query = self.decode(images)
+        embeds, image = self.region_proj(regions), self.global_proj(global_query)
         objectness = self.objectness_head(regions).squeeze(-1).sigmoid() if self.objectness_head else None
         return RegionOutput(
             embeddings=F.normalize(embeds, dim=-1) if normalize else embeds,
             boxes=box_convert(self.box_head(regions), "cxcywh", "xyxy"),
             objectness=objectness,
+            image=F.normalize(image, dim=-1) if normalize else image,
         )
 
     def forward(
