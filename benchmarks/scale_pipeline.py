@@ -26,12 +26,18 @@ import psutil
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS of this process and, per process, of its descendants (Ray's workers are among them)."""
+    """Peak RSS of this process and, per process, of its descendants (Ray's workers are among them).
+
+    RSS counts every shared page a process has touched, and Ray workers map the object store (shared memory):
+    a worker that wrote or read many blocks shows them in its RSS although they are not its own. USS (pages
+    only that process holds, psutil's memory_full_info) is recorded beside it to tell the two apart.
+    """
 
     def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.interval, self.stop = interval, threading.Event()
         self.peak: dict[int, tuple[int, str]] = {}
+        self.peak_uss: dict[int, int] = {}
         self.peak_total_workers = 0
 
     def run(self) -> None:
@@ -40,11 +46,13 @@ class RssSampler(threading.Thread):
             total = 0
             for proc in me.children(recursive=True):
                 try:
-                    rss, name = proc.memory_info().rss, " ".join(proc.cmdline())[:80]
+                    memory, name = proc.memory_full_info(), " ".join(proc.cmdline())[:80]
                 except psutil.Error:
                     continue
+                rss = memory.rss
                 if rss > self.peak.get(proc.pid, (0, ""))[0]:
                     self.peak[proc.pid] = (rss, name)
+                self.peak_uss[proc.pid] = max(self.peak_uss.get(proc.pid, 0), memory.uss)
                 if "ray::" in name or "default_worker" in name:
                     total += rss
             self.peak_total_workers = max(self.peak_total_workers, total)
@@ -91,7 +99,8 @@ def main() -> int:
     sampler.join()
 
     shards = sorted(p.stat().st_size for p in result.annotations.glob("part-*.parquet"))
-    workers = [(rss, name) for rss, name in sampler.peak.values() if "ray::" in name or "default_worker" in name]
+    worker_pids = [pid for pid, (_, name) in sampler.peak.items() if "ray::" in name or "default_worker" in name]
+    workers = [sampler.peak[pid] for pid in worker_pids]
     mib = 2**20
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -107,9 +116,13 @@ def main() -> int:
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "worker_peak_rss_mib_max": round(max((r for r, _ in workers), default=0) / mib, 1),
         "worker_peak_rss_mib_median": round(statistics.median([r for r, _ in workers]) / mib, 1) if workers else None,
+        "worker_peak_uss_mib_max": round(max((sampler.peak_uss[pid] for pid in worker_pids), default=0) / mib, 1),
         "workers_peak_total_mib": round(sampler.peak_total_workers / mib, 1),
         "worker_processes_seen": len(workers),
-        "top_processes_mib": sorted(((round(r / mib), n) for r, n in sampler.peak.values()), reverse=True)[:5],
+        "top_processes_rss_uss_mib": sorted(
+            ((round(r / mib), round(sampler.peak_uss.get(pid, 0) / mib), n) for pid, (r, n) in sampler.peak.items()),
+            reverse=True,
+        )[:5],
         "shards": len(shards),
         "shard_mib_min_median_max": [round(shards[0] / mib, 2), round(statistics.median(shards) / mib, 2), round(shards[-1] / mib, 2)] if shards else None,
         "load_average_before": [round(x, 1) for x in load_before],
