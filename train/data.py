@@ -14,7 +14,6 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from grainclip.config.base import ConfigError
 from grainclip.schema import ANNOTATIONS_SCHEMA, SchemaError, parquet_files
 from grainclip.train.samples import SKIP_KEYS, TRAINABLE_STATUSES, SampleBuilder
-
-log = logging.getLogger(__name__)
 
 READ_COLUMNS = ("image_id", "image", "image_uri", "caption", "llm_caption", "regions", "status")
 
@@ -65,7 +62,6 @@ def check_trainable(groups: list[RowGroup], num_shards: int) -> dict[str, int]:
     total = sum(statuses.values())
     if total < num_shards:
         raise SchemaError(f"{total} annotation rows cannot feed {num_shards} data shards (ranks x data.num_workers)")
-    log.info("annotation rows by status: %s (only %s train)", statuses, sorted(TRAINABLE_STATUSES))
     return statuses
 
 

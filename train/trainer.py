@@ -41,7 +41,7 @@ from grainclip.train.losses import GrainCriterion
 from grainclip.train.metrics import MetricsLog
 from grainclip.train.model import ClipModel
 from grainclip.train.optim import build_optimizer, build_scheduler
-from grainclip.train.samples import SKIP_KEYS, SampleBuilder
+from grainclip.train.samples import SKIP_KEYS, TRAINABLE_STATUSES, SampleBuilder
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def sample_builder(cfg: TrainConfig, backbone: Backbone) -> SampleBuilder:
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     """Train per `cfg`; `resume` is "latest" or a checkpoint folder. Returns where the model was exported."""
-    check_trainable(list_row_groups(cfg.data.train), num_shards=1)  # bad data fails before any model is built
+    statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)  # bad data fails before any model
+    log.info("annotation rows by status: %s (only %s train)", statuses, sorted(TRAINABLE_STATUSES))
     if cfg.workers > 1 or cfg.ray_address:
         from grainclip.train.ray_train import train_with_ray
 
