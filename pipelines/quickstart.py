@@ -34,7 +34,7 @@ class QuickstartSettings:
     n: int = 1024
     n_test: int = 180
     image_size: int = 64
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 64
     seed: int = 0
     describer: str | None = None
@@ -223,7 +223,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/quickstart"), help="Output directory (steps already done are reused)."),
         n: int = typer.Option(1024, help="PartsWorld training images."),
         n_test: int = typer.Option(180, help="Test images per split (seen, novel)."),
-        steps: int = typer.Option(200, help="Training steps for each model."),
+        steps: int = typer.Option(300, help="Training steps for each model."),
         batch_size: int = typer.Option(64, help="Training batch size."),
         seed: int = typer.Option(0, help="Seed for data, annotation noise and training."),
         describer: str | None = typer.Option(None, help="Describer plugin, e.g. vllm (default: simulated)."),
