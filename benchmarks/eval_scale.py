@@ -11,13 +11,15 @@ the evaluator measures it (first batch to last prediction), wall time of the who
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scale_pipeline import print_record  # noqa: E402
 
 
 def main() -> int:
@@ -44,18 +46,13 @@ def main() -> int:
     started = time.perf_counter()
     results = evaluate(config)
     wall = time.perf_counter() - started
-    record = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python " + " ".join(sys.argv),
-        "images_per_split": args.n_test,
-        "images_per_s": {f"{r['model']}/{r['dataset']}": round(r["images_per_second"], 1) for r in results["runs"]},
-        "evaluate_wall_s": round(wall, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "load_average_before": [round(x, 1) for x in load_before],
-        "load_average_after": [round(x, 1) for x in os.getloadavg()],
-        "cpus": os.cpu_count(),
-    }
-    print(json.dumps(record))
+    print_record(
+        load_before,
+        images_per_split=args.n_test,
+        images_per_s={f"{r['model']}/{r['dataset']}": round(r["images_per_second"], 1) for r in results["runs"]},
+        evaluate_wall_s=round(wall, 1),
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
     return 0
 
 

@@ -12,7 +12,6 @@ from the first batch on (worker start excluded). Prints one JSON record.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scale_pipeline import RssSampler  # noqa: E402
+from scale_pipeline import RssSampler, print_record  # noqa: E402
 
 
 def main() -> int:
@@ -57,21 +56,16 @@ def main() -> int:
     sampler.stop.set()
     sampler.join()
     mib = 2**20
-    record = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python " + " ".join(sys.argv),
-        "images": seen,
-        "input_size": backbone.image_size,
-        "batch": args.batch,
-        "workers": args.workers,
-        "images_per_s": round((seen - first["image"].shape[0]) / seconds, 1),
-        "main_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "worker_peak_rss_mib": sorted(round(r / mib, 1) for r, _ in sampler.peak.values()),
-        "load_average_before": [round(x, 1) for x in load_before],
-        "load_average_after": [round(x, 1) for x in os.getloadavg()],
-        "cpus": os.cpu_count(),
-    }  # fmt: skip
-    print(json.dumps(record))
+    print_record(
+        load_before,
+        images=seen,
+        input_size=backbone.image_size,
+        batch=args.batch,
+        workers=args.workers,
+        images_per_s=round((seen - first["image"].shape[0]) / seconds, 1),
+        main_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        worker_peak_rss_mib=sorted(round(r / mib, 1) for r, _ in sampler.peak.values()),
+    )  # fmt: skip
     return 0
 
 

@@ -59,6 +59,18 @@ class RssSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
+def print_record(load_before: tuple[float, ...], **figures: object) -> None:
+    """One JSON line: when and how it ran, the figures, and the load average around them (the machines are shared)."""
+    print(json.dumps({
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python " + " ".join(sys.argv),
+        **figures,
+        "load_average_before": [round(x, 1) for x in load_before],
+        "load_average_after": [round(x, 1) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -102,34 +114,29 @@ def main() -> int:
     worker_pids = [pid for pid, (_, name) in sampler.peak.items() if "ray::" in name or "default_worker" in name]
     workers = [sampler.peak[pid] for pid in worker_pids]
     mib = 2**20
-    record = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python " + " ".join(sys.argv),
-        "images": args.images,
-        "image_size": args.image_size,
-        "rows": result.rows,
-        "counts": result.counts,
-        "generate_s": round(generate_s, 1) if generate_s else None,
-        "wall_s_incl_ray_start": round(wall, 1),
-        "rows_per_s_wall": round(result.rows / wall, 1),
-        "rows_per_s_manifest": result.manifest["attempts"][-1].get("rows_per_second"),
-        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "worker_peak_rss_mib_max": round(max((r for r, _ in workers), default=0) / mib, 1),
-        "worker_peak_rss_mib_median": round(statistics.median([r for r, _ in workers]) / mib, 1) if workers else None,
-        "worker_peak_uss_mib_max": round(max((sampler.peak_uss[pid] for pid in worker_pids), default=0) / mib, 1),
-        "workers_peak_total_mib": round(sampler.peak_total_workers / mib, 1),
-        "worker_processes_seen": len(workers),
-        "top_processes_rss_uss_mib": sorted(
+    print_record(
+        load_before,
+        images=args.images,
+        image_size=args.image_size,
+        rows=result.rows,
+        counts=result.counts,
+        generate_s=round(generate_s, 1) if generate_s else None,
+        wall_s_incl_ray_start=round(wall, 1),
+        rows_per_s_wall=round(result.rows / wall, 1),
+        rows_per_s_manifest=result.manifest["attempts"][-1].get("rows_per_second"),
+        driver_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        worker_peak_rss_mib_max=round(max((r for r, _ in workers), default=0) / mib, 1),
+        worker_peak_rss_mib_median=round(statistics.median([r for r, _ in workers]) / mib, 1) if workers else None,
+        worker_peak_uss_mib_max=round(max((sampler.peak_uss[pid] for pid in worker_pids), default=0) / mib, 1),
+        workers_peak_total_mib=round(sampler.peak_total_workers / mib, 1),
+        worker_processes_seen=len(workers),
+        top_processes_rss_uss_mib=sorted(
             ((round(r / mib), round(sampler.peak_uss.get(pid, 0) / mib), n) for pid, (r, n) in sampler.peak.items()),
             reverse=True,
         )[:5],
-        "shards": len(shards),
-        "shard_mib_min_median_max": [round(shards[0] / mib, 2), round(statistics.median(shards) / mib, 2), round(shards[-1] / mib, 2)] if shards else None,
-        "load_average_before": [round(x, 1) for x in load_before],
-        "load_average_after": [round(x, 1) for x in os.getloadavg()],
-        "cpus": os.cpu_count(),
-    }  # fmt: skip
-    print(json.dumps(record))
+        shards=len(shards),
+        shard_mib_min_median_max=[round(shards[0] / mib, 2), round(statistics.median(shards) / mib, 2), round(shards[-1] / mib, 2)] if shards else None,
+    )  # fmt: skip
     return 0
 
 

@@ -99,12 +99,10 @@ def import_training_stack() -> None:
 def plan_steps(config: PipelineConfig, run: RunDir) -> StepPlan | None:
     if config.train is None:
         return None
-    train_cfg = train_config(config.train, run)
-    model_dir = Path(train_cfg.output_dir) / Path(TRAINED_MODEL).parent
-    eval_cfg = None
+    plan = StepPlan(train_config(config.train, run), None, config.evaluate)
     if config.evaluate is not None:
-        eval_cfg = evaluate_config(config.evaluate, run, model_dir, f"pipeline-{train_cfg.mode}")
-    return StepPlan(train_cfg, eval_cfg, config.evaluate)
+        plan.evaluate = evaluate_config(config.evaluate, run, plan.model_dir, f"pipeline-{plan.train.mode}")
+    return plan
 
 
 def run_steps(plan: StepPlan, record: dict[str, Any], run: RunDir) -> dict[str, str]:

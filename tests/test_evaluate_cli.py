@@ -11,12 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from grainclip.cli import app
-
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+from grainclip.testing.clip import SMALLEST_CLIP_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +25,7 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     config = root / "cli-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
+    config.write_text(json.dumps(SMALLEST_CLIP_CONFIG))
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(model=str(config)))
     decoder = DecoderConfig(layers=1, d_model=32, heads=2, ffn_dim=64, region_queries=3, objectness=True)

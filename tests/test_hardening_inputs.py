@@ -17,13 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from grainclip.cli import app
+from grainclip.testing.clip import SMALLEST_CLIP_CONFIG
 from grainclip.testing.corpus import write_bad_input_corpus
-
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +28,7 @@ def corpus(tmp_path_factory):
 
 def test_the_evaluator_accounts_for_every_corpus_row(corpus, tmp_path):
     model = tmp_path / "tiny-clip.json"
-    model.write_text(json.dumps(TINY_CLIP))
+    model.write_text(json.dumps(SMALLEST_CLIP_CONFIG))
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump({
         "out": str(tmp_path / "report"),

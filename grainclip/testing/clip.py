@@ -24,6 +24,14 @@ MODEL_CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
+#: The smallest open_clip config that still runs (32 px, one layer per tower), for tests that need a model to
+#: load and embed, not to learn: evaluator CLI and bad-input runs.
+SMALLEST_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
 
 def build_clip(out: Path, seed: int, final: Path) -> None:
     import open_clip
