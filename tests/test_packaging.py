@@ -1,4 +1,4 @@
-"""Packaging and dependency direction: sub-package mapping, light imports for annotation nodes, CLI."""
+"""Packaging: the sub-package mapping a wheel needs, and the CLI. Dependency direction is test_architecture.py."""
 
 from __future__ import annotations
 
@@ -21,17 +21,6 @@ def test_every_package_folder_is_listed_in_pyproject():
             relative = init.parent.relative_to(REPO / folder).parts
             on_disk.add(".".join((package, *relative)))
     assert set(config["packages"]) == on_disk
-
-
-def test_annotation_packages_import_without_the_training_stack():
-    code = (
-        "import sys, grainclip.annotate, grainclip.pipelines, grainclip.cli\n"
-        "heavy = [m for m in ('torchvision', 'open_clip', 'torch') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    heavy = result.stdout.strip().split(",") if result.stdout.strip() else []
-    assert "torchvision" not in heavy and "open_clip" not in heavy, heavy
 
 
 def test_cli_lists_every_command():

@@ -11,11 +11,11 @@ from grainclip.testing.build import (
     TINY_MODEL_NAMES,
     TinyModelBuild,
     build_tiny_models,
-    default_cache_dir,
     default_tiny_models_dir,
     ensure_tiny_model,
     read_manifest,
 )
+from grainclip.testing.cache import default_cache_dir
 from grainclip.testing.clip import tiny_clip_name
 
 __all__ = [

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from grainclip.testing.cache import default_cache_dir
 from grainclip.testing.clip import build_clip
 from grainclip.testing.detectors import build_grounding_dino, build_owlv2
 from grainclip.testing.groundingdino_py import build_groundingdino_py
@@ -105,16 +106,6 @@ class TinyModelBuild:
     path: Path
     built: bool  # False when the cached folder was reused
     seconds: float
-
-
-def default_cache_dir() -> Path:
-    """$GRAINCLIP_CACHE, else <repo root>/.cache for a source checkout, else ~/.cache/grainclip."""
-    if os.environ.get("GRAINCLIP_CACHE"):
-        return Path(os.environ["GRAINCLIP_CACHE"])
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file():
-        return repo / ".cache"
-    return Path.home() / ".cache" / "grainclip"
 
 
 def default_tiny_models_dir() -> Path:

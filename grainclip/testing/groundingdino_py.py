@@ -80,7 +80,7 @@ def build_groundingdino_py(out: Path, seed: int, final: Path) -> None:
     The vocabulary is made here, with the main env's `tokenizers`, so it matches the other tiny BERTs.
     """
     from grainclip.envs import GROUNDINGDINO_PIP, layered_env
-    from grainclip.testing.build import default_cache_dir
+    from grainclip.testing.cache import default_cache_dir
 
     bert_dir = out / BERT_DIR
     bert_dir.mkdir(parents=True)
