@@ -56,25 +56,23 @@ def map_isolating_failures(
     )
 
 
-class Describer(ABC):
-    """Turns images (and/or their alt-text) into an improved caption and short visual descriptions."""
+class Annotator(ABC):
+    """What both kinds share: built from a config, described in the run manifest, closed when the stage ends."""
 
+    #: "describer" or "grounder": the manifest's kind, and the config section the annotator's options come from.
+    kind: ClassVar[str]
     #: True for annotators that read ground truth instead of running a model (labelled in every manifest).
     simulated: ClassVar[bool] = False
     #: Ray runtime_env the backend needs (None: the main environment); callers running it in Ray apply it.
     runtime_env: ClassVar[dict[str, Any] | None] = None
 
-    def __init__(self, config: DescriberConfig) -> None:
+    def __init__(self, config: DescriberConfig | GrounderConfig) -> None:
         self.config = config
-
-    @abstractmethod
-    def describe(self, requests: Sequence[DescribeRequest]) -> list[Description]:
-        """One Description per request, same order; per-row problems are statuses, never exceptions."""
 
     def info(self) -> dict[str, Any]:
         """What the run manifest records about this annotator (never secrets)."""
         return {
-            "kind": "describer",
+            "kind": self.kind,
             "name": self.config.name,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "model": self.config.model,
@@ -85,14 +83,22 @@ class Describer(ABC):
         """Release the model (engines, threads, servers). Idempotent."""
 
 
-class Grounder(ABC):
+class Describer(Annotator):
+    """Turns images (and/or their alt-text) into an improved caption and short visual descriptions."""
+
+    kind = "describer"
+    config: DescriberConfig
+
+    @abstractmethod
+    def describe(self, requests: Sequence[DescribeRequest]) -> list[Description]:
+        """One Description per request, same order; per-row problems are statuses, never exceptions."""
+
+
+class Grounder(Annotator):
     """Localises descriptions in images as normalised boxes of the original image frame."""
 
-    simulated: ClassVar[bool] = False
-    runtime_env: ClassVar[dict[str, Any] | None] = None
-
-    def __init__(self, config: GrounderConfig) -> None:
-        self.config = config
+    kind = "grounder"
+    config: GrounderConfig
 
     @abstractmethod
     def ground(self, requests: Sequence[GroundRequest]) -> list[Grounding]:
@@ -100,16 +106,9 @@ class Grounder(ABC):
 
     def info(self) -> dict[str, Any]:
         return {
-            "kind": "grounder",
-            "name": self.config.name,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "model": self.config.model,
-            "simulated": self.simulated,
+            **super().info(),
             "box_threshold": self.config.box_threshold,
             "text_threshold": self.config.text_threshold,
             "nms_iou": self.config.nms_iou,
             "max_regions": self.config.max_regions,
         }
-
-    def close(self) -> None:
-        """Release the model. Idempotent."""

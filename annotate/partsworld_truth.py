@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from pydantic import Field
 
 from grainclip import schema
-from grainclip.config.base import ConfigError
+from grainclip.config.annotate import DescriberConfig, GrounderConfig
+from grainclip.config.base import ConfigError, ConfigModel, parse_config
 
 log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,53 @@ class TruthIndex:
 
     def get(self, image_id: str) -> TruthRecord | None:
         return self.records.get(image_id)
+
+    def missing(self, image_id: str) -> str:
+        """The row error for an image the truth does not hold (a source that is not this PartsWorld set)."""
+        return f"image_id {image_id!r} is not in the PartsWorld truth at {self.path}"
+
+
+class TruthOptions(ConfigModel):
+    """The options both simulated annotators take; each adds its own noise knobs."""
+
+    truth: Path = Field(description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet.")
+    seed: int = 0
+
+
+class TruthReplay:
+    """Mixin for the simulated describer and grounder: options parsed and truth indexed once, recorded in `info`.
+
+    Listed before the Describer/Grounder base, so `super()` reaches the annotator's own `__init__` and `info`.
+    """
+
+    simulated: ClassVar[bool] = True
+    kind: ClassVar[str]
+    options_model: ClassVar[type[TruthOptions]]
+
+    def __init__(self, config: DescriberConfig | GrounderConfig) -> None:
+        super().__init__(config)
+        self.options = parse_config(config.options, self.options_model, source=f"{self.kind}.options (partsworld)")
+        self.truth = TruthIndex(self.options.truth)
+
+    def replay(
+        self,
+        requests: Sequence[Request],
+        stream: str,
+        replay_one: Callable[[Request, TruthRecord, np.random.Generator], Result],
+        failed: Callable[[str], Result],
+    ) -> list[Result]:
+        """Each request's truth and its own noise generator to `replay_one`; an image not in the truth fails alone."""
+        results = []
+        for request in requests:
+            record = self.truth.get(request.image_id)
+            if record is None:
+                results.append(failed(self.truth.missing(request.image_id)))
+            else:
+                results.append(replay_one(request, record, rng_for(self.options.seed, stream, request.image_id)))
+        return results
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "truth": str(self.options.truth), **self.options.model_dump(exclude={"truth"})}
 
 
 def rng_for(seed: int, stream: str, image_id: str) -> np.random.Generator:

@@ -5,23 +5,10 @@ light hook a trainer calls periodically, with a split from `load_split`. The nam
 use so that importing the package (the CLI does, to register its command) does not import torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from grainclip.lazy import lazy_exports
 
 _EXPORTS = {
-    "evaluate": "grainclip.evaluate.runner",
-    "evaluate_split": "grainclip.evaluate.runner",
-    "zero_shot_accuracy": "grainclip.evaluate.runner",
-    "EvalSplit": "grainclip.evaluate.datasets",
-    "load_split": "grainclip.evaluate.datasets",
+    "grainclip.evaluate.runner": ("evaluate", "evaluate_split", "zero_shot_accuracy"),
+    "grainclip.evaluate.datasets": ("EvalSplit", "load_split"),
 }
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -18,17 +18,10 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set batch_size=32 (YAML value)."),
     ) -> None:
         """Zero-shot classification, retrieval and grounding metrics, with a markdown report and plots."""
-        import yaml
-
-        from grainclip.config.base import ConfigError, load_config
+        from grainclip.config.base import load_config, parse_overrides
         from grainclip.config.evaluate import EvaluateConfig
 
-        overrides = {}
-        for item in set_:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-            overrides[key] = yaml.safe_load(value)
+        overrides = parse_overrides(set_)
         if out is not None:
             overrides["out"] = str(out)
         cfg = load_config(config, EvaluateConfig, overrides)

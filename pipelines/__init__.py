@@ -6,18 +6,9 @@
 The names below load on first use, so `grainclip --help` (which imports this package's cli) stays light.
 """
 
-from __future__ import annotations
+from grainclip.lazy import lazy_exports
 
-from typing import Any
-
-_RUNNER_NAMES = ("run_pipeline", "RunResult", "PipelineError", "ErrorFractionExceeded")
-
-__all__ = list(_RUNNER_NAMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RUNNER_NAMES:
-        from grainclip.pipelines import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module 'grainclip.pipelines' has no attribute {name!r}")
+_EXPORTS = {
+    "grainclip.pipelines.runner": ("run_pipeline", "RunResult", "PipelineError", "ErrorFractionExceeded"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -9,25 +9,13 @@ import sys
 from pathlib import Path
 
 import typer
-import yaml
 
-from grainclip.config.base import ConfigError
+from grainclip.config.base import parse_overrides
 from grainclip.errors import user_errors
 
 pipeline_app = typer.Typer(help="Run, submit and report on annotation pipelines.", no_args_is_help=True)
 
 ADDRESS_HELP = "Ray Jobs API address of the cluster head, e.g. http://HEAD:8265."
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """`--set a.b=value` items -> {"a.b": value}, values parsed as YAML (numbers, booleans, lists)."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -10,9 +10,8 @@ loop, and it is what made the packages impossible to load or test apart. Three k
   is the standard way to annotate without a runtime loop) but not out of the direction rules: a type named from
   the wrong package is still a dependency on that package's API.
 
-A name re-exported lazily by a package's `__getattr__` (a module-level `{name: "grainclip.x.y"}` table, as in
-grainclip.train and grainclip.evaluate) resolves to the module that defines it, because that is what the import
-loads. `importlib.import_module("grainclip...")` with a literal name counts as an import too.
+A name a package exports lazily (`grainclip.lazy.lazy_exports`, as grainclip.train, grainclip.evaluate and
+grainclip.pipelines do) resolves to the module that defines it, because that is what the import loads. `importlib.import_module("grainclip...")` with a literal name counts as an import too.
 
 The import tests at the bottom check the other half of the contract at run time: the packages an annotation node
 or a GPU training machine imports load with the libraries that machine lacks blocked.
@@ -97,18 +96,20 @@ def owning_module(name: str) -> str | None:
 
 @cache
 def lazy_exports(module: str) -> dict[str, str]:
-    """A package's lazily re-exported names -> the module defining each ({name: "grainclip.x.y"} tables)."""
+    """A package's lazily exported names -> the module defining each, from its `lazy_exports(__name__, TABLE)`."""
     tree = ast.parse(project_modules()[module].read_text())
-    exports: dict[str, str] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Dict):
-            pairs = list(zip(node.value.keys, node.value.values))
-            if pairs and all(
-                isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and isinstance(v.value, str)
-                and v.value in project_modules() for k, v in pairs
-            ):
-                exports.update({k.value: v.value for k, v in pairs})
-    return exports
+    literals = {
+        target.id: node.value
+        for node in tree.body if isinstance(node, ast.Assign) for target in node.targets if isinstance(target, ast.Name)
+    }
+    owners: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports" and len(node.args) == 2:
+            table = node.args[1]
+            table = literals.get(table.id, table) if isinstance(table, ast.Name) else table
+            for key, names in zip(table.keys, table.values):
+                owners.update({name.value: key.value for name in names.elts})
+    return owners
 
 
 def is_type_checking(test: ast.expr) -> bool:
@@ -256,6 +257,8 @@ def test_the_graph_sees_every_kind_of_import():
     # The CLI's module-level imports of every domain's commands are seen, relative imports resolve.
     targets = {edge.target for edge in edges if edge.source == COMPOSITION_ROOT and edge.kind == "module"}
     assert {"grainclip.pipelines.cli", "grainclip.train.cli", "grainclip.evaluate.cli"} <= targets
+    # A lazily exported name counts as an import of the module defining it.
+    assert lazy_exports("grainclip.pipelines")["run_pipeline"] == "grainclip.pipelines.runner"
     assert all(edge.target in project_modules() for edge in edges)
 
 

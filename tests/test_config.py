@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from grainclip.config import ConfigError, ConfigModel, load_config
+from grainclip.config import ConfigError, ConfigModel, load_config, parse_overrides
 
 
 class Inner(ConfigModel):
@@ -29,6 +29,16 @@ def write(tmp_path, text: str):
 def test_valid_config_and_overrides(tmp_path):
     cfg = load_config(write(tmp_path, "name: x\ninner: {batch_size: 4}\n"), Outer, overrides={"inner.mode": "exact"})
     assert (cfg.name, cfg.inner.batch_size, cfg.inner.mode) == ("x", 4, "exact")
+
+
+def test_cli_overrides_are_yaml_values_under_dotted_keys(tmp_path):
+    overrides = parse_overrides(["inner.batch_size=16", " name = a=b", "inner.mode=exact"])
+    assert overrides == {"inner.batch_size": 16, "name": "a=b", "inner.mode": "exact"}
+    cfg = load_config(write(tmp_path, "name: x\n"), Outer, overrides=overrides)
+    assert (cfg.name, cfg.inner.batch_size, cfg.inner.mode) == ("a=b", 16, "exact")
+    for bad in ("inner.batch_size", "=3"):
+        with pytest.raises(ConfigError, match="--set expects KEY=VALUE"):
+            parse_overrides([bad])
 
 
 @pytest.mark.parametrize(

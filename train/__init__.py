@@ -5,22 +5,10 @@ Public entry points (imported lazily so `grainclip --help` does not load torch):
     load_model(path, device="cpu") -> grainclip.modeling.LoadedModel
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from grainclip.lazy import lazy_exports
 
 _EXPORTS = {
-    "train": "grainclip.train.trainer",
-    "TrainResult": "grainclip.train.trainer",
-    "load_model": "grainclip.train.export",
-    "export_model": "grainclip.train.export",
+    "grainclip.train.trainer": ("train", "TrainResult"),
+    "grainclip.train.export": ("load_model", "export_model"),
 }
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'grainclip.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -9,21 +9,6 @@ import typer
 from grainclip.errors import user_errors
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """`--set key.path=value` pairs; values are read as YAML (numbers, booleans, lists), else kept as text."""
-    import yaml
-
-    from grainclip.config.base import ConfigError
-
-    overrides: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
@@ -36,7 +21,7 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option([], "--set", help="Override a config value: --set steps=100."),
     ) -> None:
         """Train GRAIN (or the CLIP baseline with mode: clip) from a train config."""
-        from grainclip.config.base import load_config
+        from grainclip.config.base import load_config, parse_overrides
         from grainclip.config.train import TrainConfig
 
         values = parse_overrides(overrides)

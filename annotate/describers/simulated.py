@@ -8,44 +8,28 @@ description of another creature that shares a word with it (right part, wrong at
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from grainclip.annotate.base import Describer
-from grainclip.annotate.partsworld_truth import TruthIndex, rng_for, words
+from grainclip.annotate.partsworld_truth import TruthOptions, TruthRecord, TruthReplay, words
 from grainclip.annotate.types import DescribeRequest, Description
-from grainclip.config.annotate import DescriberConfig
-from grainclip.config.base import ConfigModel, parse_config
 from grainclip.schema import Status
 
 
-class PartsWorldDescriberOptions(ConfigModel):
-    truth: Path = Field(description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet.")
+class PartsWorldDescriberOptions(TruthOptions):
     drop_prob: float = Field(0.0, ge=0.0, le=1.0)
     substitute_prob: float = Field(0.0, ge=0.0, le=1.0)
-    seed: int = 0
 
 
-class PartsWorldDescriber(Describer):
-    simulated = True
-
-    def __init__(self, config: DescriberConfig) -> None:
-        super().__init__(config)
-        self.options = parse_config(config.options, PartsWorldDescriberOptions, source="describer.options (partsworld)")
-        self.truth = TruthIndex(self.options.truth)
+class PartsWorldDescriber(TruthReplay, Describer):
+    options_model = PartsWorldDescriberOptions
 
     def describe(self, requests: Sequence[DescribeRequest]) -> list[Description]:
-        return [self._describe_one(request) for request in requests]
+        return self.replay(requests, "describe", self._describe_one, Description.failed)
 
-    def _describe_one(self, request: DescribeRequest) -> Description:
-        record = self.truth.get(request.image_id)
-        if record is None:
-            return Description.failed(
-                f"image_id {request.image_id!r} is not in the PartsWorld truth at {self.truth.path}"
-            )
-        rng = rng_for(self.options.seed, "describe", request.image_id)
+    def _describe_one(self, request: DescribeRequest, record: TruthRecord, rng: np.random.Generator) -> Description:
         true_set = {d.lower() for d in record.descriptions}
         descriptions: list[str] = []
         for text in record.descriptions:
@@ -65,6 +49,3 @@ class PartsWorldDescriber(Describer):
         """A wrong description sharing a word with `text`; None when the pool has no such description."""
         shared = [d for d in self.truth.description_pool if d.lower() not in true_set and words(d) & words(text)]
         return shared[rng.integers(len(shared))] if shared else None
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "truth": str(self.options.truth), **self.options.model_dump(exclude={"truth"})}

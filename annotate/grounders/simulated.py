@@ -10,47 +10,30 @@ Truth boxes are normalised to the original image, so the output does not depend 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from grainclip.annotate.base import Grounder
 from grainclip.annotate.grounders.common import select_regions
-from grainclip.annotate.partsworld_truth import TruthIndex, TruthRecord, rng_for, word_overlap
+from grainclip.annotate.partsworld_truth import TruthOptions, TruthRecord, TruthReplay, word_overlap
 from grainclip.annotate.types import Grounding, GroundRequest
-from grainclip.config.annotate import GrounderConfig
-from grainclip.config.base import ConfigModel, parse_config
 
 
-class PartsWorldGrounderOptions(ConfigModel):
-    truth: Path = Field(description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet.")
+class PartsWorldGrounderOptions(TruthOptions):
     jitter: float = Field(0.0, ge=0.0, le=1.0)
     miss_prob: float = Field(0.0, ge=0.0, le=1.0)
     spurious_prob: float = Field(0.0, ge=0.0, le=1.0)
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="Scores of true boxes are uniform in [min_score, 1].")
-    seed: int = 0
 
 
-class PartsWorldGrounder(Grounder):
-    simulated = True
-
-    def __init__(self, config: GrounderConfig) -> None:
-        super().__init__(config)
-        self.options = parse_config(config.options, PartsWorldGrounderOptions, source="grounder.options (partsworld)")
-        self.truth = TruthIndex(self.options.truth)
+class PartsWorldGrounder(TruthReplay, Grounder):
+    options_model = PartsWorldGrounderOptions
 
     def ground(self, requests: Sequence[GroundRequest]) -> list[Grounding]:
-        return [self._ground_one(request) for request in requests]
+        return self.replay(requests, "ground", self._ground_one, Grounding.failed)
 
-    def _ground_one(self, request: GroundRequest) -> Grounding:
-        record = self.truth.get(request.image_id)
-        if record is None:
-            return Grounding.failed(
-                f"image_id {request.image_id!r} is not in the PartsWorld truth at {self.truth.path}"
-            )
-        rng = rng_for(self.options.seed, "ground", request.image_id)
+    def _ground_one(self, request: GroundRequest, record: TruthRecord, rng: np.random.Generator) -> Grounding:
         boxes, scores, labels = [], [], []
         for label, text in enumerate(request.descriptions):
             for box, score in self._noisy_boxes(record, text, rng):
@@ -82,6 +65,3 @@ class PartsWorldGrounder(Grounder):
             centre, half = rng.uniform(0.1, 0.9, size=2), rng.uniform(0.03, 0.25, size=2)
             found.append((np.concatenate([centre - half, centre + half]), float(rng.uniform(opts.min_score, 1.0))))
         return found
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "truth": str(self.options.truth), **self.options.model_dump(exclude={"truth"})}

@@ -63,6 +63,17 @@ def load_config(path: str | Path, cls: type[M], overrides: dict[str, Any] | None
     return parse_config(data, cls, source=str(path))
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Every CLI's `--set a.b=value` items -> {"a.b": value}, values read as YAML (numbers, booleans, lists)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data
