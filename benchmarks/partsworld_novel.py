@@ -1,6 +1,6 @@
 """PartsWorld novel-concept benchmark: GRAIN vs CLIP (+ descriptors) under equal budgets, several seeds.
 
-What it measures (DESIGN.md "PartsWorld"): novel classes re-bind the SAME colours to DIFFERENT parts, and
+What it measures (docs/design.md, "PartsWorld"): novel classes re-bind the SAME colours to DIFFERENT parts, and
 their names never occur in training, so they can only be recognised from their descriptors ("red crest",
 "blue wings", ...). A model that only knows which colours are present is capped at 1/3 on novel classes
 (each novel colour set is shared by three classes). The generator's design was fixed before any result.

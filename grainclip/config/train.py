@@ -1,9 +1,9 @@
 """Config models for train runs (owned by the train domain; plain data, no heavy imports).
 
 Defaults are the paper's (GRAIN, arXiv 2412.04429: ViT-B/16 backbone, 6-layer decoder, d_model 512, 8 heads,
-FFN 2048, 5 region queries + 1 global query, AdamW lr 1e-3, wd 0.1, betas (0.9, 0.98)) except where the
-prototype in DESIGN.md showed a need: fixed 2D sin-cos positions on the decoder memory are on by default
-(the paper adds none; box regression did not start without them on small models).
+FFN 2048, 5 region queries + 1 global query, AdamW lr 1e-3, wd 0.1, betas (0.9, 0.98)) except where small
+models showed a need: fixed 2D sin-cos positions on the decoder memory are on by default (the paper adds none;
+box regression did not start without them on small models, see docs/design.md, "The GRAIN model").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ OWLV2_TEXT_LENGTH = 16
 def build_grounding_dino(out: Path, seed: int, final: Path) -> None:
     """Swin (embed 16, one block per stage) + 1-layer BERT (hidden 32) + d_model 64, 20 queries.
 
-    d_model 32 fails in GroupNorm and a single decoder layer fails at init (ENVIRONMENT.md), hence 64 and 2.
+    d_model 32 fails in GroupNorm and a single decoder layer fails at init (transformers 5.19), hence 64 and 2.
     """
     import torch
     from transformers import (

