@@ -64,10 +64,6 @@ class TruthIndex:
     def get(self, image_id: str) -> TruthRecord | None:
         return self.records.get(image_id)
 
-    def missing(self, image_id: str) -> str:
-        """The row error for an image the truth does not hold (a source that is not this PartsWorld set)."""
-        return f"image_id {image_id!r} is not in the PartsWorld truth at {self.path}"
-
 
 class TruthOptions(ConfigModel):
     """The options both simulated annotators take; each adds its own noise knobs."""
@@ -101,11 +97,12 @@ class TruthReplay:
         """Each request's truth and its own noise generator to `replay_one`; an image not in the truth fails alone."""
         results = []
         for request in requests:
-            record = self.truth.get(request.image_id)
+            image_id = request.image_id
+            record = self.truth.get(image_id)
             if record is None:
-                results.append(failed(self.truth.missing(request.image_id)))
+                results.append(failed(f"image_id {image_id!r} is not in the PartsWorld truth at {self.truth.path}"))
             else:
-                results.append(replay_one(request, record, rng_for(self.options.seed, stream, request.image_id)))
+                results.append(replay_one(request, record, rng_for(self.options.seed, stream, image_id)))
         return results
 
     def info(self) -> dict[str, Any]:
