@@ -1,8 +1,9 @@
 """One streaming pass of a model over a split gathers everything every task needs; then the metrics.
 
-Per batch the model embeds the images once (and its regions, for GRAIN models); class scores, image
-embeddings for retrieval and matched boxes for grounding are kept per row, so memory grows with
-rows x classes, never with pixels. Class text is encoded once per model and text set (class_text's cache).
+Per batch the model embeds the images once (and its regions, for GRAIN models) and the pass hands those
+outputs to one accumulator per task (`grainclip.evaluate.accumulators`): class scores, image embeddings for
+retrieval and matched boxes for grounding are kept per row, so memory grows with rows x classes, never with
+pixels. Class text is encoded once per model and text set (class_text's cache).
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grainclip.boxes import box_iou
 from grainclip.config.evaluate import MODES, EvaluateConfig, ScoringConfig
-from grainclip.evaluate import class_text, metrics, scoring
+from grainclip.evaluate import class_text, scoring
+from grainclip.evaluate.accumulators import (
+    Accumulator,
+    BatchOutputs,
+    BatchRegions,
+    ClassificationAccumulator,
+    ClassText,
+    GroundingAccumulator,
+    RegionGridAccumulator,
+    RetrievalAccumulator,
+)
 from grainclip.evaluate.datasets import EvalSplit, collate, load_split
-from grainclip.evaluate.geometry import input_window, to_original_frame
+from grainclip.evaluate.geometry import input_window
 from grainclip.evaluate.models import has_regions, load_model, resolve_device
 from grainclip.modeling import LoadedModel
 
@@ -44,18 +54,6 @@ class PassSettings:
     precision: str = "auto"
     grid_images: int = 0
     progress: bool = False
-
-
-@dataclass
-class ClassText:
-    """The text side of zero-shot classification for one (model, split), encoded once before the images."""
-
-    modes: list[str]
-    unavailable: list[dict[str, str]]
-    classifiers: dict[str, torch.Tensor]  # score name -> (C, D)
-    descriptor_embeddings: torch.Tensor | None = None  # (M, D) bare descriptors, for region scores
-    descriptor_class: torch.Tensor | None = None  # (M,) class of each descriptor
-    descriptor_texts: list[str] = field(default_factory=list)
 
 
 def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSettings, regions: bool, device: torch.device) -> ClassText:
@@ -87,41 +85,33 @@ def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSett
 
 
 class SplitPass:
-    """Accumulates one model's outputs over one split, batch by batch, then turns them into metrics."""
+    """Streams one split through one model and hands each batch's outputs to one accumulator per task."""
 
     def __init__(self, loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device) -> None:
         self.loaded, self.split, self.tasks, self.settings, self.device = loaded, split, list(tasks), settings, device
         self.regions = has_regions(loaded)
-        n = split.size
-        self.done = np.zeros(n, dtype=bool)
+        self.done = np.zeros(split.size, dtype=bool)
         self.errors: list[tuple[int, str | None, str]] = []
         self.unavailable: list[dict[str, str]] = []
-        self.text: ClassText | None = None
-        self.scores: dict[str, np.ndarray] = {}
+        self.classification: ClassificationAccumulator | None = None
+        self.grid: RegionGridAccumulator | None = None
+        self.metrics: list[Accumulator] = []  # the tasks whose results go into results.json, in its order
         if "classification" in tasks:
-            self.text = prepare_class_text(loaded, split, settings, self.regions, device)
-            self.unavailable += self.text.unavailable
-            self.labels = np.full(n, -1, dtype=np.int64)
-            names = list(self.text.classifiers) + (["region"] if "grain" in self.text.modes else [])
-            self.scores = {name: np.zeros((n, len(split.classnames)), dtype=np.float32) for name in names}
+            text = prepare_class_text(loaded, split, settings, self.regions, device)
+            self.unavailable += text.unavailable
+            self.classification = ClassificationAccumulator(text, split.classnames, split.size, settings.scoring)
+            self.metrics.append(self.classification)
+            if self.regions and text.descriptor_embeddings is not None and settings.grid_images:
+                self.grid = RegionGridAccumulator(self.classification, settings.grid_images)
         if "retrieval" in tasks:
-            self.captions: list[str | None] = [None] * n
-            self.image_embeddings: np.ndarray | None = None
+            self.metrics.append(RetrievalAccumulator(loaded, split.size, device))
         if "grounding" in tasks:
-            if not self.regions:
+            if self.regions:
+                self.metrics.append(GroundingAccumulator(loaded, device))
+            else:
                 self.unavailable.append({"task": "grounding", "reason": f"{loaded.kind} model predicts no regions"})
-            self.ious: list[float] = []
-        self.grid: list[dict[str, Any]] = []
-
-    @property
-    def wants_regions(self) -> bool:
-        grain = self.text is not None and "grain" in self.text.modes
-        return self.regions and (grain or "grounding" in self.tasks or self.grid_size > 0)
-
-    @property
-    def grid_size(self) -> int:
-        has_descriptors = self.text is not None and self.text.descriptor_embeddings is not None
-        return self.settings.grid_images if self.regions and has_descriptors else 0
+        self.accumulators: list[Accumulator] = self.metrics + ([self.grid] if self.grid is not None else [])
+        self.wants_regions = self.regions and any(acc.needs_regions for acc in self.accumulators)
 
     # -------------------------------------------------------------------------------------------- the pass
     def run(self) -> float:
@@ -129,7 +119,8 @@ class SplitPass:
         from torch.utils.data import DataLoader
         from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() in __init__, starting a second set of workers
 
-        dataset = self.split.dataset(self.loaded.preprocess, self.tasks, keep_images=self.grid_size)
+        keep_images = self.grid.size if self.grid is not None else 0
+        dataset = self.split.dataset(self.loaded.preprocess, self.tasks, keep_images=keep_images)
         workers = self.settings.num_workers
         loader = DataLoader(
             dataset, batch_size=self.settings.batch_size, num_workers=workers, collate_fn=collate,
@@ -141,7 +132,10 @@ class SplitPass:
             for batch in tqdm(loader, total=batches, desc=f"{self.loaded.name} on {self.split.name}", disable=not self.settings.progress, leave=False):
                 self.errors += batch["errors"]
                 if batch["pixels"] is not None:
-                    self._add(batch)
+                    outputs = self._outputs(batch)
+                    self.done[outputs.index] = True
+                    for accumulator in self.accumulators:
+                        accumulator.add(batch, outputs)
         elapsed = time.perf_counter() - start
         return float(self.done.sum() / elapsed) if elapsed > 0 else float("nan")
 
@@ -149,72 +143,22 @@ class SplitPass:
         bf16 = self.settings.precision == "bf16" or (self.settings.precision == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    def _add(self, batch: dict[str, Any]) -> None:
-        index = batch["index"].numpy()
+    def _outputs(self, batch: dict[str, Any]) -> BatchOutputs:
+        """One model pass over the batch: the global embeddings, and the regions when a task reads them."""
         pixels = batch["pixels"].to(self.device, non_blocking=True)
-        regions = self.loaded.model.encode_regions(pixels, normalize=True) if self.wants_regions else None
-        image = regions.image if regions is not None and regions.image is not None else self.loaded.model.encode_image(pixels)
-        image = F.normalize(image.float(), dim=-1)
-        self.done[index] = True
-        if self.text is not None:
-            self.labels[index] = batch["label"]
-            for name, classifier in self.text.classifiers.items():
-                self.scores[name][index] = (image @ classifier.T).cpu().numpy()
-            if "region" in self.scores:
-                best = scoring.region_descriptor_similarity(regions, self.text.descriptor_embeddings, self.settings.scoring.objectness_threshold)
-                self.scores["region"][index] = scoring.region_scores(best, self.text.descriptor_class, len(self.split.classnames)).cpu().numpy()
-        if "retrieval" in self.tasks:
-            if self.image_embeddings is None:
-                self.image_embeddings = np.zeros((self.split.size, image.shape[1]), dtype=np.float32)
-            self.image_embeddings[index] = image.cpu().numpy()
-            for i, caption in zip(index, batch["caption"], strict=True):
-                self.captions[i] = caption
+        model = self.loaded.model
+        regions = model.encode_regions(pixels, normalize=True) if self.wants_regions else None
+        image = regions.image if regions is not None and regions.image is not None else model.encode_image(pixels)
+        prepared = None
         if regions is not None:
-            valid = scoring.valid_regions(regions, self.settings.scoring.objectness_threshold)
-            embeddings = F.normalize(regions.embeddings.float(), dim=-1)
-            boxes = regions.boxes.float().cpu().numpy()
-            windows = [input_window(self.loaded.preprocess, w, h) for w, h in batch["size"]]
-            if "grounding" in self.tasks:
-                self._ground(batch["regions"], embeddings, valid, boxes, windows)
-            for row, i in enumerate(index):
-                if i < self.grid_size:
-                    self._keep_for_grid(i, batch["image"][row], embeddings[row], valid[row], to_original_frame(boxes[row], windows[row]))
-
-    def _ground(self, truth: list, embeddings: torch.Tensor, valid: torch.Tensor, boxes: np.ndarray, windows: list[np.ndarray]) -> None:
-        """Per image and distinct description: IoU of the region that matches the text best with its truth box.
-
-        A description with several truth boxes counts as found if the chosen box overlaps any of them (the
-        any-box protocol of phrase grounding, e.g. Flickr30k Entities). Descriptions are encoded per batch, so
-        memory stays flat however many distinct descriptions the annotations hold.
-        """
-        distinct = sorted({text for regions in truth for text, _ in regions})
-        if not distinct:
-            return
-        encoded = dict(zip(distinct, class_text.encode_texts(self.loaded, distinct, self.device), strict=True))
-        for row, regions in enumerate(truth):
-            by_text: dict[str, list] = {}
-            for text, box in regions:
-                by_text.setdefault(text, []).append(box)
-            if not by_text:
-                continue
-            texts = list(by_text)
-            queries = torch.stack([encoded[t] for t in texts])  # (T, D)
-            sims = (queries @ embeddings[row].T).masked_fill(~valid[row][None, :].to(queries.device), float("-inf"))
-            chosen = sims.argmax(dim=1).cpu().numpy()
-            predicted = to_original_frame(boxes[row][chosen], windows[row])
-            for t, text in enumerate(texts):
-                self.ious.append(float(box_iou(predicted[t], np.asarray(by_text[text], dtype=np.float32)).max()))
-
-    def _keep_for_grid(self, index: int, image: Any, embeddings: torch.Tensor, valid: torch.Tensor, boxes: np.ndarray) -> None:
-        sims = embeddings[valid] @ self.text.descriptor_embeddings.T  # (valid regions, M)
-        best = sims.max(dim=1)
-        self.grid.append({
-            "index": int(index),
-            "image": image,
-            "boxes": boxes[valid.cpu().numpy()].tolist(),
-            "descriptors": [self.text.descriptor_texts[m] for m in best.indices.cpu().tolist()],
-            "similarities": best.values.cpu().tolist(),
-        })
+            prepared = BatchRegions(
+                output=regions,
+                embeddings=F.normalize(regions.embeddings.float(), dim=-1),
+                valid=scoring.valid_regions(regions, self.settings.scoring.objectness_threshold),
+                boxes=regions.boxes.float().cpu().numpy(),
+                windows=[input_window(self.loaded.preprocess, w, h) for w, h in batch["size"]],
+            )
+        return BatchOutputs(batch["index"].numpy(), F.normalize(image.float(), dim=-1), prepared)
 
     # ------------------------------------------------------------------------------------------ the metrics
     def results(self) -> dict[str, Any]:
@@ -223,47 +167,9 @@ class SplitPass:
             "count": len(self.errors),
             "examples": [{"index": i, "image_id": image_id, "reason": reason} for i, image_id, reason in self.errors[:MAX_ERROR_EXAMPLES]],
         }
-        if self.text is not None:
-            out["classification"], out["alpha_sweep"], predictions = self._classification()
-            for item in self.grid:
-                item["label"] = self.split.classnames[self.labels[item["index"]]]
-                item["prediction"] = self.split.classnames[predictions[item["index"]]]
-        if "retrieval" in self.tasks:
-            out["retrieval"] = self._retrieval()
-        if "grounding" in self.tasks and self.regions:
-            out["grounding"] = metrics.grounding_metrics(np.asarray(self.ious))
+        for accumulator in self.metrics:
+            out.update(accumulator.result())
         return out
-
-    def mode_scores(self, mode: str, alpha: float | None = None) -> np.ndarray:
-        if mode != "grain":
-            return self.scores[mode]
-        config = self.settings.scoring
-        return scoring.grain_scores(self.scores[config.grain_global], self.scores["region"], config.alpha if alpha is None else alpha, config.standardize)
-
-    def _classification(self) -> tuple[list[dict], list[dict], np.ndarray]:
-        rows = self.done
-        records = []
-        for mode in self.text.modes:
-            records.append({"mode": mode, **metrics.classification_metrics(self.mode_scores(mode)[rows], self.labels[rows])})
-        sweep = []
-        if "grain" in self.text.modes:
-            for alpha in self.settings.scoring.alpha_sweep:
-                sweep.append({"alpha": alpha, "top1": metrics.topk_accuracy(self.mode_scores("grain", alpha)[rows], self.labels[rows], 1)})
-        # What the report's image grid calls the prediction: the most informed mode that ran.
-        shown = next((mode for mode in ("grain", "global+descriptors", "global") if mode in self.text.modes), None)
-        predictions = self.mode_scores(shown).argmax(axis=1) if shown else np.zeros(self.split.size, dtype=np.int64)
-        return records, sweep, predictions
-
-    def _retrieval(self) -> dict[str, float]:
-        rows = [i for i in np.flatnonzero(self.done) if self.captions[i]]
-        if not rows:
-            return {"n_images": 0, "note": "no images with a caption"}
-        distinct = sorted({self.captions[i] for i in rows})
-        position = {caption: k for k, caption in enumerate(distinct)}
-        texts = class_text.encode_texts(self.loaded, distinct, self.device).cpu().numpy()
-        result = metrics.retrieval_metrics(self.image_embeddings[rows], texts, np.array([position[self.captions[i]] for i in rows]))
-        result["n_without_caption"] = int(self.done.sum() - len(rows))
-        return result
 
 
 def evaluate_split(loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device) -> tuple[dict[str, Any], list[dict]]:
@@ -274,7 +180,7 @@ def evaluate_split(loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], 
     results["images_per_second"] = images_per_second
     if evaluation.errors:
         log.warning("%s: %d image(s) could not be decoded and were skipped (first: %s)", split.name, len(evaluation.errors), evaluation.errors[0][2])
-    return results, evaluation.grid
+    return results, evaluation.grid.result() if evaluation.grid is not None else []
 
 
 def zero_shot_accuracy(

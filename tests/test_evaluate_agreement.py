@@ -76,8 +76,8 @@ def test_global_mode_agrees_with_a_straightforward_loop(setup):
     evaluation.run()
     results = evaluation.results()
 
-    np.testing.assert_array_equal(evaluation.labels, labels)
-    np.testing.assert_allclose(evaluation.scores["global"], expected_scores, atol=1e-5)
-    assert (evaluation.scores["global"].argmax(1) == expected_predictions).all()
+    np.testing.assert_array_equal(evaluation.classification.labels, labels)
+    np.testing.assert_allclose(evaluation.classification.scores["global"], expected_scores, atol=1e-5)
+    assert (evaluation.classification.scores["global"].argmax(1) == expected_predictions).all()
     assert results["classification"][0]["top1"] == pytest.approx(float((expected_predictions == labels).mean()))
     assert results["n_evaluated"] == len(labels) and results["skipped_images"]["count"] == 0
