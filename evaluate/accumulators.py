@@ -18,7 +18,7 @@ from grainclip.boxes import box_iou
 from grainclip.config.evaluate import ScoringConfig
 from grainclip.evaluate import class_text, metrics, scoring
 from grainclip.evaluate.geometry import to_original_frame
-from grainclip.modeling import LoadedModel, RegionOutput
+from grainclip.model_api import LoadedModel, RegionOutput
 
 
 @dataclass

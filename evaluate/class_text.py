@@ -20,7 +20,7 @@ from grainclip.config.base import ConfigError
 if TYPE_CHECKING:
     import torch
 
-    from grainclip.modeling import LoadedModel
+    from grainclip.model_api import LoadedModel
 
 # Our own small CLIP-style set: the bare prompt plus a few image styles a zero-shot set commonly holds.
 DEFAULT_TEMPLATES: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-"""Load the models an evaluate config names into `LoadedModel`s (grainclip.modeling)."""
+"""Load the models an evaluate config names into `LoadedModel`s (grainclip.model_api)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import CheckpointModel, ModelSpec, OpenClipModel
-from grainclip.modeling import LoadedModel, RegionModel
+from grainclip.model_api import LoadedModel, RegionModel
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from grainclip.evaluate.accumulators import (
 from grainclip.evaluate.datasets import EvalSplit, collate, load_split
 from grainclip.evaluate.geometry import input_window
 from grainclip.evaluate.models import has_regions, load_model, resolve_device
-from grainclip.modeling import LoadedModel
+from grainclip.model_api import LoadedModel
 
 log = logging.getLogger(__name__)
 

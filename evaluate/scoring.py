@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from grainclip.modeling import RegionOutput
+    from grainclip.model_api import RegionOutput
 
 
 def valid_regions(regions: RegionOutput, threshold: float) -> torch.Tensor:

@@ -19,7 +19,7 @@ from grainclip.evaluate.class_text import (
     descriptor_sentence,
     load_templates,
 )
-from grainclip.modeling import LoadedModel
+from grainclip.model_api import LoadedModel
 
 TINY_CLIP = {
     "embed_dim": 32,

@@ -27,7 +27,7 @@ from grainclip.evaluate.datasets import load_split
 from grainclip.evaluate.runner import PassSettings, evaluate_split, zero_shot_accuracy
 from grainclip.evaluate.scoring import grain_scores, region_descriptor_similarity, region_scores, standardize
 from grainclip.images import encode_image
-from grainclip.modeling import LoadedModel, RegionModel, RegionOutput
+from grainclip.model_api import LoadedModel, RegionModel, RegionOutput
 from grainclip.schema import write_shard
 
 COLOURS = ["red", "green", "blue"]

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from grainclip.cli import app
 from grainclip.config.train import DecoderConfig, OptimConfig, TrainConfig
 from grainclip.images import decode_image
-from grainclip.modeling import RegionModel, ZeroShotModel
+from grainclip.model_api import RegionModel, ZeroShotModel
 from grainclip.testing.corpus import write_bad_input_corpus
 from grainclip.train import load_model, train
 from grainclip.train.backbone import build_backbone

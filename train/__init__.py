@@ -2,7 +2,7 @@
 
 Public entry points (imported lazily so `grainclip --help` does not load torch):
     train(cfg: TrainConfig, resume=None) -> TrainResult
-    load_model(path, device="cpu") -> grainclip.modeling.LoadedModel
+    load_model(path, device="cpu") -> grainclip.model_api.LoadedModel
 """
 
 from grainclip.lazy import lazy_exports

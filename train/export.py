@@ -26,7 +26,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file, save_file
 
 from grainclip.config.train import DecoderConfig
-from grainclip.modeling import LoadedModel
+from grainclip.model_api import LoadedModel
 from grainclip.train.backbone import LOCAL_DIR, OPEN_CLIP_CONFIG, Backbone
 from grainclip.train.model import ClipModel, GrainModel
 

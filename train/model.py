@@ -20,7 +20,7 @@ from torchvision.ops import box_convert
 
 from grainclip.config.base import ConfigError
 from grainclip.config.train import DecoderConfig
-from grainclip.modeling import RegionOutput
+from grainclip.model_api import RegionOutput
 from grainclip.train.backbone import visual_token_width
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from grainclip.config.base import ConfigError, dump_config
 from grainclip.config.train import TrainConfig
-from grainclip.modeling import LoadedModel
+from grainclip.model_api import LoadedModel
 from grainclip.train import distributed
 from grainclip.train.backbone import Backbone, build_backbone
 from grainclip.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
