@@ -123,7 +123,7 @@ def main() -> int:
         generate_s=round(generate_s, 1) if generate_s else None,
         wall_s_incl_ray_start=round(wall, 1),
         rows_per_s_wall=round(result.rows / wall, 1),
-        rows_per_s_manifest=result.manifest["attempts"][-1].get("rows_per_second"),
+        rows_per_s_manifest=result.manifest.attempts[-1].rows_per_second,
         driver_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         worker_peak_rss_mib_max=round(max((r for r, _ in workers), default=0) / mib, 1),
         worker_peak_rss_mib_median=round(statistics.median([r for r, _ in workers]) / mib, 1) if workers else None,

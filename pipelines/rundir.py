@@ -41,9 +41,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import RESUME_FIELDS, RESUME_IGNORED, PipelineConfig
+from grainclip.pipelines.manifest import RunManifest
 from grainclip.schema import write_shard
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,13 @@ SAFE_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 class RunConfigChanged(ConfigError):
     """The run directory holds a run made with a different config; the message lists what changed."""
+
+
+class ManifestUnreadable(ConfigError):
+    """OUT/manifest.json is not JSON or not a run manifest (hand-edited, or written by something else)."""
+
+
+MOVE_ASIDE = "move it aside or use --force-new-run"
 
 
 def new_run_id() -> str:
@@ -130,19 +139,23 @@ class RunDir:
 
     # --- manifest -------------------------------------------------------------------------------------------
 
-    def read_manifest(self) -> dict[str, Any] | None:
+    def read_manifest(self) -> RunManifest | None:
+        """The manifest on disk, or None; ManifestUnreadable (one line) if it is not JSON or not a manifest."""
         if not self.manifest_path.exists():
             return None
         try:
-            return json.loads(self.manifest_path.read_text())
+            return RunManifest.model_validate(json.loads(self.manifest_path.read_text()))
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{self.manifest_path} is not valid JSON ({exc}); move it aside or use --force-new-run")
+            raise ManifestUnreadable(f"{self.manifest_path} is not valid JSON ({exc}); {MOVE_ASIDE}") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+            raise ManifestUnreadable(f"{self.manifest_path} is not a run manifest ({problems}); {MOVE_ASIDE}") from None
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
+    def write_manifest(self, manifest: RunManifest) -> None:
         """Atomic rewrite, so a kill mid-write leaves the previous manifest, never half of one."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.manifest_path.with_name(f".manifest.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
+        tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
         os.replace(tmp, self.manifest_path)
 
     # --- committed shards -----------------------------------------------------------------------------------
@@ -248,12 +261,18 @@ class RunDir:
         log.warning("moved the previous run %s to %s", run_id, target)
         return target
 
-    def open(self, config: PipelineConfig, force_new_run: bool) -> tuple[str, dict[str, Any] | None]:
+    def open(self, config: PipelineConfig, force_new_run: bool) -> tuple[str, RunManifest | None]:
         """The run id to write under and the previous manifest when resuming (None for a new run).
 
         Raises RunConfigChanged when OUT holds a different run and `force_new_run` is not set.
         """
-        previous = self.read_manifest()
+        try:
+            previous = self.read_manifest()
+        except ManifestUnreadable:
+            if not force_new_run:
+                raise
+            self.supersede(f"unknown-{new_run_id()}")
+            return new_run_id(), None
         has_shards = bool(self.committed_files())
         view = resume_view(config)
         if previous is None and not has_shards:
@@ -266,15 +285,15 @@ class RunDir:
                 )
             self.supersede(f"unknown-{new_run_id()}")
             return new_run_id(), None
-        if previous.get("config_hash") == config_hash(view):
-            return previous["run_id"], previous
+        if previous.config_hash == config_hash(view):
+            return previous.run_id, previous
         if not force_new_run:
-            changes = config_changes(previous.get("resume_config", {}), view)
+            changes = config_changes(previous.resume_config, view)
             listed = "\n".join(f"  {c}" for c in changes) or "  (the stored config could not be compared)"
             raise RunConfigChanged(
-                f"{self.root} holds run {previous.get('run_id')} made with a different config; refusing to "
+                f"{self.root} holds run {previous.run_id} made with a different config; refusing to "
                 f"resume into it. Changed:\n{listed}\nRerun with the old config to resume, use another output "
                 "directory, or pass --force-new-run to move the old run to _superseded/ and start over."
             )
-        self.supersede(previous.get("run_id", f"unknown-{new_run_id()}"))
+        self.supersede(previous.run_id)
         return new_run_id(), None

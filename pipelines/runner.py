@@ -34,7 +34,7 @@ import pyarrow as pa
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.errors import USER_ERRORS
-from grainclip.pipelines import manifest as manifests
+from grainclip.pipelines.manifest import Attempt, RunManifest, RunStatus
 from grainclip.pipelines.rundir import RunDir, config_hash, resume_view
 from grainclip.pipelines.sink import FAILED_STATUSES, commit_shard
 from grainclip.pipelines.sources import prepare_images, read_source
@@ -69,7 +69,7 @@ class RunResult:
     rows_this_attempt: int
     rows_skipped: int
     duplicates_dropped: int
-    manifest: dict[str, Any]
+    manifest: RunManifest
     steps: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -139,8 +139,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     run_id, previous = run.open(config, force_new_run)
     preflight_resources(config, address)
     view = resume_view(config)
-    record = previous or manifests.new_manifest(run_id, config, view, config_hash(view))
-    record.update(status="running", message=None, config=config.model_dump(mode="json"))
+    manifest = previous or RunManifest.new(run_id, view, config_hash(view))
     log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
     steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
     if steps is not None:
@@ -156,24 +155,22 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
         num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
         ray.init(address="local" if embedded else address, num_cpus=num_cpus, log_to_driver=True)
     try:
-        result = annotate(config, run, record, address, embedded)
+        result = run_attempt(config, run, manifest, address or ("local" if embedded else "attached"), embedded)
         if steps is not None:
-            result.steps = run_steps(steps, record, run)
+            result.steps = run_steps(steps, manifest, run)
         return result
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def annotate(config: PipelineConfig, run: RunDir, record: dict[str, Any], address: str | None,
-             embedded: bool) -> RunResult:
+def run_attempt(config: PipelineConfig, run: RunDir, manifest: RunManifest, ray_address: str,
+                embedded: bool) -> RunResult:
     """One attempt of the annotation plan on the connected Ray, recorded in the manifest whatever happens."""
     import ray
 
-    attempt: dict[str, Any] = {"started_at": manifests.now_iso(), "status": "running", "rows": 0,
-                               "ray_address": address or ("local" if embedded else "attached")}
-    record["attempts"].append(attempt)
-    run.write_manifest(record)
+    attempt = manifest.start_attempt(config, ray_address)
+    run.write_manifest(manifest)
     progress = AttemptProgress()
     try:
         stale = run.remove_stale_temp_files()
@@ -181,10 +178,10 @@ def annotate(config: PipelineConfig, run: RunDir, record: dict[str, Any], addres
             log.info("removed %d temp file(s) left by a killed attempt", stale)
         check_resources(config, ray.cluster_resources(), autoscaling=not embedded)
         done = run.committed_ids()
-        attempt["rows_skipped"] = len(done)
+        attempt.rows_skipped = len(done)
         if len(done):
             log.info("%d image(s) already committed; they are skipped", len(done))
-        summaries = build_plan(config, run, record["run_id"], ray.put(done))
+        summaries = build_plan(config, run, manifest.run_id, ray.put(done))
         for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
             for line in batch.column("stats").to_pylist():
                 progress.add(json.loads(line))
@@ -194,30 +191,29 @@ def annotate(config: PipelineConfig, run: RunDir, record: dict[str, Any], addres
         progress.check_errors(config.max_error_fraction, config.error_check_min_rows, final=True)
         duplicates = run.drop_duplicate_ids(config.sink.compression)
     except ErrorFractionExceeded as exc:
-        _finish(record, attempt, progress, "stopped", str(exc), run, config)
+        _close_attempt(manifest, attempt, progress, "stopped", str(exc), run, config)
         raise
     except BaseException as exc:
         user_error = find_user_error(exc)
-        _finish(record, attempt, progress, "failed", f"{type(exc).__name__}: {user_error or exc}", run, config)
+        _close_attempt(manifest, attempt, progress, "failed", f"{type(exc).__name__}: {user_error or exc}", run, config)
         if user_error is not None:
             raise user_error from None
         raise
 
-    record["duplicates_dropped"] = record.get("duplicates_dropped", 0) + duplicates
-    _finish(record, attempt, progress, "complete", None, run, config)
+    manifest.duplicates_dropped += duplicates
+    _close_attempt(manifest, attempt, progress, "complete", None, run, config)
     _write_report(run)
-    counts = record["counts"]
-    log.info("run %s complete: %d rows in %s (%s)", record["run_id"], record["rows"], run.annotations,
-             ", ".join(f"{k} {v}" for k, v in counts.items()))
+    log.info("run %s complete: %d rows in %s (%s)", manifest.run_id, manifest.rows, run.annotations,
+             ", ".join(f"{k} {v}" for k, v in manifest.counts.items()))
     return RunResult(
         output=run.root,
-        run_id=record["run_id"],
-        rows=record["rows"],
-        counts=counts,
+        run_id=manifest.run_id,
+        rows=manifest.rows,
+        counts=manifest.counts,
         rows_this_attempt=progress.rows,
-        rows_skipped=attempt["rows_skipped"],
-        duplicates_dropped=record["duplicates_dropped"],
-        manifest=record,
+        rows_skipped=attempt.rows_skipped,
+        duplicates_dropped=manifest.duplicates_dropped,
+        manifest=manifest,
     )
 
 
@@ -329,30 +325,13 @@ def find_user_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def _finish(record: dict[str, Any], attempt: dict[str, Any], progress: AttemptProgress, status: str,
-            message: str | None, run: RunDir, config: PipelineConfig) -> None:
+def _close_attempt(manifest: RunManifest, attempt: Attempt, progress: AttemptProgress, status: RunStatus,
+                   message: str | None, run: RunDir, config: PipelineConfig) -> None:
     """Close the attempt and rewrite the manifest from what is committed on disk."""
-    elapsed = time.monotonic() - progress.started
-    attempt.update(
-        status=status,
-        ended_at=manifests.now_iso(),
-        rows=progress.rows,
-        rows_per_second=round(progress.rows / elapsed, 3) if elapsed > 0 else None,
-    )
-    stats = run.read_shard_stats()
-    counts = run.status_counts()
-    record.update(
-        status=status,
-        message=message,
-        rows=sum(counts.values()),
-        counts=counts,
-        throughput=manifests.throughput(stats, config),
-        annotators=manifests.annotator_infos(stats) or record.get("annotators", {}),
-        completed_at=manifests.now_iso() if status == "complete" else None,
-    )
-    infos = record["annotators"].values()
-    record["simulated"] = any(info.get("simulated") for info in infos) if infos else None
-    run.write_manifest(record)
+    seconds = time.monotonic() - progress.started
+    manifest.close_attempt(attempt, status, message, progress.rows, seconds, run.status_counts(),
+                           run.read_shard_stats(), config)
+    run.write_manifest(manifest)
 
 
 def _write_report(run: RunDir) -> None:

@@ -25,6 +25,7 @@ import yaml
 
 from grainclip.config.base import ConfigError, parse_config, set_dotted
 from grainclip.config.pipeline import EvaluateStep, PipelineConfig, TrainStep
+from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -105,29 +106,29 @@ def plan_steps(config: PipelineConfig, run: RunDir) -> StepPlan | None:
     return plan
 
 
-def run_steps(plan: StepPlan, record: dict[str, Any], run: RunDir) -> dict[str, str]:
+def run_steps(plan: StepPlan, manifest: RunManifest, run: RunDir) -> dict[str, str]:
     """Run (or skip) the planned steps; records and returns step -> outcome. Ray must be initialised."""
-    record["steps"] = {}
+    manifest.steps = {}
     trained = Path(plan.train.output_dir) / TRAINED_MODEL
     skipped = f"skipped: {plan.model_dir} exists" if trained.exists() else None
-    _step("train", skipped, lambda: _train(plan.train), record, run)
+    _step("train", skipped, lambda: _train(plan.train), manifest, run)
     if plan.evaluate is not None:
         results = Path(plan.evaluate.out) / EVALUATION_RESULTS
         skipped = f"skipped: {results} exists" if results.exists() else None
-        _step("evaluate", skipped, lambda: _evaluate(plan.evaluate, plan.evaluate_step), record, run)
-    return dict(record["steps"])
+        _step("evaluate", skipped, lambda: _evaluate(plan.evaluate, plan.evaluate_step), manifest, run)
+    return dict(manifest.steps)
 
 
-def _step(name: str, skipped: str | None, execute, record: dict[str, Any], run: RunDir) -> None:
+def _step(name: str, skipped: str | None, execute, manifest: RunManifest, run: RunDir) -> None:
     """Run one step (unless `skipped` says why not) and record its outcome in the manifest, failures too."""
-    steps = record.setdefault("steps", {})
+    steps = manifest.steps
     try:
         steps[name] = skipped or execute()
     except BaseException as exc:
         steps[name] = f"failed: {type(exc).__name__}: {exc}"
         raise
     finally:
-        run.write_manifest(record)
+        run.write_manifest(manifest)
     log.info("step %s: %s", name, steps[name])
 
 

@@ -136,8 +136,8 @@ def test_a_plugin_describer_that_raises_on_every_50th_image(ray_logs, partsworld
             assert f"plugin cannot handle {image_id}" in row["error"] and "ValueError" in row["error"]
         else:
             assert row["status"] in ("ok", "no_regions") and row["descriptions"], (image_id, row["error"])
-    assert result.manifest["counts"]["describe_failed"] == 2
-    assert result.manifest["annotators"]["describer"]["class"] == "gc_hardening_plugin.RaiseEvery50th"
+    assert result.manifest.counts["describe_failed"] == 2
+    assert result.manifest.annotators["describer"]["class"] == "gc_hardening_plugin.RaiseEvery50th"
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -200,7 +200,7 @@ def test_the_api_key_is_used_but_never_written(ray_logs, partsworld_small, tmp_p
     assert len(failed) == 1 and "400" in failed[0]["error"] and "bad request for key" in failed[0]["error"]
     assert "[api key redacted]" in failed[0]["error"]  # the echoed key is scrubbed from the row's error
     assert sum(row["status"] in ("ok", "no_regions") for row in rows.values()) == len(rows) - 1
-    assert result.manifest["annotators"]["describer"]["api_key_env"] == KEY_ENV
+    assert result.manifest.annotators["describer"]["api_key_env"] == KEY_ENV
 
     leaks = [str(p) for root in (result.output, ray_logs) for p in root.rglob("*")
              if p.is_file() and API_KEY.encode() in p.read_bytes()]  # fmt: skip
@@ -245,7 +245,7 @@ def test_disk_full_stops_cleanly_then_resumes_exactly_once(ray_logs, partsworld_
         result = run_pipeline(config)
         rows = rows_by_id(result.output)
         assert len(rows) == 100 and result.rows_skipped == result.rows - result.rows_this_attempt
-        assert result.manifest["status"] == "complete" and result.manifest["rows"] == 100
+        assert result.manifest.status == "complete" and result.manifest.rows == 100
         assert not list((disk / "run").rglob(".*.tmp")), "temp files of the failed attempt were left behind"
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)

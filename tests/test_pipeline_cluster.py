@@ -133,11 +133,11 @@ def test_vllm_and_groundingdino_py_stages_run_on_separate_nodes_in_their_own_env
     assert LLM_NODE in placed["DescribeStage"] and DETECTOR_NODE not in placed["DescribeStage"], placed
     assert DETECTOR_NODE in placed["GroundStage"] and LLM_NODE not in placed["GroundStage"], placed
     # ...and in its own Python environment: the manifest records each stage's package versions.
-    annotators = result.manifest["annotators"]
+    annotators = result.manifest.annotators
     assert annotators["describer"]["environment"]["transformers"].startswith("5.")
     assert annotators["grounder"]["environment"]["transformers"] == "4.57.6"
-    assert annotators["describer"]["model"] == str(tiny_models["vlm"]) and not result.manifest["simulated"]
-    assert result.manifest["throughput"]["describe"]["output_tokens"] > 0
+    assert annotators["describer"]["model"] == str(tiny_models["vlm"]) and not result.manifest.simulated
+    assert result.manifest.throughput.describe.output_tokens > 0
 
 
 def test_submitted_job_goes_from_images_to_a_trained_and_evaluated_model(cluster, tiny_models, partsworld_small,

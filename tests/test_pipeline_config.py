@@ -14,6 +14,7 @@ import pytest
 from grainclip.annotate.registry import describer_class, grounder_class
 from grainclip.config.base import ConfigError, load_config, parse_config
 from grainclip.config.pipeline import PipelineConfig, StageConfig
+from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
 from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
 from grainclip.pipelines.sources import MISSING_ID_PREFIX, prepare_images
@@ -89,7 +90,7 @@ def test_a_rerun_resumes_only_with_the_same_output_deciding_config(tmp_path: Pat
     run_id, previous = run.open(config, force_new_run=False)
     assert previous is None
     view = resume_view(config)
-    run.write_manifest({"run_id": run_id, "config_hash": config_hash(view), "resume_config": view})
+    run.write_manifest(RunManifest(run_id=run_id, config_hash=config_hash(view), resume_config=view))
 
     # Resources and shard size may change between attempts.
     faster = minimal(tmp_path, describe={"min_actors": 4, "batch_size": 256, "describer": {"batch_size": 64}},
@@ -116,6 +117,58 @@ def test_shards_without_a_manifest_are_not_resumed_silently(tmp_path: Path):
     write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
     with pytest.raises(RunConfigChanged, match="manifest.json is missing"):
         run.open(config, force_new_run=False)
+
+
+def test_a_manifest_written_by_earlier_versions_resumes_and_keeps_its_keys(tmp_path: Path):
+    """The manifest as the dict-based writer left it after a killed first attempt: resume reads it, keeps its
+    history and writes the same keys back, in the same order."""
+    config = minimal(tmp_path)
+    run = RunDir(Path(config.output))
+    view = resume_view(config)
+    old = {
+        "format": "grainclip.pipeline.manifest/1", "run_id": "20261201T101603Z-18cbf651", "status": "running",
+        "message": None, "created_at": "2026-12-01T10:16:03+00:00", "completed_at": None,
+        "config_hash": config_hash(view), "resume_config": view, "config": config.model_dump(mode="json"),
+        "attempts": [
+            {"started_at": "2026-12-01T10:16:03+00:00", "status": "running", "rows": 0, "ray_address": "local"}
+        ],
+        "versions": {"python": "3.11.7", "ray": "2.60.0"}, "annotators": {}, "simulated": None, "rows": 0,
+        "counts": {}, "duplicates_dropped": 0, "throughput": {}, "steps": {},
+    }
+    run.root.mkdir(parents=True)
+    run.manifest_path.write_text(json.dumps(old, indent=2))
+
+    run_id, previous = run.open(config, force_new_run=False)
+    assert run_id == old["run_id"] and previous.attempts[0].ray_address == "local" and previous.throughput is None
+    attempt = previous.start_attempt(config, "local")
+    stats = [{"rows": 3, "describe_seconds": 1.5, "ground_seconds": 0.5, "prompt_tokens": 30, "output_tokens": 12,
+              "describer": {"name": "partsworld", "simulated": True}, "grounder": None}]
+    previous.close_attempt(attempt, "complete", None, rows=3, seconds=1.5, counts={"ok": 3}, stats=stats, config=config)
+    run.write_manifest(previous)
+
+    written = json.loads(run.manifest_path.read_text())
+    assert list(written) == list(old)
+    assert written["created_at"] == old["created_at"] and written["versions"] == old["versions"]
+    assert [a["status"] for a in written["attempts"]] == ["running", "complete"]  # the killed attempt stays
+    assert written["attempts"][1]["rows_per_second"] == 2.0 and written["rows"] == 3 and written["simulated"] is True
+    assert written["throughput"]["describe"]["output_tokens_per_actor_second"] == 8.0
+    assert written["throughput"]["ground"]["rows_per_actor_second"] == 6.0
+    assert "output_tokens" not in written["throughput"]["ground"]
+
+
+def test_an_unreadable_manifest_is_one_line_and_force_new_run_moves_it_aside(tmp_path: Path):
+    config = minimal(tmp_path)
+    run = RunDir(Path(config.output))
+    run.root.mkdir(parents=True)
+    for text, problem in (("{not json", "not valid JSON"), ('{"run_id": "r", "rows": "many"}', "rows: Input should"),
+                          ("[]", "not a run manifest")):
+        run.manifest_path.write_text(text)
+        with pytest.raises(ConfigError, match=problem) as error:
+            run.open(config, force_new_run=False)
+        assert "\n" not in str(error.value) and "--force-new-run" in str(error.value)
+    run_id, previous = run.open(config, force_new_run=True)
+    assert previous is None and run_id and not run.manifest_path.exists()
+    assert [p.read_text() for p in (run.root / "_superseded").glob("*/manifest.json")] == ["[]"]
 
 
 def test_contains_sorted_matches_exact_ids_only():
@@ -213,8 +266,7 @@ def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: 
     (run.root / "train" / "model" / "grain_model.json").write_text("{}")
     (run.root / "evaluate").mkdir()
     (run.root / "evaluate" / "results.json").write_text("{}")
-    record = {"run_id": "r"}
-    outcomes = run_steps(plan, record, run)
+    outcomes = run_steps(plan, RunManifest(run_id="r"), run)
     assert outcomes["train"].startswith("skipped") and outcomes["evaluate"].startswith("skipped")
     assert json.loads(run.manifest_path.read_text())["steps"] == outcomes
 

@@ -77,13 +77,13 @@ def test_every_bad_input_row_is_accounted_for(corpus, partsworld_small, tmp_path
     assert rows["missing_file"]["error"].startswith("image file not found")
 
     manifest = result.manifest
-    assert manifest["duplicates_dropped"] == 1 and manifest["rows"] == len(expected)
-    assert manifest["counts"] == {
+    assert manifest.duplicates_dropped == 1 and manifest.rows == len(expected)
+    assert manifest.counts == {
         "decode_failed": sum(v == "error" for v in expected.values()),
         "describe_failed": sum(v == "ok" for v in expected.values()),
     }
-    assert manifest["simulated"] is True and manifest["annotators"]["describer"]["name"] == "partsworld"
-    assert manifest["versions"]["ray"] and manifest["config_hash"]
+    assert manifest.simulated is True and manifest.annotators["describer"]["name"] == "partsworld"
+    assert manifest.versions["ray"] and manifest.config_hash
 
     report = subprocess.run([*CLI, "report", str(result.output)], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
