@@ -56,13 +56,13 @@ class PassSettings:
     progress: bool = False
 
 
-def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSettings, regions: bool, device: torch.device) -> ClassText:
+def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSettings, region_head: bool, device: torch.device) -> ClassText:
     """Decide which modes can run here (and say why not), and encode the class text they need."""
     modes, unavailable = [], []
     for mode in settings.modes:
         if mode != "global" and split.descriptors is None:
             unavailable.append({"mode": mode, "reason": "the dataset has no descriptor file"})
-        elif mode == "grain" and not regions:
+        elif mode == "grain" and not region_head:
             unavailable.append({"mode": mode, "reason": f"{loaded.kind} model has no region head (plain CLIP)"})
         else:
             modes.append(mode)
@@ -76,7 +76,7 @@ def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSett
         text.classifiers["global+descriptors"] = class_text.class_embeddings(
             loaded, split.classnames, settings.templates, device, split.descriptors
         )
-    if regions and split.descriptors is not None:
+    if region_head and split.descriptors is not None:
         text.descriptor_texts = [d for name in split.classnames for d in split.descriptors[name]]
         owners = [c for c, name in enumerate(split.classnames) for _ in split.descriptors[name]]
         text.descriptor_embeddings = class_text.TEXT_CACHE.encode(loaded, text.descriptor_texts, device)
@@ -89,29 +89,29 @@ class SplitPass:
 
     def __init__(self, loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device) -> None:
         self.loaded, self.split, self.tasks, self.settings, self.device = loaded, split, list(tasks), settings, device
-        self.regions = has_regions(loaded)
+        self.region_head = has_regions(loaded)
         self.done = np.zeros(split.size, dtype=bool)
         self.errors: list[tuple[int, str | None, str]] = []
         self.unavailable: list[dict[str, str]] = []
         self.classification: ClassificationAccumulator | None = None
         self.grid: RegionGridAccumulator | None = None
-        self.metrics: list[Accumulator] = []  # the tasks whose results go into results.json, in its order
+        self.reported: list[Accumulator] = []  # the tasks whose results go into results.json, in its order
         if "classification" in tasks:
-            text = prepare_class_text(loaded, split, settings, self.regions, device)
+            text = prepare_class_text(loaded, split, settings, self.region_head, device)
             self.unavailable += text.unavailable
             self.classification = ClassificationAccumulator(text, split.classnames, split.size, settings.scoring)
-            self.metrics.append(self.classification)
-            if self.regions and text.descriptor_embeddings is not None and settings.grid_images:
+            self.reported.append(self.classification)
+            if self.region_head and text.descriptor_embeddings is not None and settings.grid_images:
                 self.grid = RegionGridAccumulator(self.classification, settings.grid_images)
         if "retrieval" in tasks:
-            self.metrics.append(RetrievalAccumulator(loaded, split.size, device))
+            self.reported.append(RetrievalAccumulator(loaded, split.size, device))
         if "grounding" in tasks:
-            if self.regions:
-                self.metrics.append(GroundingAccumulator(loaded, device))
+            if self.region_head:
+                self.reported.append(GroundingAccumulator(loaded, device))
             else:
                 self.unavailable.append({"task": "grounding", "reason": f"{loaded.kind} model predicts no regions"})
-        self.accumulators: list[Accumulator] = self.metrics + ([self.grid] if self.grid is not None else [])
-        self.wants_regions = self.regions and any(acc.needs_regions for acc in self.accumulators)
+        self.accumulators: list[Accumulator] = self.reported + ([self.grid] if self.grid is not None else [])
+        self.wants_regions = self.region_head and any(acc.needs_regions for acc in self.accumulators)
 
     # -------------------------------------------------------------------------------------------- the pass
     def run(self) -> float:
@@ -167,7 +167,7 @@ class SplitPass:
             "count": len(self.errors),
             "examples": [{"index": i, "image_id": image_id, "reason": reason} for i, image_id, reason in self.errors[:MAX_ERROR_EXAMPLES]],
         }
-        for accumulator in self.metrics:
+        for accumulator in self.reported:
             out.update(accumulator.result())
         return out
 
