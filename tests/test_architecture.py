@@ -267,7 +267,7 @@ def test_the_collector_tells_the_kinds_of_import_apart():
         from ..config import base
         from grainclip.train import {name}
         if TYPE_CHECKING:
-            from grainclip.modeling import LoadedModel
+            from grainclip.model_api import LoadedModel
         else:
             from grainclip import boxes
         def helper():
@@ -283,7 +283,7 @@ def test_the_collector_tells_the_kinds_of_import_apart():
         ("grainclip.schema", "module", 4),
         ("grainclip.config.base", "module", 5),
         (owner, "module", 6),  # a lazily exported name: the module that defines it
-        ("grainclip.modeling", "type-checking", 8),
+        ("grainclip.model_api", "type-checking", 8),
         ("grainclip.boxes", "module", 10),
         ("grainclip.images", "function", 12),
         ("grainclip.envs", "function", 13),
