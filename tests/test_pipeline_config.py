@@ -16,7 +16,7 @@ from grainclip.config.base import ConfigError, load_config, parse_config
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
 from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
-from grainclip.pipelines.sources import MISSING_ID_PREFIX, prepare_images
+from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
 from grainclip.pipelines.steps import plan_steps, run_steps
 from grainclip.schema import read_table, write_shard
 
