@@ -29,7 +29,7 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
             raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(names) or '(none installed)'} "
                               f"(entry-point group {group!r})")
 
-    config.source.require_paths()
+    config.source.check()
 
 
 def preflight_resources(config: PipelineConfig, address: str | None = None) -> None:

@@ -13,9 +13,12 @@ Ray inside the method: grainclip.train and grainclip.evaluate import this packag
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import model_validator
 
 from grainclip.config.base import ConfigError, ConfigModel
 from grainclip.schema import RowGroup
@@ -54,8 +57,21 @@ class Source(ConfigModel):
     """Base of every source kind. A subclass sets `kind: Literal["name"]` and lists its path fields."""
 
     kind: str
-    #: Fields holding local paths (str, Path or a list of them); None values are skipped.
+    #: Fields holding paths (str or a list of str; Path objects are accepted); None values are skipped.
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_as_strings(cls, data: Any) -> Any:
+        """Accept `Path` objects where the YAML has strings (code builds configs too)."""
+        if not isinstance(data, dict):
+            return data
+
+        def text(value: Any) -> Any:
+            return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+        return {k: ([text(v) for v in value] if isinstance(value, list) else text(value)) if k in cls.path_fields
+                else value for k, value in data.items()}
 
     def paths(self) -> list[str]:
         """Every path this source reads, as written in the config."""
@@ -69,8 +85,11 @@ class Source(ConfigModel):
         """The local paths that do not exist (URLs and globs are left to the reader)."""
         return [p for p in self.paths() if is_local(p) and not Path(p).exists()]
 
-    def require_paths(self) -> None:
-        """FileNotFoundError naming every missing path: one line, before anything is read."""
+    def check(self) -> None:
+        """Refuse in one line what can be known wrong before anything is read (preflight, before Ray starts).
+
+        The base checks that every local path exists (FileNotFoundError naming them all); kinds add their own.
+        """
         missing = self.missing_paths()
         if missing:
             raise FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")
@@ -78,10 +97,8 @@ class Source(ConfigModel):
     def with_base(self, base: Path) -> Source:
         """This source with relative local paths resolved against `base` (runs record absolute paths)."""
 
-        def resolve(value: object) -> object:
-            if value is None or (isinstance(value, str) and not is_local(value)) or Path(value).is_absolute():
-                return value
-            return type(value)(base / value) if isinstance(value, Path) else str(base / value)
+        def resolve(value: str | None) -> str | None:
+            return value if value is None or not is_local(value) or Path(value).is_absolute() else str(base / value)
 
         data = {}
         for name in self.path_fields:

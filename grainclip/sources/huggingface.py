@@ -80,17 +80,18 @@ class HuggingFaceSource(Source):
         return {"image": self.image_column, "caption": self.caption_column, "image_id": self.id_column,
                 **{name: name for name in self.keep_columns}}
 
+    def check(self) -> None:
+        super().check()
+        names = _schema(self.data_files()[0]).names
+        missing = [c for c in self.columns().values() if c is not None and c not in names]
+        if missing:
+            raise ConfigError(f"huggingface source {self.path}: no column(s) {missing}; the dataset has {names}")
+
     def read(self) -> ray.data.Dataset:
         import ray.data
 
-        self.require_paths()
-        units = self.units()
-        names = _schema(Path(units[0].path)).names
-        wanted = [c for c in self.columns().values() if c is not None]
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise ConfigError(f"huggingface source {self.path}: no column(s) {missing}; the dataset has {names}")
-        return ray.data.from_items([asdict(unit) for unit in units]).map_batches(
+        self.check()
+        return ray.data.from_items([asdict(unit) for unit in self.units()]).map_batches(
             read_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": self.columns()}
         )
 
@@ -133,31 +134,32 @@ def to_images(table: pa.Table, columns: dict[str, str | None], start: int) -> pa
     return pa.table(out)
 
 
-def _open_arrow(source: pa.MemoryMappedFile) -> list[pa.RecordBatch]:
-    """The record batches of an Arrow IPC file (random-access format) or stream (what save_to_disk writes)."""
+def _open_arrow(source: pa.MemoryMappedFile) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    """Schema and record batches of an Arrow IPC file (random-access format) or stream (what save_to_disk writes)."""
     try:
         reader = pa.ipc.open_file(source)
-        return [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
     except pa.ArrowInvalid:
         source.seek(0)
-        return list(pa.ipc.open_stream(source))
+        stream = pa.ipc.open_stream(source)
+        return stream.schema, list(stream)
 
 
 def _arrow_batch_sizes(path: Path) -> list[int]:
     with pa.memory_map(str(path)) as source:  # zero-copy: only the batch headers are touched
-        return [batch.num_rows for batch in _open_arrow(source)]
+        return [batch.num_rows for batch in _open_arrow(source)[1]]
 
 
 def _schema(path: Path) -> pa.Schema:
     if path.suffix == ".parquet":
         return pq.read_schema(path)
     with pa.memory_map(str(path)) as source:
-        return _open_arrow(source)[0].schema
+        return _open_arrow(source)[0]
 
 
 def _read_unit(unit: RowGroup, columns: list[str]) -> pa.Table:
     if unit.path.endswith(".parquet"):
         return pq.ParquetFile(unit.path).read_row_group(unit.index, columns=columns)
     # Not closed here: the batch's buffers point into the mapping, which lives as long as they do.
-    batch = _open_arrow(pa.memory_map(unit.path))[unit.index]
+    batch = _open_arrow(pa.memory_map(unit.path))[1][unit.index]
     return pa.Table.from_batches([batch]).select(columns)

@@ -29,9 +29,9 @@ class ParquetSource(Source):
     path: str | list[str]
 
     def read(self) -> ray.data.Dataset:
-        self.require_paths()
+        self.check()
         return read_parquet_files(self.paths())
 
     def local_rows(self) -> TableRows:
-        self.require_paths()
+        self.check()
         return TableRows(list_row_groups([Path(p) for p in self.paths()]))

@@ -31,12 +31,6 @@ class PartsWorldSource(Source):
     def layout(self) -> PartsWorldPaths:
         return PartsWorldPaths.at(self.path)
 
-    def missing_paths(self) -> list[str]:
-        missing = super().missing_paths()
-        if missing or self.split in SPLITS:
-            return missing
-        return [str(Path(self.path) / self.split)]
-
     def _split_dir(self) -> Path:
         """The split's folder; ConfigError naming the splits present when it is not one of them."""
         root = Path(self.path)
@@ -48,9 +42,12 @@ class PartsWorldSource(Source):
     def annotator_truth(self) -> str:
         return str(self.layout.truth(self.split)) if self.split in SPLITS else str(Path(self.path) / self.split)
 
-    def read(self) -> ray.data.Dataset:
-        self.require_paths()
+    def check(self) -> None:
+        super().check()
         self._split_dir()
+
+    def read(self) -> ray.data.Dataset:
+        self.check()
         return read_parquet_files([str(self.layout.images(self.split))])
 
     def local_rows(self) -> TableRows:

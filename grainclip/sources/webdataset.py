@@ -28,7 +28,7 @@ class WebDatasetSource(Source):
     def read(self) -> ray.data.Dataset:
         import ray.data
 
-        self.require_paths()
+        self.check()
         dataset = ray.data.read_webdataset(self.paths(), decoder=None)
         return dataset.map_batches(
             webdataset_to_images,
