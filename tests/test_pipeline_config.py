@@ -145,6 +145,24 @@ def test_prepare_marks_broken_rows_and_skips_committed_ones():
     assert rows["k4"]["status"] == "invalid_input" and "neither image bytes nor image_uri" in rows["k4"]["error"]
 
 
+def test_the_pipeline_and_annotate_rows_mark_the_same_rows_invalid(partsworld_small):
+    """One set of input checks: a row is invalid_input, with the same reason, on either path or on neither."""
+    from grainclip.annotate import annotate_rows, build_describer, build_grounder
+    from grainclip.config.annotate import DescriberConfig, GrounderConfig
+
+    rows = [{"image_id": "a", "image": b"x"}, {"image_id": None, "image": b"y"}, {"image_id": " ", "image": b"y"},
+            {"image_id": "c", "image": None}, {"image_id": None, "image": None}, {"image_id": "e", "image": b""}]
+    truth = {"truth": str(partsworld_small)}
+    plain = annotate_rows(rows, build_describer(DescriberConfig(name="partsworld", options=truth)),
+                          build_grounder(GrounderConfig(name="partsworld", options=truth)))
+    piped = prepare_images(pa.Table.from_pylist(rows)).to_pylist()
+    invalid = [(r["status"] == "invalid_input", r["error"] if r["status"] == "invalid_input" else None) for r in plain]
+    assert invalid == [(r["status"] == "invalid_input", r["error"]) for r in piped]
+    assert [flag for flag, _ in invalid] == [False, True, True, True, True, False]
+    assert plain[4]["error"] == "row has no image_id; row has neither image bytes nor image_uri"
+    assert plain[5]["status"] == "decode_failed"  # empty bytes are an image that fails to decode, not a missing one
+
+
 def test_duplicate_ids_keep_the_first_committed_row(tmp_path: Path):
     run = RunDir(tmp_path / "run")
 
