@@ -254,11 +254,7 @@ def folder_split(spec: EvalDataset, rows: ClassFolderRows) -> EvalSplit:
     if not entries:
         raise ConfigError(f"dataset {spec.name!r}: no class folders under {root}")
     labels = {folder: label for label, (folder, _) in enumerate(entries)}
-    items = sorted(
-        (labels[path.relative_to(root).parts[0]], path)
-        for path in rows.files
-        if len(path.relative_to(root).parts) > 1 and path.relative_to(root).parts[0] in labels
-    )
+    items = sorted((labels[f.parts[0]], root / f) for f in rows.files if len(f.parts) > 1 and f.parts[0] in labels)
     items = [(path, label) for label, path in items][: spec.limit]
     if not items:
         raise ConfigError(f"dataset {spec.name!r}: no image files in the class folders under {root}")

@@ -42,7 +42,7 @@ class TableRows:
 
 @dataclass(frozen=True)
 class ClassFolderRows:
-    """A source's rows as image files under `root`, each file's class its first folder below `root`."""
+    """A source's rows as image files (`files`, relative to `root`), each file's class its first folder."""
 
     root: Path
     files: list[Path]

@@ -86,5 +86,4 @@ class ImageFolderSource(Source):
         return ray.data.from_items(self.rows())
 
     def local_rows(self) -> ClassFolderRows:
-        root = Path(self.path)
-        return ClassFolderRows(root, [root / f for f in self.image_files()])
+        return ClassFolderRows(Path(self.path), self.image_files())
