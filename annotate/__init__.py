@@ -11,7 +11,6 @@ from grainclip.annotate.base import Describer, Grounder
 from grainclip.annotate.registry import (
     DESCRIBERS_GROUP,
     GROUNDERS_GROUP,
-    available,
     build_describer,
     build_grounder,
     describer_class,
@@ -19,6 +18,7 @@ from grainclip.annotate.registry import (
 )
 from grainclip.annotate.rows import annotate_rows
 from grainclip.annotate.types import DescribeRequest, Description, Grounding, GroundRequest, Region
+from grainclip.registry import available
 
 __all__ = [
     "DESCRIBERS_GROUP",

@@ -11,42 +11,21 @@ the same way (see this project's pyproject.toml), so there is one lookup path fo
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
-
 from grainclip.annotate.base import Describer, Grounder
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
-from grainclip.config.base import ConfigError
+from grainclip.registry import load_plugin
 
 DESCRIBERS_GROUP = "grainclip.describers"
 GROUNDERS_GROUP = "grainclip.grounders"
 
 
-def available(group: str) -> list[str]:
-    return sorted({ep.name for ep in entry_points(group=group)})
-
-
-def _entry_point(group: str, name: str) -> EntryPoint:
-    matches = [ep for ep in entry_points(group=group) if ep.name == name]
-    if not matches:
-        names = ", ".join(available(group)) or "(none installed)"
-        kind = group.split(".")[-1][:-1]
-        raise ConfigError(f"unknown {kind} {name!r}; available: {names} (entry-point group {group!r})")
-    return matches[0]
-
-
 def describer_class(name: str) -> type[Describer]:
     """The class registered under `name`, without constructing it (e.g. to read its runtime_env)."""
-    cls = _entry_point(DESCRIBERS_GROUP, name).load()
-    if not (isinstance(cls, type) and issubclass(cls, Describer)):
-        raise ConfigError(f"describer {name!r} resolves to {cls!r}, which is not a grainclip Describer")
-    return cls
+    return load_plugin(DESCRIBERS_GROUP, name, "describer", Describer)
 
 
 def grounder_class(name: str) -> type[Grounder]:
-    cls = _entry_point(GROUNDERS_GROUP, name).load()
-    if not (isinstance(cls, type) and issubclass(cls, Grounder)):
-        raise ConfigError(f"grounder {name!r} resolves to {cls!r}, which is not a grainclip Grounder")
-    return cls
+    return load_plugin(GROUNDERS_GROUP, name, "grounder", Grounder)
 
 
 def build_describer(config: DescriberConfig) -> Describer:

@@ -2,7 +2,8 @@
 
 This is the whole annotation step in plain Python for notebooks and small runs: decode each row (bad bytes
 become decode_failed rows), describe, ground the described rows, and record one status per row. The Ray
-pipeline runs the same steps as separate stages so the LLM and the detector scale independently.
+pipeline runs the same steps as separate stages so the LLM and the detector scale independently; both call
+the per-row rules here (`input_problems`, `grounding_outcome`), so a row ends with the same status either way.
 """
 
 from __future__ import annotations
@@ -12,19 +13,34 @@ from typing import Any
 
 from grainclip.annotate.base import Describer, Grounder
 from grainclip.annotate.types import DescribeRequest, Description, Grounding, GroundRequest
-from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image_bytes
-from grainclip.schema import Status
+from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from grainclip.schema import Status, region_problem
 
 
-def input_problem(row: dict[str, Any]) -> str | None:
-    """Why a row breaks the images contract (beyond its image bytes), or None."""
-    image_id = row.get("image_id")
-    if not isinstance(image_id, str) or not image_id.strip():
-        return f"image_id must be a non-empty string, got {image_id!r}"
-    caption = row.get("caption")
+def input_problems(image_id: Any, image: bytes | None, image_uri: str | None, caption: Any) -> list[str]:
+    """Why a row breaks the images contract before its image is decoded (status invalid_input); [] if it does not.
+
+    Empty bytes are not a missing image: they are an image that fails to decode (decode_failed).
+    """
+    problems = []
+    if image_id is None or (isinstance(image_id, str) and not image_id.strip()):
+        problems.append("row has no image_id")
+    elif not isinstance(image_id, str):
+        problems.append(f"image_id must be a string, got {type(image_id).__name__}")
+    if image is None and not image_uri:
+        problems.append("row has neither image bytes nor image_uri")
     if caption is not None and not isinstance(caption, str):
-        return f"caption must be a string or null, got {type(caption).__name__}"
-    return None
+        problems.append(f"caption must be a string or null, got {type(caption).__name__}")
+    return problems
+
+
+def grounding_outcome(grounding: Grounding) -> tuple[list[dict[str, Any]], str, str | None]:
+    """(regions, status, error) of a grounded row; a region breaking the contract fails the row (ground_failed)."""
+    found = [region.to_dict() for region in grounding.regions]
+    problems = [p for p in map(region_problem, found) if p]
+    if problems:
+        return [], Status.GROUND_FAILED.value, f"grounder returned an invalid region: {problems[0]}"
+    return found, grounding.status, grounding.error
 
 
 def annotate_rows(
@@ -38,12 +54,12 @@ def annotate_rows(
     out = [{**row, "llm_caption": None, "descriptions": [], "regions": [], "run_id": run_id} for row in rows]
     images = {}
     for index, row in enumerate(out):
-        problem = input_problem(row)
-        if problem:
-            row.update(status=Status.INVALID_INPUT.value, error=problem)
+        problems = input_problems(row.get("image_id"), row.get("image"), row.get("image_uri"), row.get("caption"))
+        if problems:
+            row.update(status=Status.INVALID_INPUT.value, error="; ".join(problems))
             continue
         try:
-            image = decode_image(load_image_bytes(row.get("image"), row.get("image_uri")), max_pixels=max_pixels)
+            image = load_image(row.get("image"), row.get("image_uri"), max_pixels)
         except ImageDecodeError as exc:
             row.update(status=Status.DECODE_FAILED.value, error=str(exc))
             continue
@@ -76,4 +92,5 @@ def _apply_description(row: dict[str, Any], description: Description) -> None:
 
 
 def _apply_grounding(row: dict[str, Any], grounding: Grounding) -> None:
-    row.update(regions=[r.to_dict() for r in grounding.regions], status=grounding.status, error=grounding.error)
+    regions, status, error = grounding_outcome(grounding)
+    row.update(regions=regions, status=status, error=error)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from grainclip.config.evaluate import PartsWorldDataset
+from grainclip.config.evaluate import EvalDataset
 from grainclip.evaluate import class_text
 from grainclip.evaluate.datasets import load_split
 from grainclip.evaluate.models import load_open_clip
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     config.write_text(json.dumps(MODELS[args.model]))
     torch.manual_seed(0)
     loaded = load_open_clip(str(config), None, torch.device("cpu"))
-    split = load_split(PartsWorldDataset(type="partsworld", name="novel", root=work / "pw", split="test_novel"))
+    split = load_split(EvalDataset(name="novel", source={"kind": "partsworld", "path": work / "pw", "split": "test_novel"}))
     templates = class_text.DEFAULT_TEMPLATES
     text = class_text.class_embeddings(loaded, split.classnames, templates, "cpu")  # once, shared with the evaluator's cache
     encoded_before = class_text.TEXT_CACHE.encoded_texts

@@ -47,7 +47,7 @@ def main() -> None:
     from grainclip.config.annotate import DescriberConfig
     from grainclip.images import decode_image
     from grainclip.partsworld import generate
-    from grainclip.pipelines.sources import prepare_images
+    from grainclip.pipelines.prepare import prepare_images
     from grainclip.pipelines.stages import OUTPUT_TOKENS, PROMPT_TOKENS, DescribeStage
     from grainclip.schema import read_table
     from grainclip.testing import build_tiny_models, default_cache_dir

@@ -1,12 +1,11 @@
 """Evaluation splits: where the images are, their labels, captions and regions, and the class list.
 
-Three layouts become one `EvalSplit`:
+A dataset's source (grainclip.sources) gives its rows in one of two shapes, and each becomes an `EvalSplit`:
 
-* ImageFolder: root/<class folder>/<image>. A class file fixes label order and display names.
-* Parquet in the images or annotations schema (grainclip.schema), with a class-name column for
-  classification, captions for retrieval and `regions` for grounding.
-* A PartsWorld split (`grainclip synth`): DIR/<split>/{images,truth}/*.parquet, DIR/classes.json and
-  DIR/descriptors.json.
+* class folders (`image_folder`): root/<class folder>/<image>. A class file fixes label order and display names.
+* Parquet row groups in the images or annotations schema (`parquet`, `partsworld`), with a class-name column
+  for classification, captions for retrieval and `regions` for grounding. A source may define its classes and
+  descriptors itself (PartsWorld's classes.json and descriptors.json).
 
 Class order is always explicit and checked: class files must match the folders or labels present, and a
 descriptor file must cover exactly the split's classes; a mismatch is an error that names the classes.
@@ -21,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +31,15 @@ import torch
 import torch.utils.data
 
 from grainclip.config.base import ConfigError
-from grainclip.config.evaluate import DatasetSpec, ImageFolderDataset, PartsWorldDataset
-from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
-from grainclip.schema import parquet_files
+from grainclip.config.evaluate import EvalDataset
+from grainclip.images import ImageDecodeError, load_image
+from grainclip.schema import RowGroup
+from grainclip.sources import ClassFolderRows, TableRows
 
 if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
 
 # --------------------------------------------------------------------------------------------------- classes
 def read_class_file(path: Path) -> list[tuple[str, str]]:
@@ -114,8 +111,7 @@ def make_sample(
 ) -> dict[str, Any]:
     """Decode and preprocess one row; a bad image becomes {'index', 'error', ...} instead of an exception."""
     try:
-        raw = load_image_bytes(data, uri)
-        image = decode_image(raw)
+        image = load_image(data, uri)
     except ImageDecodeError as exc:
         return {"index": index, "error": str(exc), **fields}
     return {
@@ -158,16 +154,6 @@ class FolderImages(torch.utils.data.Dataset):
         return make_sample(index, data, None, self.preprocess, index < self.keep_images, label=label, image_id=str(path))
 
 
-@dataclass
-class RowGroup:
-    """One Parquet row group and the split-wide index of its first row."""
-
-    file: Path
-    group: int
-    start: int
-    rows: int
-
-
 class ParquetImages(torch.utils.data.IterableDataset):
     """Iterable torch dataset streaming Parquet record batches of `batch_rows` rows, dealt round-robin to workers.
 
@@ -206,9 +192,9 @@ class ParquetImages(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         unit = 0
         for group in self.groups:
-            parquet = pq.ParquetFile(group.file)
+            parquet = pq.ParquetFile(group.path)
             index, end = group.start, group.start + group.rows
-            for batch in parquet.iter_batches(self.batch_rows, row_groups=[group.group], columns=self._columns(parquet.schema_arrow)):
+            for batch in parquet.iter_batches(self.batch_rows, row_groups=[group.index], columns=self._columns(parquet.schema_arrow)):
                 rows = min(batch.num_rows, end - index)
                 if unit % workers == worker:
                     for offset, row in enumerate(batch.slice(0, rows).to_pylist()):
@@ -256,10 +242,9 @@ class EvalSplit:
                 raise ConfigError(f"dataset {self.name!r}: task {task!r} needs {what}, which this data does not have")
 
 
-def imagefolder_split(spec: ImageFolderDataset) -> EvalSplit:
-    root = Path(spec.root)
-    if not root.is_dir():
-        raise ConfigError(f"dataset {spec.name!r}: image folder not found: {root}")
+def folder_split(spec: EvalDataset, rows: ClassFolderRows) -> EvalSplit:
+    """Class folders: labels from each file's first folder, in class-file order or sorted folder order."""
+    root = rows.root
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if spec.classnames is None:
         entries = [(f, f.replace("_", " ")) for f in folders]
@@ -268,14 +253,11 @@ def imagefolder_split(spec: ImageFolderDataset) -> EvalSplit:
         check_same_classes([k for k, _ in entries], folders, f"class-name file {spec.classnames}", f"folders under {root}")
     if not entries:
         raise ConfigError(f"dataset {spec.name!r}: no class folders under {root}")
-    items = [
-        (path, label)
-        for label, (folder, _) in enumerate(entries)
-        for path in sorted((root / folder).rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    ][: spec.limit]
+    labels = {folder: label for label, (folder, _) in enumerate(entries)}
+    items = sorted((labels[f.parts[0]], root / f) for f in rows.files if len(f.parts) > 1 and f.parts[0] in labels)
+    items = [(path, label) for label, path in items][: spec.limit]
     if not items:
-        raise ConfigError(f"dataset {spec.name!r}: no image files ({sorted(IMAGE_SUFFIXES)}) under {root}")
+        raise ConfigError(f"dataset {spec.name!r}: no image files in the class folders under {root}")
     classnames = [name for _, name in entries]
     descriptors = read_descriptors(spec.descriptors, classnames) if spec.descriptors else None
 
@@ -285,39 +267,22 @@ def imagefolder_split(spec: ImageFolderDataset) -> EvalSplit:
     return EvalSplit(spec.name, len(items), make, classnames, descriptors)
 
 
-def _row_groups(path: Path, limit: int | None) -> list[RowGroup]:
-    groups, start = [], 0
-    for file in parquet_files(path):
-        metadata = pq.ParquetFile(file).metadata
-        for group in range(metadata.num_row_groups):
-            rows = metadata.row_group(group).num_rows
-            if limit is not None:
-                rows = min(rows, limit - start)
-            if rows > 0:
-                groups.append(RowGroup(file, group, start, rows))
-                start += rows
-    return groups
+def _first_rows(groups: list[RowGroup], limit: int | None) -> list[RowGroup]:
+    """The row groups cut to the first `limit` rows."""
+    if limit is None:
+        return groups
+    return [replace(g, rows=min(g.rows, limit - g.start)) for g in groups if g.start < limit]
 
 
-def parquet_split(
-    name: str,
-    path: Path,
-    label_column: str,
-    class_entries: list[tuple[str, str]] | None,
-    caption_column: str,
-    descriptors: Path | None,
-    limit: int | None,
-    descriptors_subset: bool = False,
-) -> EvalSplit:
-    """A split over Parquet shards; classes come from `class_entries` (key, name) or the sorted distinct labels."""
-    try:
-        files = parquet_files(path)
-    except FileNotFoundError:
-        raise ConfigError(f"dataset {name!r}: no Parquet file or folder at {path}") from None
-    if not files:
-        raise ConfigError(f"dataset {name!r}: no Parquet files under {path}")
+def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
+    """A split over Parquet row groups; classes from the class file, the source, or the sorted distinct labels."""
+    name, label_column = spec.name, spec.label_column
+    files = sorted({g.path for g in rows.groups})
     schema = pq.read_schema(files[0])
-    groups = _row_groups(path, limit)
+    groups = _first_rows(rows.groups, spec.limit)
+    class_entries = read_class_file(spec.classnames) if spec.classnames else None
+    if class_entries is None and rows.classes is not None:
+        class_entries = [(c, c) for c in rows.classes]
     classnames = class_index = None
     if label_column in schema.names:
         labels = pa.chunked_array([pq.read_table(f, columns=[label_column]).column(0) for f in files])
@@ -332,13 +297,16 @@ def parquet_split(
                 raise ConfigError(f"dataset {name!r}: labels {unknown} in column {label_column!r} are not in the class list")
         classnames = [display for _, display in class_entries]
         class_index = {key: i for i, (key, _) in enumerate(class_entries)}
+    caption_column = spec.caption_column
     has_captions = caption_column in schema.names
     has_regions = "regions" in schema.names
+    descriptors = spec.descriptors or rows.descriptors
     descriptor_map = None
     if descriptors is not None:
         if classnames is None:
             raise ConfigError(f"dataset {name!r}: descriptors given but the data has no {label_column!r} column")
-        descriptor_map = read_descriptors(descriptors, classnames, subset=descriptors_subset)
+        # A source's own descriptor file may cover more classes than this split (PartsWorld: one for all splits).
+        descriptor_map = read_descriptors(descriptors, classnames, subset=spec.descriptors is None)
 
     def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> ParquetImages:
         return ParquetImages(
@@ -354,37 +322,13 @@ def parquet_split(
     return EvalSplit(name, sum(g.rows for g in groups), make, classnames, descriptor_map, has_captions, has_regions)
 
 
-def partsworld_split(spec: PartsWorldDataset) -> EvalSplit:
-    root = Path(spec.root)
-    split_dir = root / spec.split
-    if not split_dir.is_dir():
-        available = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        raise ConfigError(f"dataset {spec.name!r}: no split {spec.split!r} under {root} (found {available})")
-    try:
-        class_lists = json.loads((root / "classes.json").read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"dataset {spec.name!r}: {root / 'classes.json'} not found; is {root} a PartsWorld folder?") from None
-    key = spec.split.removeprefix("test_")
-    if key not in class_lists:
-        raise ConfigError(f"dataset {spec.name!r}: classes.json has no {key!r} list (has {sorted(class_lists)})")
-    entries = [(c, c) for c in class_lists[key]]
-    # The ground truth is in the annotations schema (image bytes carried through), so it serves every task.
-    data = split_dir / "truth" if (split_dir / "truth").is_dir() else split_dir / "images"
-    descriptors = spec.descriptors or root / "descriptors.json"
-    return parquet_split(
-        spec.name, data, "class_name", entries, spec.caption_column, descriptors, spec.limit,
-        descriptors_subset=spec.descriptors is None,
-    )
-
-
-def load_split(spec: DatasetSpec) -> EvalSplit:
+def load_split(spec: EvalDataset) -> EvalSplit:
     """Resolve a dataset config into a checked split (fails early, before any model runs)."""
-    if isinstance(spec, ImageFolderDataset):
-        split = imagefolder_split(spec)
-    elif isinstance(spec, PartsWorldDataset):
-        split = partsworld_split(spec)
-    else:
-        entries = read_class_file(spec.classnames) if spec.classnames else None
-        split = parquet_split(spec.name, spec.path, spec.label_column, entries, spec.caption_column, spec.descriptors, spec.limit)
+    try:
+        rows = spec.source.local_rows()
+    except (ConfigError, FileNotFoundError) as exc:
+        raise ConfigError(f"dataset {spec.name!r}: {exc}") from None
+    # Two shapes of data, not a list of kinds: any source kind that yields one of them can be evaluated.
+    split = folder_split(spec, rows) if isinstance(rows, ClassFolderRows) else table_split(spec, rows)
     split.check_tasks(spec.tasks)
     return split

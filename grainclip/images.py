@@ -86,3 +86,8 @@ def load_image_bytes(image: bytes | None, image_uri: str | None) -> bytes:
         raise ImageDecodeError(f"image file not readable (permission denied): {image_uri}") from None
     except IsADirectoryError:
         raise ImageDecodeError(f"image_uri is a directory: {image_uri}") from None
+
+
+def load_image(image: bytes | None, image_uri: str | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A row's image (inline bytes, else its local file) decoded by `decode_image`'s rules; ImageDecodeError if not."""
+    return decode_image(load_image_bytes(image, image_uri), max_pixels=max_pixels)

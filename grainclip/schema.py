@@ -14,6 +14,7 @@ import math
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -203,6 +204,39 @@ def parquet_files(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise FileNotFoundError(f"no Parquet file or directory at {path}")
     return sorted(p for p in path.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One independently readable slice of a file, the unit readers deal out to workers and shards.
+
+    For Parquet a row group (`index` into the file's row groups); for an Arrow IPC stream (a Hugging Face
+    `save_to_disk` shard) a record batch. `start` is the listing-wide index of its first row.
+    """
+
+    path: str
+    index: int
+    rows: int
+    start: int = 0
+
+
+def list_row_groups(path: str | Path | Sequence[str | Path]) -> list[RowGroup]:
+    """The non-empty row groups of every Parquet file under `path` (a file, a folder, or a list), in order.
+
+    Raises FileNotFoundError when there is no file or no row: nothing downstream can do anything with none.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    groups, start = [], 0
+    for file in (f for p in paths for f in parquet_files(p)):
+        metadata = pq.ParquetFile(file).metadata
+        for index in range(metadata.num_row_groups):
+            rows = metadata.row_group(index).num_rows
+            if rows:
+                groups.append(RowGroup(str(file), index, rows, start))
+                start += rows
+    if not groups:
+        raise FileNotFoundError(f"no rows in the Parquet files under {', '.join(map(str, paths))}")
+    return groups
 
 
 def read_table(path: str | Path, kind: str, columns: Sequence[str] | None = None) -> pa.Table:

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
+from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig
+from grainclip.registry import available
 
 log = logging.getLogger(__name__)
 
 
 def preflight(config: PipelineConfig, address: str | None = None) -> None:
     """Raise ConfigError / FileNotFoundError (one readable line) for what can be known wrong up front."""
-    from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP, available
-
     for kind, group, name in (
         ("describer", DESCRIBERS_GROUP, config.describe.describer.name),
         ("grounder", GROUNDERS_GROUP, config.ground.grounder.name),
@@ -30,21 +29,13 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
             raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(names) or '(none installed)'} "
                               f"(entry-point group {group!r})")
 
-    source = config.source
-    paths = [source.path] if isinstance(source.path, str) else list(source.path)
-    if getattr(source, "captions_csv", None):
-        paths.append(str(source.captions_csv))
-    missing = [p for p in paths if "://" not in p and not any(c in p for c in "*?[") and not Path(p).exists()]
-    if missing:
-        raise FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")
+    config.source.check()
 
 
 def preflight_resources(config: PipelineConfig, address: str | None = None) -> None:
     """Before an embedded Ray starts: it gets this machine's CPUs and GPUs, so refuse stages it can never
     place (a GPU stage on a CPU machine). Attached clusters are checked after connecting (they may autoscale)."""
     import ray
-
-    from grainclip.pipelines.runner import check_resources
 
     if address is not None or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return
@@ -62,3 +53,26 @@ def preflight_resources(config: PipelineConfig, address: str | None = None) -> N
         check_resources(config, have, autoscaling=False)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (this machine, where an embedded Ray would run)") from None
+
+
+def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscaling: bool) -> None:
+    """Refuse a plan whose actor pools leave no room for the read/commit tasks: it would wait forever.
+
+    On an attached cluster this is only a warning, since an autoscaler may add the missing nodes once the
+    actors ask for them; an embedded local Ray never grows, so there it is an error.
+    """
+    stages = (("describe", config.describe), ("ground", config.ground))
+    for resource, per_actor in (("CPU", lambda s: s.num_cpus), ("GPU", lambda s: s.num_gpus)):
+        needed = sum(stage.min_actors * per_actor(stage) for _, stage in stages) + (1 if resource == "CPU" else 0)
+        have = cluster.get(resource, 0.0)
+        if needed <= have:
+            continue
+        wants = ", ".join(f"{name}: {stage.min_actors} x {per_actor(stage):g}" for name, stage in stages)
+        tasks = ", plus 1 for the read/commit tasks" if resource == "CPU" else ""
+        message = (
+            f"the stages' actors need {needed:g} {resource} ({wants}{tasks}) but the Ray cluster has {have:g}; "
+            f"lower min_actors or num_{resource.lower()}s per actor (describe/ground in the config)"
+        )
+        if not autoscaling:
+            raise ConfigError(message)
+        log.warning("%s -- waiting for the cluster to scale up", message)

@@ -76,7 +76,9 @@ def evaluate_config(models: dict[str, Path], root: Path, out: Path, grid_images:
         {
             "out": str(out),
             "models": [{"type": "checkpoint", "label": label, "path": str(path)} for label, path in models.items()],
-            "datasets": [{"type": "partsworld", "name": split, "root": str(root), "split": split} for split in SPLITS],
+            "datasets": [
+                {"name": split, "source": {"kind": "partsworld", "path": str(root), "split": split}} for split in SPLITS
+            ],
             "num_workers": 1,
             "grid_images": grid_images,
             "progress": False,

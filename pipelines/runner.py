@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.errors import USER_ERRORS
 from grainclip.pipelines.manifest import Attempt, RunManifest, RunStatus
+from grainclip.pipelines.preflight import check_resources, preflight, preflight_resources
+from grainclip.pipelines.prepare import prepare_images
 from grainclip.pipelines.rundir import RunDir, config_hash, resume_view
 from grainclip.pipelines.sink import FAILED_STATUSES, commit_shard
-from grainclip.pipelines.sources import prepare_images, read_source
 from grainclip.pipelines.stages import DescribeStage, GroundStage
 from grainclip.pipelines.steps import import_training_stack, plan_steps, run_steps
 
@@ -131,8 +131,6 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     """Annotate `config.source` into `config.output` (resuming a killed run), then run the configured steps."""
     import ray
 
-    from grainclip.pipelines.preflight import preflight, preflight_resources
-
     config = config.with_absolute_paths()
     preflight(config, address)
     run = RunDir(Path(config.output))
@@ -217,34 +215,11 @@ def run_attempt(config: PipelineConfig, run: RunDir, manifest: RunManifest, ray_
     )
 
 
-def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscaling: bool) -> None:
-    """Refuse a plan whose actor pools leave no room for the read/commit tasks: it would wait forever.
-
-    On an attached cluster this is only a warning, since an autoscaler may add the missing nodes once the
-    actors ask for them; an embedded local Ray never grows, so there it is an error.
-    """
-    stages = (("describe", config.describe), ("ground", config.ground))
-    for resource, per_actor in (("CPU", lambda s: s.num_cpus), ("GPU", lambda s: s.num_gpus)):
-        needed = sum(stage.min_actors * per_actor(stage) for _, stage in stages) + (1 if resource == "CPU" else 0)
-        have = cluster.get(resource, 0.0)
-        if needed <= have:
-            continue
-        wants = ", ".join(f"{name}: {stage.min_actors} x {per_actor(stage):g}" for name, stage in stages)
-        tasks = ", plus 1 for the read/commit tasks" if resource == "CPU" else ""
-        message = (
-            f"the stages' actors need {needed:g} {resource} ({wants}{tasks}) but the Ray cluster has {have:g}; "
-            f"lower min_actors or num_{resource.lower()}s per actor (describe/ground in the config)"
-        )
-        if not autoscaling:
-            raise ConfigError(message)
-        log.warning("%s -- waiting for the cluster to scale up", message)
-
-
 def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.ObjectRef) -> ray.data.Dataset:
     """The lazy Ray Data plan; nothing runs until the caller iterates it."""
     from grainclip.annotate.registry import describer_class, grounder_class
 
-    dataset = read_source(config.source)
+    dataset = config.source.read()
     dataset = dataset.map_batches(_prepare, batch_format="pyarrow", fn_kwargs={"done_ids": done_ids})
     # Blocks of one shard's rows: each flows through the stages as a unit and is committed as soon as it is
     # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make

@@ -39,10 +39,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from grainclip.annotate.rows import grounding_outcome
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
-from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_image_bytes
+from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
 from grainclip.pipelines.manifest import package_versions
-from grainclip.schema import REGION_TYPE, Status, region_problem
+from grainclip.schema import REGION_TYPE, Status
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class _ImageStage:
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
 
     def decode(self, image: bytes | None, image_uri: str | None):
-        return decode_image(load_image_bytes(image, image_uri), max_pixels=self.max_pixels)
+        return load_image(image, image_uri, self.max_pixels)
 
 
 class DescribeStage(_ImageStage):
@@ -230,13 +231,7 @@ class GroundStage(_ImageStage):
 
         regions: list[list[dict]] = [[] for _ in range(n)]
         for row, result in zip(positions, self._ground(requests)):
-            found = [region.to_dict() for region in result.regions]
-            problems = [p for p in map(region_problem, found) if p]
-            if problems:
-                status[row] = Status.GROUND_FAILED.value
-                error[row] = f"grounder returned an invalid region: {problems[0]}"
-                continue
-            regions[row], status[row], error[row] = found, result.status, result.error
+            regions[row], status[row], error[row] = grounding_outcome(result)
 
         seconds = (time.perf_counter() - started) / max(n, 1)
         for name, values in (

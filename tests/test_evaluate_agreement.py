@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from grainclip.config.evaluate import ImageFolderDataset
+from grainclip.config.evaluate import EvalDataset
 from grainclip.evaluate import load_split
 from grainclip.evaluate.class_text import DEFAULT_TEMPLATES
 from grainclip.evaluate.models import load_open_clip
@@ -68,7 +68,7 @@ def test_global_mode_agrees_with_a_straightforward_loop(setup):
     expected_predictions = expected_scores.argmax(1)
     assert len(set(expected_predictions)) > 1, "test data should not make the random model predict one class"
 
-    spec = ImageFolderDataset(type="imagefolder", name="colours", root=root / "images")
+    spec = EvalDataset(name="colours", source={"kind": "image_folder", "path": root / "images"})
     torch.manual_seed(0)  # the same random weights as the straightforward model
     loaded = load_open_clip(str(config), None, torch.device("cpu"))
     settings = PassSettings(modes=["global"], batch_size=5, num_workers=2)  # batches and workers must not matter

@@ -42,7 +42,7 @@ def _write_config(path, data) -> str:
 def test_evaluate_command_writes_the_report(models, partsworld_small, tmp_path):
     out = tmp_path / "report"
     datasets = [
-        {"name": split, "type": "partsworld", "root": str(partsworld_small), "split": f"test_{split}",
+        {"name": split, "source": {"kind": "partsworld", "path": str(partsworld_small), "split": f"test_{split}"},
          "tasks": ["classification", "retrieval", "grounding"]}
         for split in ("seen", "novel")
     ]
@@ -87,10 +87,10 @@ def test_user_mistakes_are_one_line_errors(models, tmp_path):
     (tmp_path / "descriptors.json").write_text(json.dumps({"eagle": ["sharp beak"]}))
     clip = [{"label": "c", "type": "open_clip", "name": str(models["clip"])}]
     cases = {
-        "classes of descriptor file": {"models": clip, "datasets": [{"name": "d", "type": "imagefolder", "root": str(tmp_path / "images"), "descriptors": str(tmp_path / "descriptors.json")}]},
-        "checkpoint not found": {"models": [{"label": "g", "type": "checkpoint", "path": str(tmp_path / "nope")}], "datasets": [{"name": "d", "type": "imagefolder", "root": str(tmp_path / "images")}]},
-        "expected tags: 'open_clip', 'checkpoint'": {"models": [{"label": "x", "type": "timm", "name": "y"}], "datasets": [{"name": "d", "type": "imagefolder", "root": "."}]},
-        "each dataset name must be unique": {"models": clip, "datasets": [{"name": "d", "type": "imagefolder", "root": "a"}, {"name": "d", "type": "imagefolder", "root": "b"}]},
+        "classes of descriptor file": {"models": clip, "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": str(tmp_path / "images")}, "descriptors": str(tmp_path / "descriptors.json")}]},
+        "checkpoint not found": {"models": [{"label": "g", "type": "checkpoint", "path": str(tmp_path / "nope")}], "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": str(tmp_path / "images")}}]},
+        "expected tags: 'open_clip', 'checkpoint'": {"models": [{"label": "x", "type": "timm", "name": "y"}], "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": "."}}]},
+        "each dataset name must be unique": {"models": clip, "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": "a"}}, {"name": "d", "source": {"kind": "image_folder", "path": "b"}}]},
     }
     for expected, data in cases.items():
         data["out"] = str(tmp_path / "out")

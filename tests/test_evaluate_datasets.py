@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision import transforms
 
 from grainclip.config.base import ConfigError
-from grainclip.config.evaluate import ImageFolderDataset, ParquetDataset, PartsWorldDataset
+from grainclip.config.evaluate import EvalDataset
 from grainclip.evaluate.datasets import collate, load_split
 from grainclip.evaluate.geometry import input_window, to_original_frame
 from grainclip.images import encode_image
@@ -43,7 +43,7 @@ def _rows(items):
 
 
 def test_imagefolder_default_classes_and_labels(folder):
-    split = load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder))
+    split = load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}))
     assert split.classnames == ["black footed albatross", "cardinal"]
     assert split.size == 6
     loader = torch.utils.data.DataLoader(split.dataset(PREPROCESS, ["classification"]), batch_size=4, collate_fn=collate)
@@ -56,7 +56,7 @@ def test_imagefolder_default_classes_and_labels(folder):
 def test_class_file_sets_order_and_names(folder, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("cardinal\tnorthern cardinal\nblack_footed_albatross\n")
-    split = load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder, classnames=classes))
+    split = load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, classnames=classes))
     assert split.classnames == ["northern cardinal", "black footed albatross"]
     labels = [label for batch in torch.utils.data.DataLoader(split.dataset(PREPROCESS, ["classification"]), batch_size=6, collate_fn=collate) for label in batch["label"]]
     assert labels == [0, 0, 0, 1, 1, 1]  # cardinal images come first now
@@ -66,7 +66,7 @@ def test_class_file_mismatch_names_the_classes(folder, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("cardinal\nblue_jay\n")
     with pytest.raises(ConfigError) as error:
-        load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder, classnames=classes))
+        load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, classnames=classes))
     message = str(error.value)
     assert "missing from folders under" in message and "'blue_jay'" in message
     assert "but not in class-name file" in message and "'black_footed_albatross'" in message
@@ -75,25 +75,25 @@ def test_class_file_mismatch_names_the_classes(folder, tmp_path):
 def test_descriptor_file_must_cover_exactly_the_classes(folder, tmp_path):
     descriptors = tmp_path / "descriptors.json"
     descriptors.write_text(json.dumps({"cardinal": ["red crest"], "black footed albatross": ["long wings"]}))
-    split = load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder, descriptors=descriptors))
+    split = load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, descriptors=descriptors))
     assert split.descriptors == {"black footed albatross": ["long wings"], "cardinal": ["red crest"]}
     assert list(split.descriptors) == split.classnames  # dataset order, not file order
 
     descriptors.write_text(json.dumps({"cardinal": ["red crest"], "black_footed_albatross": ["x"], "owl": ["y"]}))
     with pytest.raises(ConfigError) as error:
-        load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder, descriptors=descriptors))
+        load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, descriptors=descriptors))
     message = str(error.value)
     assert "missing from descriptor file" in message and "'black footed albatross'" in message
     assert "not in the dataset's classes: ['black_footed_albatross', 'owl']" in message
 
     descriptors.write_text(json.dumps({"cardinal": [], "black footed albatross": ["x"]}))
     with pytest.raises(ConfigError, match="class 'cardinal' needs a non-empty list"):
-        load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder, descriptors=descriptors))
+        load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, descriptors=descriptors))
 
 
 def test_task_needs_what_the_data_has(folder):
     with pytest.raises(ConfigError, match="task 'retrieval' needs captions"):
-        load_split(ImageFolderDataset(type="imagefolder", name="f", root=folder, tasks=["retrieval"]))
+        load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, tasks=["retrieval"]))
 
 
 def _annotation_rows(tmp_path, labels, broken=()):
@@ -113,7 +113,7 @@ def _annotation_rows(tmp_path, labels, broken=()):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_parquet_stream_covers_every_row_once_and_reports_bad_images(tmp_path, workers):
     path = _annotation_rows(tmp_path, ["b", "a", "b", "c", "a"], broken={3})
-    split = load_split(ParquetDataset(type="parquet", name="p", path=path, tasks=["classification", "retrieval", "grounding"]))
+    split = load_split(EvalDataset(name="p", source={"kind": "parquet", "path": path}, tasks=["classification", "retrieval", "grounding"]))
     assert split.classnames == ["a", "b", "c"] and split.size == 5
     dataset = split.dataset(PREPROCESS, ["classification", "retrieval", "grounding"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate)
@@ -131,12 +131,13 @@ def test_parquet_stream_covers_every_row_once_and_reports_bad_images(tmp_path, w
 
 def test_one_row_group_is_shared_between_workers(tmp_path):
     """Small shards are often a single row group: its record batches are dealt to the workers in turn."""
-    from grainclip.evaluate.datasets import ParquetImages, _row_groups
+    from grainclip.evaluate.datasets import ParquetImages
+    from grainclip.schema import list_row_groups
 
     path = tmp_path / "one.parquet"
     write_shard(pa.Table.from_pylist([{"image_id": f"i{i}", "image": encode_image(_image("red")), "width": 20, "height": 12} for i in range(5)]), path, "images")
-    assert len(_row_groups(path, None)) == 1
-    dataset = ParquetImages(_row_groups(path, None), PREPROCESS, None, None, None, False, batch_rows=2)
+    assert len(list_row_groups(path)) == 1
+    dataset = ParquetImages(list_row_groups(path), PREPROCESS, None, None, None, False, batch_rows=2)
     # DataLoader takes one sample from each worker in turn: worker 0 has rows 0,1,4 and worker 1 rows 2,3.
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=collate)
     assert [int(batch["index"][0]) for batch in loader] == [0, 2, 1, 3, 4]
@@ -147,25 +148,25 @@ def test_parquet_labels_outside_the_class_file_rejected(tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\n")
     with pytest.raises(ConfigError, match=r"labels \['zebra'\] in column 'class_name' are not in the class list"):
-        load_split(ParquetDataset(type="parquet", name="p", path=path, classnames=classes))
+        load_split(EvalDataset(name="p", source={"kind": "parquet", "path": path}, classnames=classes))
 
 
 def test_parquet_limit(tmp_path):
     path = _annotation_rows(tmp_path, ["a", "b", "a", "b", "a"])
-    split = load_split(ParquetDataset(type="parquet", name="p", path=path, limit=4))
+    split = load_split(EvalDataset(name="p", source={"kind": "parquet", "path": path}, limit=4))
     indices = [i for batch in torch.utils.data.DataLoader(split.dataset(PREPROCESS, ["classification"]), batch_size=8, collate_fn=collate) for i in batch["index"].tolist()]
     assert split.size == 4 and indices == [0, 1, 2, 3]
 
 
 def test_partsworld_split(partsworld_small):
-    split = load_split(PartsWorldDataset(type="partsworld", name="novel", root=partsworld_small, split="test_novel",
-                                         tasks=["classification", "retrieval", "grounding"]))
+    split = load_split(EvalDataset(name="novel", source={"kind": "partsworld", "path": partsworld_small, "split": "test_novel"},
+                                   tasks=["classification", "retrieval", "grounding"]))
     novel = load_classes(partsworld_small)["novel"]
     assert split.classnames == novel
     assert split.descriptors == {name: load_descriptors(partsworld_small)[name] for name in novel}
     assert split.has_regions and split.has_captions and split.size == 32
     with pytest.raises(ConfigError, match="no split 'test_unseen'"):
-        load_split(PartsWorldDataset(type="partsworld", name="x", root=partsworld_small, split="test_unseen"))
+        load_split(EvalDataset(name="x", source={"kind": "partsworld", "path": partsworld_small, "split": "test_unseen"}))
 
 
 def test_input_window_of_common_preprocess_pipelines():
@@ -186,3 +187,20 @@ def test_boxes_back_to_the_original_frame():
     np.testing.assert_allclose(to_original_frame(boxes, window), [[0.25, 0, 0.75, 1], [0.5, 0.5, 0.75, 1]])
     padded = np.array([0.0, -0.5, 1.0, 1.5])
     np.testing.assert_allclose(to_original_frame(np.array([[0, 0, 1, 0.5]]), padded), [[0, 0, 1, 0.5]])
+
+
+def test_the_old_flat_dataset_spelling_maps_onto_a_source_and_says_so(partsworld_small, caplog):
+    """`{type: partsworld, root: ...}` (before datasets had a `source`) still loads, with its old default split."""
+    old = EvalDataset.model_validate({"name": "novel", "type": "partsworld", "root": str(partsworld_small)})
+    new = EvalDataset(name="novel", source={"kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"})
+    assert old == new
+    assert "old spelling" in caplog.text and "source: {kind: partsworld" in caplog.text
+    folder = EvalDataset.model_validate({"name": "f", "type": "imagefolder", "root": "pets"})
+    assert (folder.source.kind, folder.source.path) == ("image_folder", "pets")
+    with pytest.raises(ValueError, match="unknown source kind 'timm'"):
+        EvalDataset.model_validate({"name": "x", "type": "timm", "root": "."})
+
+
+def test_a_source_without_a_local_form_is_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="dataset 'w': source kind 'webdataset' cannot be read without Ray"):
+        load_split(EvalDataset(name="w", source={"kind": "webdataset", "path": str(tmp_path)}))

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from grainclip.config.evaluate import ImageFolderDataset, ParquetDataset, ScoringConfig
+from grainclip.config.evaluate import EvalDataset, ScoringConfig
 from grainclip.evaluate.datasets import load_split
 from grainclip.evaluate.runner import PassSettings, evaluate_split, zero_shot_accuracy
 from grainclip.evaluate.scoring import grain_scores, region_descriptor_similarity, region_scores, standardize
@@ -103,7 +103,7 @@ def creatures(tmp_path):
         for i in range(3):
             creature(crest, body).save(tmp_path / "data" / name / f"{i}.png")
     (tmp_path / "descriptors.json").write_text(json.dumps(DESCRIPTORS))
-    return load_split(ImageFolderDataset(type="imagefolder", name="creatures", root=tmp_path / "data", descriptors=tmp_path / "descriptors.json"))
+    return load_split(EvalDataset(name="creatures", source={"kind": "image_folder", "path": tmp_path / "data"}, descriptors=tmp_path / "descriptors.json"))
 
 
 def test_toy_model_satisfies_the_region_protocol():
@@ -204,7 +204,7 @@ def test_grounding_in_the_original_frame(tmp_path):
             ],
         })
     write_shard(pa.Table.from_pylist(rows), tmp_path / "truth" / "part-0.parquet", "annotations")
-    split = load_split(ParquetDataset(type="parquet", name="truth", path=tmp_path / "truth", tasks=["grounding", "retrieval"]))
+    split = load_split(EvalDataset(name="truth", source={"kind": "parquet", "path": tmp_path / "truth"}, tasks=["grounding", "retrieval"]))
     results, _ = evaluate_split(loaded_model(crop), split, ["grounding", "retrieval"], _settings(), torch.device("cpu"))
     grounding = results["grounding"]
     assert grounding["n_descriptions"] == 12  # 3 distinct descriptions x 4 images

@@ -112,7 +112,7 @@ def test_train_negative_batch_size_and_gpu_on_a_cpu_machine(partsworld_small, tm
 def test_evaluate_cuda_on_a_cpu_machine_and_negative_batch_size(partsworld_small, tmp_path):
     path = tmp_path / "eval.yaml"
     base = {"out": str(tmp_path / "eval"), "models": [{"label": "c", "type": "open_clip", "name": "ViT-B-32"}],
-            "datasets": [{"name": "d", "type": "partsworld", "root": str(partsworld_small)}]}
+            "datasets": [{"name": "d", "source": {"kind": "partsworld", "path": str(partsworld_small)}}]}
     path.write_text(yaml.safe_dump({**base, "batch_size": -1}))
     stderr = refused_in_process(["evaluate", str(path)])
     assert "batch_size" in stderr

@@ -34,8 +34,8 @@ def test_the_evaluator_accounts_for_every_corpus_row(corpus, tmp_path):
         "out": str(tmp_path / "report"),
         "models": [{"label": "clip", "type": "open_clip", "name": str(model)}],
         "datasets": [
-            {"name": "images", "type": "parquet", "path": str(corpus["images"]), "tasks": ["retrieval"]},
-            {"name": "annotations", "type": "parquet", "path": str(corpus["annotations"]), "tasks": ["retrieval"]},
+            {"name": "images", "source": {"kind": "parquet", "path": str(corpus["images"])}, "tasks": ["retrieval"]},
+            {"name": "annotations", "source": {"kind": "parquet", "path": str(corpus["annotations"])}, "tasks": ["retrieval"]},
         ],
         "batch_size": 4, "num_workers": 0, "grid_images": 0, "progress": False,
     }))  # fmt: skip

@@ -152,7 +152,7 @@ def test_submitted_job_goes_from_images_to_a_trained_and_evaluated_model(cluster
         "batch_size": 8, "steps": 3, "log_every": 1,
     }))
     evaluate_yaml.write_text(yaml.safe_dump({
-        "datasets": [{"name": "novel", "type": "partsworld", "root": str(partsworld_small), "split": "test_novel",
+        "datasets": [{"name": "novel", "source": {"kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"},
                       "tasks": ["classification"], "limit": 16}],
         "batch_size": 16, "num_workers": 0, "device": "cpu", "progress": False, "grid_images": 0,
     }))

@@ -17,7 +17,7 @@ from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
 from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
-from grainclip.pipelines.sources import MISSING_ID_PREFIX, prepare_images
+from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
 from grainclip.pipelines.steps import plan_steps, run_steps
 from grainclip.schema import read_table, write_shard
 
@@ -198,6 +198,24 @@ def test_prepare_marks_broken_rows_and_skips_committed_ones():
     assert rows["k4"]["status"] == "invalid_input" and "neither image bytes nor image_uri" in rows["k4"]["error"]
 
 
+def test_the_pipeline_and_annotate_rows_mark_the_same_rows_invalid(partsworld_small):
+    """One set of input checks: a row is invalid_input, with the same reason, on either path or on neither."""
+    from grainclip.annotate import annotate_rows, build_describer, build_grounder
+    from grainclip.config.annotate import DescriberConfig, GrounderConfig
+
+    rows = [{"image_id": "a", "image": b"x"}, {"image_id": None, "image": b"y"}, {"image_id": " ", "image": b"y"},
+            {"image_id": "c", "image": None}, {"image_id": None, "image": None}, {"image_id": "e", "image": b""}]
+    truth = {"truth": str(partsworld_small)}
+    plain = annotate_rows(rows, build_describer(DescriberConfig(name="partsworld", options=truth)),
+                          build_grounder(GrounderConfig(name="partsworld", options=truth)))
+    piped = prepare_images(pa.Table.from_pylist(rows)).to_pylist()
+    invalid = [(r["status"] == "invalid_input", r["error"] if r["status"] == "invalid_input" else None) for r in plain]
+    assert invalid == [(r["status"] == "invalid_input", r["error"]) for r in piped]
+    assert [flag for flag, _ in invalid] == [False, True, True, True, True, False]
+    assert plain[4]["error"] == "row has no image_id; row has neither image bytes nor image_uri"
+    assert plain[5]["status"] == "decode_failed"  # empty bytes are an image that fails to decode, not a missing one
+
+
 def test_duplicate_ids_keep_the_first_committed_row(tmp_path: Path):
     run = RunDir(tmp_path / "run")
 
@@ -249,7 +267,7 @@ def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: 
     train_yaml.write_text("backbone: {model: ViT-B-16}\nsteps: 5\ndata: {train: /elsewhere}\n")
     eval_yaml.write_text(
         "models: [{label: baseline, type: open_clip, name: ViT-B-16}]\n"
-        "datasets: [{name: novel, type: partsworld, root: /pw}]\n"
+        "datasets: [{name: novel, source: {kind: partsworld, path: /pw}}]\n"
     )
     config = minimal(tmp_path, train={"config": str(train_yaml), "overrides": {"steps": 7}},
                      evaluate={"config": str(eval_yaml)})
@@ -275,3 +293,59 @@ def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: 
         plan_steps(broken, run)
     with pytest.raises(ConfigError, match="step config file not found"):
         plan_steps(minimal(tmp_path, train={"config": str(tmp_path / "nope.yaml")}), run)
+
+
+def test_source_kinds_resolve_by_name_and_a_plugin_kind_owns_its_paths(tmp_path: Path, monkeypatch):
+    """A package that registers a kind in grainclip.sources is usable from YAML; preflight and resume see its paths."""
+    from grainclip.pipelines.preflight import preflight
+    from grainclip.registry import available
+    from grainclip.sources import SOURCES_GROUP
+
+    assert {"parquet", "image_folder", "webdataset", "partsworld", "huggingface"} <= set(available(SOURCES_GROUP))
+    (tmp_path / "lines_source.py").write_text(
+        "from typing import ClassVar, Literal\nfrom grainclip.sources import Source\n\n"
+        "class LinesSource(Source):\n    kind: Literal['lines']\n    path: str\n    index: str | None = None\n"
+        "    path_fields: ClassVar[tuple[str, ...]] = ('path', 'index')\n"
+    )
+    dist = tmp_path / "lines_source-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lines-source\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[grainclip.sources]\nlines = lines_source:LinesSource\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = parse_config({"output": "out", "source": {"kind": "lines", "path": "a.txt", "index": "b.txt"}},
+                          PipelineConfig).with_absolute_paths()
+    assert (config.source.path, config.source.index) == (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
+    (tmp_path / "a.txt").write_text("x\n")
+    with pytest.raises(FileNotFoundError, match=r"source path\(s\) not found: .*b\.txt$"):
+        preflight(config)
+    with pytest.raises(ConfigError, match=r"source\.indx: unknown key"):
+        parse_config({"output": "out", "source": {"kind": "lines", "path": "a", "indx": "b"}}, PipelineConfig)
+    with pytest.raises(ConfigError, match=r"unknown source kind 's3bucket'; available: .*huggingface.*lines"):
+        parse_config({"output": "x", "source": {"kind": "s3bucket", "path": "x"}}, PipelineConfig)
+
+
+def test_huggingface_source_reads_parquet_folders_and_refuses_what_it_cannot_read(tmp_path: Path):
+    import datasets
+
+    from grainclip.sources import parse_source
+    from grainclip.sources.huggingface import read_units
+
+    dataset = datasets.Dataset.from_dict({"image": [b"x", b"y", b"z"], "caption": ["a", "b", None], "n": [1, 2, 3]})
+    dataset.to_parquet(str(tmp_path / "pq" / "part-0.parquet"))
+    source = parse_source({"kind": "huggingface", "path": str(tmp_path / "pq"), "keep_columns": ["n"]})
+    source.check()
+    rows = pa.concat_tables([read_units(pa.Table.from_pylist([vars(u)]), source.columns()) for u in source.units()])
+    assert rows.to_pylist() == [
+        {"image_id": "0", "image": b"x", "image_uri": None, "caption": "a", "n": 1},
+        {"image_id": "1", "image": b"y", "image_uri": None, "caption": "b", "n": 2},
+        {"image_id": "2", "image": b"z", "image_uri": None, "caption": None, "n": 3},
+    ]
+    with pytest.raises(ConfigError, match=r"no column\(s\) \['picture'\]; the dataset has \['image', 'caption', 'n'\]"):
+        parse_source({"kind": "huggingface", "path": str(tmp_path / "pq"), "image_column": "picture"}).check()
+    datasets.DatasetDict({"train": dataset}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(ConfigError, match=r"holds a DatasetDict: set `split` to one of \['train'\]"):
+        parse_source({"kind": "huggingface", "path": str(tmp_path / "dict")}).check()
+    with pytest.raises(FileNotFoundError, match="no Parquet or Arrow files"):
+        (tmp_path / "empty").mkdir()
+        parse_source({"kind": "huggingface", "path": str(tmp_path / "empty")}).check()

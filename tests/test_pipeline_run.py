@@ -111,6 +111,50 @@ def test_image_folder_with_a_captions_csv(corpus, partsworld_small, tmp_path):
     assert rows["one_pixel.png"]["caption"] in ("a photo of one_pixel", "caf\ufffd cr\ufffdme")
 
 
+def _saved_hugging_face_dataset(images: list[dict]):
+    """A real `datasets` Dataset of PartsWorld images: Image() feature, captions and ids under their own names."""
+    import datasets
+
+    features = datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string"),
+                                  "key": datasets.Value("string"), "class_name": datasets.Value("string")})
+    return datasets.Dataset.from_dict({
+        "picture": [{"bytes": r["image"], "path": None} for r in images],
+        "text": [r["caption"] for r in images],
+        "key": [r["image_id"] for r in images],
+        "class_name": [r["class_name"] for r in images],
+    }, features=features)
+
+
+def test_a_dataset_saved_with_hugging_face_datasets(partsworld_small, tmp_path):
+    import datasets
+
+    from grainclip.pipelines import run_pipeline
+
+    images = read_table(partsworld_small / "train" / "images", "images").to_pylist()[:20]
+    dataset = _saved_hugging_face_dataset(images)
+    dataset.save_to_disk(str(tmp_path / "hf"), num_shards=3)
+    source = {"kind": "huggingface", "path": str(tmp_path / "hf"), "image_column": "picture", "caption_column": "text",
+              "id_column": "key", "keep_columns": ["class_name"]}
+    result = run_pipeline(config_for(source, tmp_path / "run", partsworld_small))
+    rows = {row["image_id"]: row for row in validate(read_table(result.annotations, "annotations"), "annotations").to_pylist()}
+    assert sorted(rows) == sorted(r["image_id"] for r in images)
+    for image in images:
+        row = rows[image["image_id"]]
+        assert row["status"] in ("ok", "no_regions") and row["descriptions"], row["error"]
+        assert (row["image"], row["caption"], row["class_name"]) == (image["image"], image["caption"], image["class_name"])
+
+    # A DatasetDict folder: pick the split; without id_column a row's image_id is its index in the dataset.
+    datasets.DatasetDict({"train": dataset.select(range(12)), "test": dataset.select(range(12, 20))}).save_to_disk(
+        str(tmp_path / "dict"))
+    source = {"kind": "huggingface", "path": str(tmp_path / "dict"), "split": "test", "image_column": "picture",
+              "caption_column": "text"}
+    result = run_pipeline(config_for(source, tmp_path / "by_index", partsworld_small))
+    rows = {row["image_id"]: row for row in read_table(result.annotations, "annotations").to_pylist()}
+    assert sorted(rows, key=int) == [str(i) for i in range(8)]
+    assert [rows[str(i)]["caption"] for i in range(8)] == [r["caption"] for r in images[12:]]
+    assert {row["status"] for row in rows.values()} == {"describe_failed"}  # decoded; ids unknown to the truth
+
+
 def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path):
     from grainclip.pipelines import ErrorFractionExceeded, run_pipeline
 

@@ -15,9 +15,9 @@ from PIL import Image
 
 from grainclip.config.train import DataConfig
 from grainclip.images import encode_image
-from grainclip.schema import conform
+from grainclip.schema import conform, list_row_groups
 from grainclip.testing.corpus import write_bad_input_corpus
-from grainclip.train.data import EpochOrder, StreamPosition, list_row_groups, make_loader
+from grainclip.train.data import EpochOrder, StreamPosition, make_loader
 from grainclip.train.samples import SampleBuilder, text_id
 
 SIZE = 32

@@ -175,8 +175,8 @@ def test_resume_after_a_kill_gives_the_uninterrupted_losses(clip_folder, partswo
 def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_folder, partsworld_small, tmp_path):
     cfg = tiny_config(
         clip_folder, partsworld_small / "train" / "truth", tmp_path / "clip", mode="clip", steps=2,
-        eval={"every": 2, "datasets": [{"type": "partsworld", "name": "novel", "root": str(partsworld_small),
-                                         "split": "test_novel", "limit": 8}]},
+        eval={"every": 2, "datasets": [{"name": "novel", "limit": 8, "source": {
+            "kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"}}]},
     )  # fmt: skip
     result = train(cfg)
     metrics = read_metrics(result.output_dir)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,28 +25,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from grainclip.config.base import ConfigError
-from grainclip.schema import ANNOTATIONS_SCHEMA, SchemaError, parquet_files
+from grainclip.schema import ANNOTATIONS_SCHEMA, RowGroup, SchemaError
 from grainclip.train.samples import SKIP_KEYS, TRAINABLE_STATUSES, SampleBuilder
 
 READ_COLUMNS = ("image_id", "image", "image_uri", "caption", "llm_caption", "regions", "status")
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    path: str
-    index: int
-    rows: int
-
-
-def list_row_groups(path: str | Path) -> list[RowGroup]:
-    groups = []
-    for file in parquet_files(path):
-        metadata = pq.ParquetFile(file).metadata
-        groups += [RowGroup(str(file), i, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups)]
-    groups = [group for group in groups if group.rows]
-    if not groups:
-        raise FileNotFoundError(f"no annotation rows under {path}")
-    return groups
 
 
 def check_trainable(groups: list[RowGroup], num_shards: int) -> dict[str, int]:

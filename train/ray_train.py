@@ -25,9 +25,10 @@ from ray.train import DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from grainclip.config.train import TrainConfig
+from grainclip.schema import list_row_groups
 from grainclip.train.backbone import Backbone, build_backbone
 from grainclip.train.checkpoint import STATE_JSON, find_checkpoint
-from grainclip.train.data import check_trainable, list_row_groups
+from grainclip.train.data import check_trainable
 from grainclip.train.metrics import read_metrics
 from grainclip.train.ray_data import epochs_needed, training_dataset
 from grainclip.train.samples import TRAINABLE_STATUSES

@@ -25,6 +25,7 @@ from torch import nn
 from grainclip.config.base import ConfigError, dump_config
 from grainclip.config.train import TrainConfig
 from grainclip.model_api import LoadedModel
+from grainclip.schema import list_row_groups
 from grainclip.train import distributed
 from grainclip.train.backbone import Backbone, build_backbone
 from grainclip.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -32,7 +33,6 @@ from grainclip.train.data import (
     EpochOrder,
     StreamPosition,
     check_trainable,
-    list_row_groups,
     make_loader,
     prepare_batch,
 )

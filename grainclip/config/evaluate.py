@@ -9,20 +9,30 @@ clearly when it is missing. Example::
       - {label: grain, type: checkpoint, path: runs/train/grain/export}
       - {label: clip, type: open_clip, name: ViT-B-16, pretrained: /weights/clip.pt}
     datasets:
-      - {name: novel, type: partsworld, root: data/partsworld, split: test_novel,
-         tasks: [classification, grounding]}
-      - {name: pets, type: imagefolder, root: /data/pets/test, classnames: /data/pets/classes.txt,
-         descriptors: /data/pets/descriptors.json}
+      - name: novel
+        source: {kind: partsworld, path: data/partsworld, split: test_novel}
+        tasks: [classification, grounding]
+      - name: pets
+        source: {kind: image_folder, path: /data/pets/test}
+        classnames: /data/pets/classes.txt
+        descriptors: /data/pets/descriptors.json
+
+A dataset's `source` is the same unit the pipeline reads (grainclip.sources, docs/sources.md); the kinds the
+evaluator can stream are those with Parquet shards (parquet, partsworld) or class folders (image_folder).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from grainclip.config.base import ConfigModel
+from grainclip.sources import SourceField
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["global", "global+descriptors", "grain"]
 Task = Literal["classification", "retrieval", "grounding"]
@@ -53,49 +63,46 @@ class CheckpointModel(ConfigModel):
 ModelSpec = Annotated[OpenClipModel | CheckpointModel, Field(discriminator="type")]
 
 
-class _DatasetBase(ConfigModel):
+#: The flat spelling evaluate configs used before datasets had a `source` ({type: imagefolder, root: ...}).
+_OLD_KINDS = {"imagefolder": "image_folder", "parquet": "parquet", "partsworld": "partsworld"}
+
+
+class EvalDataset(ConfigModel):
+    """One evaluation split: a source and what it is evaluated for."""
+
     name: str = Field(min_length=1, description="Name of this split in the report.")
+    source: SourceField = Field(..., description="Where the images are: a source `kind` and its fields.")
     tasks: list[Task] = Field(default_factory=lambda: ["classification"], min_length=1)
+    classnames: Path | None = Field(
+        None,
+        description="Text file, one class per line in label order: `key<TAB>display name` or `key` (the class "
+        "folder, or the label column's value). Default: what the source defines (PartsWorld), else sorted keys.",
+    )
     descriptors: Path | None = Field(
         None, description="Menon & Vondrick JSON {class name: [descriptor, ...]} covering exactly the classes."
     )
+    label_column: str = Field("class_name", description="Column holding each image's class name (Parquet data).")
+    caption_column: Literal["caption", "llm_caption"] = "caption"
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N images (smoke runs).")
 
-
-class ImageFolderDataset(_DatasetBase):
-    """root/<class folder>/<image files>; the class-name file fixes order and display names."""
-
-    type: Literal["imagefolder"]
-    root: Path
-    classnames: Path | None = Field(
-        None,
-        description="Text file, one class per line in label order: `folder<TAB>class name` or `folder`. "
-        "Default: sorted folder names, underscores read as spaces.",
-    )
-
-
-class ParquetDataset(_DatasetBase):
-    """A Parquet file or folder in the images or annotations schema (grainclip.schema)."""
-
-    type: Literal["parquet"]
-    path: Path
-    label_column: str = Field("class_name", description="Column holding each image's class name.")
-    classnames: Path | None = Field(
-        None, description="Text file, one class name per line in label order. Default: sorted distinct labels."
-    )
-    caption_column: Literal["caption", "llm_caption"] = "caption"
-
-
-class PartsWorldDataset(_DatasetBase):
-    """A split of a PartsWorld folder written by `grainclip synth`: classes and descriptors come with it."""
-
-    type: Literal["partsworld"]
-    root: Path
-    split: str = Field("test_novel", description="Split folder under root, e.g. test_seen or test_novel.")
-    caption_column: Literal["caption", "llm_caption"] = "caption"
-
-
-DatasetSpec = Annotated[ImageFolderDataset | ParquetDataset | PartsWorldDataset, Field(discriminator="type")]
+    @model_validator(mode="before")
+    @classmethod
+    def _old_flat_spelling(cls, data: Any) -> Any:
+        """Map `{type: partsworld, root: ..., split: ...}` onto `source:`, saying so once per dataset."""
+        if not isinstance(data, dict) or "type" not in data or "source" in data:
+            return data
+        data = dict(data)
+        kind = data.pop("type")
+        source: dict[str, Any] = {"kind": _OLD_KINDS.get(kind, kind)}
+        for key in ("root", "path"):
+            if key in data:
+                source["path"] = data.pop(key)
+        if kind == "partsworld":
+            source["split"] = data.pop("split", "test_novel")  # the old default split
+        spelled = ", ".join(f"{key}: {value}" for key, value in source.items())
+        log.warning("dataset %r: `type: %s` with `root`/`path` is the old spelling; write `source: {%s}` "
+                    "(docs/sources.md)", data.get("name"), kind, spelled)
+        return {**data, "source": source}
 
 
 class ScoringConfig(ConfigModel):
@@ -122,7 +129,7 @@ class ScoringConfig(ConfigModel):
 class EvaluateConfig(ConfigModel):
     out: Path = Field(Path("runs/evaluate"), description="Folder for results.json, results.md and plots.")
     models: list[ModelSpec] = Field(min_length=1)
-    datasets: list[DatasetSpec] = Field(min_length=1)
+    datasets: list[EvalDataset] = Field(min_length=1)
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     templates: Path | None = Field(
         None, description="Text file, one prompt template per line with `{}` for the class name. Default set if None."

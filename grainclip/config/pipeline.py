@@ -7,18 +7,20 @@ fast* they run (actors, GPUs, batch size, runtime_env) lives in the stage config
 to a GPU cluster never touches the annotator settings that decide the output (see `RESUME_FIELDS`).
 
 Relative paths are resolved against the current working directory when a run starts or is submitted
-(`PipelineConfig.with_absolute_paths`); the manifest records the absolute ones.
+(`PipelineConfig.with_absolute_paths`); the manifest records the absolute ones. The source kinds, each with its
+own fields, are in `grainclip.sources` (docs/sources.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigModel
+from grainclip.sources import SourceField
 
 #: The parts of a pipeline config that decide what the output rows contain. A rerun into an existing run
 #: directory must match them exactly to resume; the other fields (resources, shard size, steps) may change.
@@ -33,51 +35,6 @@ RESUME_IGNORED: tuple[str, ...] = (
     "ground.grounder.batch_size",
     "ground.grounder.device",
 )
-
-
-class ParquetSource(ConfigModel):
-    """Parquet files in the `images` contract (one file, a directory of shards, or a list of either)."""
-
-    kind: Literal["parquet"]
-    path: str | list[str]
-
-
-class ImageFolderSource(ConfigModel):
-    """A folder of image files, optionally with a captions CSV.
-
-    The CSV has a `file_name` column (path relative to `path`, as in Hugging Face's imagefolder metadata), a
-    `caption` column and optionally `image_id` (default: the file name). Without a CSV every image file
-    under `path` is read, captions empty.
-    """
-
-    kind: Literal["image_folder"]
-    path: str
-    captions_csv: str | None = None
-    extensions: list[str] = Field(
-        default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
-    )
-
-
-class WebDatasetSource(ConfigModel):
-    """WebDataset tar shards: each sample's key is its image_id, the first present image extension its image."""
-
-    kind: Literal["webdataset"]
-    path: str | list[str]
-    image_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
-    caption_extension: str = "txt"
-
-
-class PartsWorldSource(ConfigModel):
-    """A PartsWorld dataset directory (`grainclip synth`); reads `<path>/<split>/images`."""
-
-    kind: Literal["partsworld"]
-    path: str
-    split: Literal["train", "test_seen", "test_novel"] = "train"
-
-
-SourceConfig = Annotated[
-    ParquetSource | ImageFolderSource | WebDatasetSource | PartsWorldSource, Field(discriminator="kind")
-]
 
 
 class StageConfig(ConfigModel):
@@ -162,7 +119,7 @@ class PipelineConfig(ConfigModel):
     """One annotation run: read `source`, describe, ground, write `output`/annotations; then optional steps."""
 
     output: str = Field(..., description="Run directory: annotations/, manifest.json, report/.")
-    source: SourceConfig
+    source: SourceField = Field(..., description="Where the images come from: `kind` plus that kind's fields.")
     describe: DescribeStageConfig = Field(default_factory=DescribeStageConfig)
     ground: GroundStageConfig = Field(default_factory=GroundStageConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
@@ -182,9 +139,9 @@ class PipelineConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _partsworld_annotators_read_the_source_truth(self) -> PipelineConfig:
-        """The simulated annotators need the generator's truth; default it to the PartsWorld source's split."""
-        if isinstance(self.source, PartsWorldSource):
-            truth = f"{self.source.path.rstrip('/')}/{self.source.split}/truth"
+        """The simulated annotators need the generator's truth; default it to the one the source comes with."""
+        truth = self.source.annotator_truth()
+        if truth is not None:
             for annotator in (self.describe.describer, self.ground.grounder):
                 if annotator.name == "partsworld" and "truth" not in annotator.options:
                     annotator.options = {**annotator.options, "truth": truth}
@@ -216,11 +173,7 @@ class PipelineConfig(ConfigModel):
 
         data = self.model_dump(mode="json")
         data["output"] = resolve(data["output"])
-        source = data["source"]
-        paths = source["path"]
-        source["path"] = [resolve(p) for p in paths] if isinstance(paths, list) else resolve(paths)
-        if source.get("captions_csv"):
-            source["captions_csv"] = resolve(source["captions_csv"])
+        data["source"] = self.source.with_base(base).model_dump(mode="json")
         for stage, key in (("describe", "describer"), ("ground", "grounder")):
             annotator = data[stage][key]
             annotator["model"] = resolve_if_local(annotator["model"])

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from grainclip.config.base import ConfigModel
-from grainclip.config.evaluate import DatasetSpec, Mode
+from grainclip.config.evaluate import EvalDataset, Mode
 
 
 class BackboneConfig(ConfigModel):
@@ -113,7 +113,7 @@ class EvalHookConfig(ConfigModel):
     """Periodic zero-shot evaluation via grainclip.evaluate.zero_shot_accuracy (skipped, logged, if unavailable)."""
 
     every: int = Field(0, ge=0, description="Steps between evaluations; 0 disables the hook.")
-    datasets: list[DatasetSpec] = Field(default_factory=list, description="Splits to classify (evaluate config).")
+    datasets: list[EvalDataset] = Field(default_factory=list, description="Splits to classify (evaluate config).")
     modes: list[Mode] = Field(default_factory=lambda: ["global"], min_length=1)
 
 

@@ -1,0 +1,89 @@
+"""`image_folder`: image files in a folder, captions from an optional CSV.
+
+Rows point at the files (`image_uri`, absolute path) instead of copying their bytes, so the annotations
+reference the same files. The evaluator reads the same kind as class folders: `path/<class>/<images>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import Field
+
+from grainclip.config.base import ConfigError
+from grainclip.sources.base import ClassFolderRows, Source
+
+if TYPE_CHECKING:
+    import ray.data
+
+IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+
+
+class ImageFolderSource(Source):
+    """A folder of image files, optionally with a captions CSV.
+
+    The CSV has a `file_name` column (path relative to `path`, as in Hugging Face's imagefolder metadata), a
+    `caption` column and optionally `image_id` (default: the file name). Without a CSV every image file
+    under `path` is read, captions empty.
+    """
+
+    kind: Literal["image_folder"]
+    path: str
+    captions_csv: str | None = None
+    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+
+    path_fields: ClassVar[tuple[str, ...]] = ("path", "captions_csv")
+
+    def image_files(self) -> list[Path]:
+        """Every image file under the folder (hidden ones skipped), relative to it, sorted."""
+        root = Path(self.path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.path}")
+        suffixes = {e.lower() for e in self.extensions}
+        files = sorted(
+            Path(d, f).relative_to(root)
+            for d, _, names in os.walk(root)
+            for f in names
+            if Path(f).suffix.lower() in suffixes and not f.startswith(".")
+        )
+        if not files:
+            raise FileNotFoundError(f"no image files with extensions {sorted(suffixes)} under {self.path}")
+        return files
+
+    def rows(self) -> list[dict]:
+        """One row per image: listed from the captions CSV, or every image file under the folder."""
+        root = Path(self.path).resolve()
+        if self.captions_csv is None:
+            return [{"image_id": str(f), "image_uri": str(root / f), "caption": None} for f in self.image_files()]
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.path}")
+        try:
+            # A crawl's CSV may hold a line in another encoding: undecodable bytes become U+FFFD, not an error.
+            with open(self.captions_csv, newline="", encoding="utf-8", errors="replace") as handle:
+                reader = csv.DictReader(handle)
+                missing = {"file_name", "caption"} - set(reader.fieldnames or [])
+                if missing:
+                    raise ConfigError(
+                        f"captions CSV {self.captions_csv} lacks column(s) {sorted(missing)} (has {reader.fieldnames})"
+                    )
+                return [
+                    {
+                        "image_id": row.get("image_id") or row["file_name"],
+                        "image_uri": str(root / row["file_name"]),
+                        "caption": row["caption"] or None,
+                    }
+                    for row in reader
+                ]
+        except FileNotFoundError:
+            raise FileNotFoundError(f"captions CSV not found: {self.captions_csv}") from None
+
+    def read(self) -> ray.data.Dataset:
+        import ray.data
+
+        return ray.data.from_items(self.rows())
+
+    def local_rows(self) -> ClassFolderRows:
+        return ClassFolderRows(Path(self.path), self.image_files())
