@@ -63,3 +63,12 @@ def test_bad_configs_give_readable_errors(tmp_path, text, expected):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml", Outer)
+
+
+def test_enumeration_matcher_with_too_many_queries_is_a_readable_error(tmp_path):
+    from grainclip.config.train import TrainConfig
+
+    text = "data: {train: x}\nloss: {matcher: enumerate}\ndecoder: {region_queries: 9}\n"
+    with pytest.raises(ConfigError, match="loss.matcher 'enumerate' scores every assignment, at most 8 region queries"):
+        load_config(write(tmp_path, text), TrainConfig)
+    assert load_config(write(tmp_path, "data: {train: x}\nloss: {matcher: enumerate}\n"), TrainConfig).loss.matcher == "enumerate"

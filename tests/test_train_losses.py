@@ -21,7 +21,7 @@ from grainclip.train.losses import (
     global_target_count,
     region_description_loss,
 )
-from grainclip.train.matcher import HungarianMatcher
+from grainclip.train.matcher import EnumerationMatcher, HungarianMatcher
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +96,51 @@ def test_matcher_finds_the_optimal_assignment(seed):
         cost = matcher.cost(pred[b], target[b, real]).numpy()
         chosen = matcher.cost(pred[b, rows], target[b, cols]).diagonal().sum().item()
         assert chosen == pytest.approx(brute_force_cost(cost), abs=1e-4)
+
+
+def random_boxes(rng: np.random.Generator, batch: int, queries: int, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Q, 4) predicted cxcywh and (B, R, 4) target xyxy boxes inside the unit square."""
+    centre, size = rng.uniform(0.2, 0.8, (batch, queries, 2)), rng.uniform(0.05, 0.4, (batch, queries, 2))
+    corner = rng.uniform(0.0, 0.5, (batch, slots, 2))
+    target = np.concatenate([corner, corner + rng.uniform(0.05, 0.5, (batch, slots, 2))], -1)
+    return torch.tensor(np.concatenate([centre, size], -1), dtype=torch.float32), torch.tensor(target, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("queries", "slots"), [(5, 5), (5, 3), (8, 8), (6, 4), (1, 1)])
+def test_enumeration_matcher_equals_scipy_assignment_cost(queries, slots):
+    rng = np.random.default_rng(queries * 10 + slots)
+    batch = 16
+    pred, target = random_boxes(rng, batch, queries, slots)
+    mask = torch.tensor(rng.random((batch, slots)) < 0.7)
+    mask[0], mask[1] = True, False  # one image with every slot real, one with no target at all
+    hungarian, enumeration = HungarianMatcher(), EnumerationMatcher()
+    for b, ((rows, cols), (ref_rows, ref_cols)) in enumerate(
+        zip(enumeration(pred, target, mask), hungarian(pred, target, mask), strict=True)
+    ):
+        assert cols.tolist() == mask[b].nonzero().squeeze(1).tolist()  # every real slot once, in slot order
+        assert len(set(rows.tolist())) == len(rows) and all(0 <= q < queries for q in rows.tolist())
+        chosen = hungarian.cost(pred[b, rows], target[b, cols]).diagonal().sum().item()
+        reference = hungarian.cost(pred[b, ref_rows], target[b, ref_cols]).diagonal().sum().item()
+        assert chosen == pytest.approx(reference, abs=1e-5)
+
+
+def test_enumeration_matcher_refuses_more_slots_than_queries():
+    pred, target = random_boxes(np.random.default_rng(0), 2, 3, 4)
+    with pytest.raises(ValueError, match="target slots"):
+        EnumerationMatcher()(pred, target, torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_criterion_with_enumeration_matcher_gives_the_same_losses_and_gradients():
+    assert isinstance(GrainCriterion(LossConfig(matcher="enumerate"), "grain").matcher, EnumerationMatcher)
+    inputs = _criterion_inputs(seed=3)
+    parts, grads, table_grad = _loss_and_grads(inputs, slice(None))
+    enum_parts, enum_grads, enum_table_grad = _loss_and_grads(inputs, slice(None), LossConfig(matcher="enumerate"))
+    assert parts["box"] > 0 and parts["region"] > 0
+    for key, value in parts.items():
+        assert enum_parts[key] == pytest.approx(value, abs=1e-5), key
+    for key, grad in grads.items():
+        assert torch.allclose(enum_grads[key], grad, atol=1e-6), key
+    assert torch.allclose(enum_table_grad, table_grad, atol=1e-6)
 
 
 def test_matcher_cost_is_5_l1_minus_2_giou():
@@ -215,7 +260,7 @@ def _criterion_inputs(seed: int = 0):
     }
 
 
-def _loss_and_grads(inputs, rows: slice):
+def _loss_and_grads(inputs, rows: slice, config: LossConfig | None = None):
     leaves = {k: inputs[k][rows].clone().requires_grad_() for k in ("image", "caption", "region", "pred")}
     table = inputs["description_table"].clone().requires_grad_()
     mask = inputs["box_mask"][rows]
@@ -236,7 +281,7 @@ def _loss_and_grads(inputs, rows: slice):
         "description_ids": ids,
         "unique_description_ids": unique_ids,
     }
-    parts = GrainCriterion(LossConfig(), "grain")(out, batch)
+    parts = GrainCriterion(config or LossConfig(), "grain")(out, batch)
     parts["total"].backward()
     return {k: v.item() for k, v in parts.items()}, {k: v.grad for k, v in leaves.items()}, table.grad
 

@@ -24,7 +24,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from grainclip.config.train import LossConfig
 from grainclip.train import distributed
-from grainclip.train.matcher import HungarianMatcher, Match
+from grainclip.train.matcher import EnumerationMatcher, HungarianMatcher, Match
 
 
 def contrastive_loss(
@@ -137,7 +137,8 @@ class GrainCriterion:
     def __init__(self, config: LossConfig, mode: str) -> None:
         self.config = config
         self.mode = mode
-        self.matcher = HungarianMatcher(config.match_l1_cost, config.match_giou_cost)
+        matcher = EnumerationMatcher if config.matcher == "enumerate" else HungarianMatcher
+        self.matcher = matcher(config.match_l1_cost, config.match_giou_cost)
 
     def __call__(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.config

@@ -16,6 +16,8 @@ from pydantic import Field, model_validator
 from grainclip.config.base import ConfigModel
 from grainclip.config.evaluate import EvalDataset, Mode
 
+MAX_ENUMERATED_QUERIES = 8  # 8! = 40320 assignments per image: the most the enumeration matcher scores
+
 
 class BackboneConfig(ConfigModel):
     """The open_clip model both modes train: a built-in config name, a config JSON file, or a local-dir folder."""
@@ -64,6 +66,11 @@ class LossConfig(ConfigModel):
     box_giou_weight: float = Field(1.0, ge=0.0)
     match_l1_cost: float = Field(5.0, ge=0.0, description="Hungarian cost = l1·L1 + giou·(-GIoU); no class cost.")
     match_giou_cost: float = Field(2.0, ge=0.0)
+    matcher: Literal["hungarian", "enumerate"] = Field(
+        "hungarian",
+        description="hungarian: scipy per image on the host; enumerate: the same minimum-cost assignment found "
+        f"on the model's device by scoring every assignment (region_queries <= {MAX_ENUMERATED_QUERIES}).",
+    )
     multi_positive_captions: bool = Field(
         True, description="Identical caption strings in the global batch count as positives of each other."
     )
@@ -147,5 +154,10 @@ class TrainConfig(ConfigModel):
             raise ValueError(
                 f"data.max_regions ({self.data.max_regions}) must not exceed decoder.region_queries "
                 f"({self.decoder.region_queries}): each target box needs a query to match it"
+            )
+        if self.loss.matcher == "enumerate" and self.decoder.region_queries > MAX_ENUMERATED_QUERIES:
+            raise ValueError(
+                f"loss.matcher 'enumerate' scores every assignment, at most {MAX_ENUMERATED_QUERIES} region "
+                f"queries (got {self.decoder.region_queries}); use loss.matcher 'hungarian'"
             )
         return self

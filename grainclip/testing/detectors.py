@@ -15,22 +15,13 @@ GROUNDING_DINO_QUERIES = 20
 OWLV2_TEXT_LENGTH = 16
 
 
-def build_grounding_dino(out: Path, seed: int, final: Path) -> None:
+def grounding_dino_config(tokenizer):
     """Swin (embed 16, one block per stage) + 1-layer BERT (hidden 32) + d_model 64, 20 queries.
 
     d_model 32 fails in GroupNorm and a single decoder layer fails at init (transformers 5.19), hence 64 and 2.
     """
-    import torch
-    from transformers import (
-        BertConfig,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
+    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
 
-    tokenizer = build_bert_tokenizer()
     backbone = SwinConfig(
         image_size=IMAGE_SIZE,
         embed_dim=16,
@@ -47,7 +38,7 @@ def build_grounding_dino(out: Path, seed: int, final: Path) -> None:
         intermediate_size=64,
         max_position_embeddings=tokenizer.model_max_length,
     )
-    config = GroundingDinoConfig(
+    return GroundingDinoConfig(
         backbone_config=backbone,
         text_config=text,
         d_model=64,
@@ -60,19 +51,24 @@ def build_grounding_dino(out: Path, seed: int, final: Path) -> None:
         num_queries=GROUNDING_DINO_QUERIES,
         max_text_len=tokenizer.model_max_length,
     )
+
+
+def build_grounding_dino(out: Path, seed: int, final: Path) -> None:
+    import torch
+    from transformers import GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor
+
+    tokenizer = build_bert_tokenizer()
     torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
+    model = GroundingDinoForObjectDetection(grounding_dino_config(tokenizer)).eval()
     model.save_pretrained(out)
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": IMAGE_SIZE, "longest_edge": 2 * IMAGE_SIZE})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
 
-def build_owlv2(out: Path, seed: int, final: Path) -> None:
+def owlv2_config(tokenizer):
     """2-layer CLIP-like text and vision towers (width 32, 64-px images, patch 16 -> 16 boxes per image)."""
-    import torch
-    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+    from transformers import Owlv2Config
 
-    tokenizer = build_clip_tokenizer(model_max_length=OWLV2_TEXT_LENGTH)
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": 32,
@@ -92,9 +88,16 @@ def build_owlv2(out: Path, seed: int, final: Path) -> None:
         "image_size": IMAGE_SIZE,
         "patch_size": 16,
     }
-    config = Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+    return Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+
+
+def build_owlv2(out: Path, seed: int, final: Path) -> None:
+    import torch
+    from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    tokenizer = build_clip_tokenizer(model_max_length=OWLV2_TEXT_LENGTH)
     torch.manual_seed(seed)
-    model = Owlv2ForObjectDetection(config).eval()
+    model = Owlv2ForObjectDetection(owlv2_config(tokenizer)).eval()
     model.save_pretrained(out)
     image_processor = Owlv2ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
