@@ -131,7 +131,7 @@ class Headline:
 
     @classmethod
     def of(cls, top1: dict[tuple[str, str, str], float], grounding: dict[tuple[str, str], float]) -> Headline:
-        novel_mode = max(("global", "global+descriptors"), key=lambda mode: top1.get(("clip", "test_novel", mode), -1.0))
+        novel_mode = max(("global", "global+descriptors"), key=lambda m: top1.get(("clip", "test_novel", m), -1.0))
         return cls(top1.get(("grain", "test_seen", "grain")), top1.get(("clip", "test_seen", "global")),
                    top1.get(("grain", "test_novel", "grain")), top1.get(("clip", "test_novel", novel_mode)), novel_mode,
                    grounding.get(("grain", "test_seen")))
@@ -166,7 +166,8 @@ def targets(headline: Headline) -> list[Target]:
     return [
         Target(f"GRAIN seen-class top-1 (grain scoring) >= CLIP global top-1 - {100 * SEEN_MARGIN:g} points",
                headline.grain_seen, seen_bar),
-        Target(f"GRAIN novel-class top-1 (grain scoring) >= {100 * NOVEL_TARGET:g}%", headline.grain_novel, NOVEL_TARGET),
+        Target(f"GRAIN novel-class top-1 (grain scoring) >= {100 * NOVEL_TARGET:g}%", headline.grain_novel,
+               NOVEL_TARGET),
         Target(f"grounding recall@IoU0.5 of GRAIN's boxes on test_seen >= {GROUNDING_TARGET:g}",
                headline.grounding, GROUNDING_TARGET, percent=False),
     ]
@@ -304,8 +305,8 @@ def write_report(settings: QuickstartSettings, annotation: Any, results: dict[st
     lines += ["", "Chance is 1/18 per split; a model that only sees which colours are present is capped at 1/3 on "
               "novel classes. Full results, plots and region grids: [evaluate/results.md](evaluate/results.md).", "",
               "## Grounding", "",
-              "Recall@IoU0.5: for each test image and annotated part description, the predicted region that matches the "
-              "description best counts as found if its box overlaps the part's true box with IoU >= 0.5.", "",
+              "Recall@IoU0.5: for each test image and annotated part description, the predicted region that matches "
+              "the description best counts as found if its box overlaps the part's true box with IoU >= 0.5.", "",
               "| model | split | recall@IoU0.5 |", "|---|---|---|"]
     lines += [f"| {model} | {split} | {recall:.2f} |" for (model, split), recall in grounding.items()]
     grid = results.get("plots", {}).get("regions/grain/test_seen")

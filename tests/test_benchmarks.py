@@ -63,7 +63,8 @@ def synthetic_runs() -> list[dict]:
         for seed, (grain, clip_d, grain_d) in enumerate(per_seed):
             top1 = {f"{model}/test_seen/{mode}": 0.9 for model, mode in partsworld_novel.ROWS}
             top1 |= {f"{model}/test_novel/{mode}": 0.05 for model, mode in partsworld_novel.ROWS}
-            top1 |= {partsworld_novel.GRAIN_G: grain, partsworld_novel.CLIP_D: clip_d, partsworld_novel.GRAIN_D: grain_d}
+            top1 |= {partsworld_novel.GRAIN_G: grain, partsworld_novel.CLIP_D: clip_d,
+                     partsworld_novel.GRAIN_D: grain_d}
             runs.append({"seed": seed, "noise": noise, "seconds": 1.0, "top1": top1,
                          "grounding": {"grain/test_seen": 0.5 + 0.1 * seed, "grain/test_novel": 0.4}})
     return runs
@@ -90,7 +91,8 @@ def test_headline_figures_and_targets_from_the_moderate_runs():
 def test_tables_per_noise_level_and_the_sweep():
     text = partsworld_novel.markdown(synthetic_runs())
     tables = [line for line in text.splitlines() if line.startswith("Noise = ")]
-    assert tables == [f"Noise = {noise}: top-1 (%), mean ± std over seeds [0, 1, 2]." for noise in ("moderate", "clean", "heavy")]
+    assert tables == [f"Noise = {noise}: top-1 (%), mean ± std over seeds [0, 1, 2]."
+                      for noise in ("moderate", "clean", "heavy")]
     assert "| grain | grain | 90.0 ± 0.0 | 62.0 ± 10.0 |" in text  # moderate: 0.62, 0.72, 0.52
     assert "| grain | grain | 90.0 ± 0.0 | 75.0 ± 5.0 |" in text  # clean: 0.8, 0.7, 0.75
     assert "GRAIN grounding recall@IoU0.5 on test_seen: 0.60 ± 0.10." in text
@@ -113,11 +115,12 @@ def test_main_resumes_finished_runs_and_records_only_the_recorded_configuration(
     monkeypatch.setattr(figures, "FIGURES", tmp_path / "figures.json")
     write_finished_runs(tmp_path / "bench", synthetic_runs())
 
-    monkeypatch.setattr(sys, "argv", ["benchmarks/partsworld_novel.py", "--out", str(tmp_path / "bench"), "--seeds", "0"])
+    argv = ["benchmarks/partsworld_novel.py", "--out", str(tmp_path / "bench")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "0"])
     partsworld_novel.main()
     assert not (tmp_path / "figures.json").exists()  # one seed is a smoke run, not the benchmark
 
-    monkeypatch.setattr(sys, "argv", ["benchmarks/partsworld_novel.py", "--out", str(tmp_path / "bench")])
+    monkeypatch.setattr(sys, "argv", argv)
     partsworld_novel.main()
     printed = capsys.readouterr().out
     assert "| heavy | 3 |" in printed
@@ -125,6 +128,6 @@ def test_main_resumes_finished_runs_and_records_only_the_recorded_configuration(
     assert set(stored) == set(partsworld_novel.headline_figures(synthetic_runs()))
     assert stored["novel_grain_top1_min_seed"]["value"] == pytest.approx(0.52)
     assert stored["novel_grain_top1_mean"]["unit"] == "fraction"
-    assert stored["novel_grain_top1_mean"]["command"] == f"python benchmarks/partsworld_novel.py --out {tmp_path / 'bench'}"
+    assert stored["novel_grain_top1_mean"]["command"] == "python " + " ".join(argv)
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert len(results["runs"]) == 9 and {r["noise"] for r in results["runs"]} == set(partsworld_novel.NOISE)

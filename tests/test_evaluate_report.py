@@ -45,7 +45,8 @@ def test_region_grid_text_never_overlaps(n, regions):
     boxes = text_boxes(region_grid_figure(grid_items(n, regions), "grain on test_seen: predicted regions"))
     # suptitle + a title per image (+ a descriptor list per image with regions)
     assert len(boxes) == 1 + n + (n if regions else 0)
-    overlapping = [(a[:40], b[:40]) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)]
+    overlapping = [(a[:40], b[:40]) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2)
+                   if box_a.overlaps(box_b)]
     assert not overlapping
 
 

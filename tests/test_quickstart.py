@@ -52,7 +52,8 @@ def test_small_quickstart_writes_every_artefact(tmp_path):
 
     grounding = {tuple(key.split("/")): v for key, v in report["grounding_recall@iou0.5"].items()}
     assert set(grounding) == {("grain", "test_seen"), ("grain", "test_novel")}  # CLIP has no boxes to ground
-    assert report["verdict"] == verdict(Headline.of({tuple(k.split("/")): v for k, v in report["top1"].items()}, grounding))
+    top1 = {tuple(key.split("/")): v for key, v in report["top1"].items()}
+    assert report["verdict"] == verdict(Headline.of(top1, grounding))
     assert f"**{report['verdict']}**" in text
     assert [t["holds"] is not None for t in report["targets"]] == [True, True, True]
     assert "this run changed n=48, n_test=18, steps=3, batch_size=16" in text
@@ -69,7 +70,7 @@ def test_quickstart_refuses_bad_arguments(tmp_path):
 
 
 def results_with(top1: dict[str, float], recall: dict[str, float]) -> dict:
-    """An evaluate() result shaped as the evaluator writes it, from 'model/split/mode' -> top-1 and 'model/split' -> recall."""
+    """An evaluate() result as the evaluator shapes it: 'model/split/mode' -> top-1, 'model/split' -> recall."""
     runs = {}
     for key, value in top1.items():
         model, split, mode = key.split("/")
