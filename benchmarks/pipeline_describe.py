@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from figures import is_recorded_configuration, record  # noqa: E402
 
 
 def main() -> None:
@@ -154,6 +158,8 @@ def main() -> None:
     for name in ("text", "ids", "chat"):
         print(f"ratio stage / {labels[name]:25s}: best {best[name] / best['stage']:.3f}, "
               f"median {median[name] / median['stage']:.3f}" + ("  (target >= 0.9)" if name == "text" else ""))
+    if is_recorded_configuration(parser, args):
+        record("describe_vs_generate", best["text"] / best["stage"], "ratio")  # stage img/s over generate(text)'s, best
     describer.close()
 
 

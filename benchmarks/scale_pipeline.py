@@ -24,6 +24,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).parent))
+from figures import command_line  # noqa: E402
+
 
 class RssSampler(threading.Thread):
     """Peak RSS of this process and, per process, of its descendants (Ray's workers are among them).
@@ -63,7 +66,7 @@ def print_record(load_before: tuple[float, ...], **figures: object) -> None:
     """One JSON line: when and how it ran, the figures, and the load average around them (the machines are shared)."""
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "python " + " ".join(sys.argv),
+        "command": command_line(),
         **figures,
         "load_average_before": [round(x, 1) for x in load_before],
         "load_average_after": [round(x, 1) for x in os.getloadavg()],

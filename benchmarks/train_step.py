@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,9 @@ from grainclip.train.export import build_model
 from grainclip.train.losses import GrainCriterion
 from grainclip.train.optim import build_optimizer
 from grainclip.train.trainer import LocalBatches
+
+sys.path.insert(0, str(Path(__file__).parent))
+from figures import is_recorded_configuration, record  # noqa: E402
 
 MODELS = {
     "tiny": (
@@ -156,6 +160,8 @@ def main() -> None:
     print(f"GRAIN/CLIP  {grain_s / clip_s:.2f}x   (target <= 1.25x)")
     print(f"loader alone {loader_ips:8.1f} img/s vs GRAIN step consumption {step_ips:8.1f} img/s -> {loader_ips / step_ips:.2f}x")
     print(f"in a real loop: {100 * waited / total:.1f}% of wall time waiting for data")
+    if is_recorded_configuration(parser, args):
+        record("grain_vs_clip_step", grain_s / clip_s, "ratio")  # median GRAIN step time over CLIP's
 
 
 if __name__ == "__main__":

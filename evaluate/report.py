@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -140,42 +141,56 @@ def plot_alpha_sweep(results: dict[str, Any], path: Path, configured_alpha: floa
 
 
 def plot_region_grid(items: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Write `region_grid_figure` as a PNG."""
+    region_grid_figure(items, title).savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def region_grid_figure(items: list[dict[str, Any]], title: str) -> Any:
     """Images with their predicted regions; under each image, every region's best-matching descriptor and cosine.
 
     The descriptors are listed below the image, numbered like their boxes, rather than written on the boxes,
-    so overlapping regions stay readable.
+    so overlapping regions stay readable. The "compressed" layout places titles and descriptor lists around
+    the fixed-aspect images (tight_layout sized the cells before the images took their aspect, so a row's
+    titles ran into the lists of the row above); long descriptors are wrapped to the image's width.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     columns = min(4, len(items))
     rows = math.ceil(len(items) / columns)
-    most_regions = max(len(item["boxes"]) for item in items)
-    fig = Figure(figsize=(3.6 * columns, (3.9 + 0.16 * most_regions) * rows))
+    listings = [_region_lines(item) for item in items]
+    most_lines = max(len(lines) for lines in listings)
+    fig = Figure(figsize=(3.6 * columns, (4.0 + 0.16 * most_lines) * rows), layout="compressed")
+    fig.get_layout_engine().set(h_pad=0.1, w_pad=0.1)
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat[len(items):]:
         ax.axis("off")
-    for ax, item in zip(axes.flat, items):
+    for ax, item, lines in zip(axes.flat, items, listings):
         image = item["image"]
         ax.imshow(image)
         ax.set_xticks([])
         ax.set_yticks([])
         width, height = image.size
-        lines = []
-        for k, (box, text, sim) in enumerate(zip(item["boxes"], item["descriptors"], item["similarities"], strict=True)):
+        for k, (box, _) in enumerate(zip(item["boxes"], item["descriptors"], strict=True)):
             color = COLORS[k % len(COLORS)]
             x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
             ax.text(x1, y1, str(k + 1), color="white", fontsize=7, va="top", ha="left",
                     bbox={"facecolor": color, "pad": 1, "edgecolor": "none"}, clip_on=True)
-            lines.append(f"{k + 1}: {text}  (cos {sim:.2f})")
         ax.set_xlabel("\n".join(lines), fontsize=8, loc="left")
         verdict = "right" if item.get("prediction") == item.get("label") else "wrong"
         ax.set_title(f"true: {item.get('label')}\npredicted: {item.get('prediction')} ({verdict})", fontsize=9)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return fig
+
+
+def _region_lines(item: dict[str, Any], width: int = 48) -> list[str]:
+    """`k: descriptor  (cos s)` per region, wrapped at `width` characters (about an image's width at 8 pt)."""
+    lines = []
+    for k, (text, sim) in enumerate(zip(item["descriptors"], item["similarities"], strict=True)):
+        lines += textwrap.wrap(f"{k + 1}: {text}  (cos {sim:.2f})", width, subsequent_indent="    ") or [""]
+    return lines
 
 
 def _slug(text: str) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def evaluate_config(models: dict[str, Path], root: Path, out: Path, grid_images:
             "out": str(out),
             "models": [{"type": "checkpoint", "label": label, "path": str(path)} for label, path in models.items()],
             "datasets": [
-                {"name": split, "source": {"kind": "partsworld", "path": str(root), "split": split}} for split in SPLITS
+                {"name": split, "source": {"kind": "partsworld", "path": str(root), "split": split},
+                 "tasks": ["classification", "grounding"]}
+                for split in SPLITS
             ],
             "num_workers": 1,
             "grid_images": grid_images,
@@ -106,6 +109,93 @@ def top1_table(results: dict[str, Any]) -> dict[tuple[str, str, str], float]:
         for run in results["runs"]
         for row in run.get("classification", [])
     }
+
+
+def grounding_table(results: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """(model label, dataset) -> grounding recall@IoU0.5, for the runs that measured it (models with regions)."""
+    table = {}
+    for run in results["runs"]:
+        recall = run.get("grounding", {}).get("recall@iou0.5")
+        if recall is not None and math.isfinite(recall):  # NaN (or null in JSON): no description to ground
+            table[(run["model"], run["dataset"])] = recall
+    return table
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The numbers the verdict compares: GRAIN (grain scoring) against CLIP, and where GRAIN's boxes land."""
+
+    grain_seen: float | None
+    clip_seen: float | None  # CLIP's global top-1: the bar for seen classes
+    grain_novel: float | None
+    clip_novel: float | None  # CLIP's best scoring on novel classes
+    clip_novel_mode: str
+    grounding: float | None  # recall@IoU0.5 of GRAIN's boxes on test_seen
+
+    @classmethod
+    def of(cls, top1: dict[tuple[str, str, str], float], grounding: dict[tuple[str, str], float]) -> Headline:
+        novel_mode = max(("global", "global+descriptors"), key=lambda m: top1.get(("clip", "test_novel", m), -1.0))
+        return cls(top1.get(("grain", "test_seen", "grain")), top1.get(("clip", "test_seen", "global")),
+                   top1.get(("grain", "test_novel", "grain")), top1.get(("clip", "test_novel", novel_mode)), novel_mode,
+                   grounding.get(("grain", "test_seen")))
+
+
+@dataclass(frozen=True)
+class Target:
+    """One bar of the quickstart's targets, checked against this run's numbers."""
+
+    name: str
+    value: float | None
+    bar: float | None
+    percent: bool = True  # a top-1 fraction, shown in %; otherwise shown as a fraction
+
+    @property
+    def holds(self) -> bool | None:
+        return None if self.value is None or self.bar is None else self.value >= self.bar - 1e-9
+
+    def show(self, value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%" if self.percent else f"{value:.2f}"
+
+
+SEEN_MARGIN = 0.03  # GRAIN may trail CLIP's global top-1 on seen classes by this much and still win
+NOVEL_TARGET = 0.45
+GROUNDING_TARGET = 0.5
+HOLDS = {True: "yes", False: "**no**", None: "n/a"}
+
+
+def targets(headline: Headline) -> list[Target]:
+    """The quickstart's targets (for its default settings): recognition on seen and novel classes, and grounding."""
+    seen_bar = None if headline.clip_seen is None else headline.clip_seen - SEEN_MARGIN
+    return [
+        Target(f"GRAIN seen-class top-1 (grain scoring) >= CLIP global top-1 - {100 * SEEN_MARGIN:g} points",
+               headline.grain_seen, seen_bar),
+        Target(f"GRAIN novel-class top-1 (grain scoring) >= {100 * NOVEL_TARGET:g}%", headline.grain_novel,
+               NOVEL_TARGET),
+        Target(f"grounding recall@IoU0.5 of GRAIN's boxes on test_seen >= {GROUNDING_TARGET:g}",
+               headline.grounding, GROUNDING_TARGET, percent=False),
+    ]
+
+
+def verdict(headline: Headline) -> str:
+    """One sentence, computed from the numbers: GRAIN wins if it beats CLIP's best on novel classes while staying
+    within SEEN_MARGIN of CLIP on seen classes."""
+    h = headline
+    missing = [name for name, value in (("GRAIN seen", h.grain_seen), ("CLIP seen", h.clip_seen),
+                                        ("GRAIN novel", h.grain_novel), ("CLIP novel", h.clip_novel)) if value is None]
+    if missing:
+        return f"No verdict: this run has no top-1 for {', '.join(missing)}."
+    gap = h.grain_seen - h.clip_seen
+    seen_ok, novel_win = gap >= -SEEN_MARGIN - 1e-9, h.grain_novel > h.clip_novel
+    lead = {(True, True): "GRAIN wins", (True, False): "GRAIN wins on novel classes but loses on seen classes",
+            (False, True): "GRAIN does not beat CLIP on novel classes",
+            (False, False): "GRAIN loses on seen and novel classes"}[(novel_win, seen_ok)]
+    margin = f"the {100 * SEEN_MARGIN:g}-point margin"
+    seen_note = "level" if abs(gap) < 1e-9 else f"{100 * gap:.1f} points ahead" if gap > 0 else \
+        f"{-100 * gap:.1f} points behind, {'within' if seen_ok else 'outside'} {margin}"
+    grounding = "not measured" if h.grounding is None else f"{h.grounding:.2f}"
+    return (f"{lead}: novel classes {100 * h.grain_novel:.1f}% (grain scoring) vs {100 * h.clip_novel:.1f}% for CLIP "
+            f"{h.clip_novel_mode}, seen classes {100 * h.grain_seen:.1f}% vs {100 * h.clip_seen:.1f}% for CLIP "
+            f"global ({seen_note}); grounding recall@IoU0.5 of GRAIN's boxes on test_seen {grounding}.")
 
 
 def run_quickstart(settings: QuickstartSettings) -> Path:
@@ -183,13 +273,21 @@ def write_report(settings: QuickstartSettings, annotation: Any, results: dict[st
                  out: Path) -> Path:
     annotators = annotation.manifest.annotators
     simulated = [stage for stage in ("describer", "grounder") if annotators.get(stage, {}).get("simulated")]
-    top1 = top1_table(results)
+    top1, grounding = top1_table(results), grounding_table(results)
+    headline = Headline.of(top1, grounding)
+    checks = targets(headline)
     lines = [
         "# grainclip quickstart report",
         "",
         f"PartsWorld: {settings.n} training images of seen classes at {settings.image_size} px, {settings.n_test} "
         f"test images per split, seed {settings.seed}. Novel classes re-bind seen colours to other parts and their "
         "names never occur in training: they can only be recognised through their descriptors.",
+        "",
+        "## Verdict",
+        "",
+        f"**{verdict(headline)}**",
+        "",
+        *_targets_table(checks, _changed_settings(settings)),
         "",
         "## Annotation",
         f"Rows by status: {json.dumps(annotation.counts)} (run {annotation.run_id}).",
@@ -208,13 +306,41 @@ def write_report(settings: QuickstartSettings, annotation: Any, results: dict[st
                 lines.append(f"| {model} | {mode} | {100 * seen:.1f} | {'n/a' if novel is None else f'{100 * novel:.1f}'} |")
     lines += ["", "Chance is 1/18 per split; a model that only sees which colours are present is capped at 1/3 on "
               "novel classes. Full results, plots and region grids: [evaluate/results.md](evaluate/results.md).", "",
-              "## Time (s)", "", "| step | seconds |", "|---|---|"]
+              "## Grounding", "",
+              "Recall@IoU0.5: for each test image and annotated part description, the predicted region that matches "
+              "the description best counts as found if its box overlaps the part's true box with IoU >= 0.5.", "",
+              "| model | split | recall@IoU0.5 |", "|---|---|---|"]
+    lines += [f"| {model} | {split} | {recall:.2f} |" for (model, split), recall in grounding.items()]
+    grid = results.get("plots", {}).get("regions/grain/test_seen")
+    if grid:
+        lines += ["", f"![GRAIN's predicted regions on test_seen](evaluate/{grid})"]
+    lines += ["", "## Time (s)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(
-        {"top1": {"/".join(k): v for k, v in top1.items()}, "counts": annotation.counts, "timings": timings}, indent=1))
+        {"verdict": verdict(headline),
+         "targets": [{"target": t.name, "value": t.value, "bar": t.bar, "holds": t.holds} for t in checks],
+         "top1": {"/".join(k): v for k, v in top1.items()},
+         "grounding_recall@iou0.5": {"/".join(k): v for k, v in grounding.items()},
+         "counts": annotation.counts, "timings": timings}, indent=1))
     return path
+
+
+def _targets_table(checks: list[Target], changed: list[str]) -> list[str]:
+    held = sum(bool(t.holds) for t in checks)
+    lines = [f"Targets: {held} of {len(checks)} hold.", "", "| target | measured | bar | holds |", "|---|---|---|---|"]
+    for t in checks:
+        lines.append(f"| {t.name} | {t.show(t.value)} | {t.show(t.bar)} | {HOLDS[t.holds]} |")
+    if changed:
+        lines += ["", f"The targets are set for the default settings; this run changed {', '.join(changed)}."]
+    return lines
+
+
+def _changed_settings(settings: QuickstartSettings) -> list[str]:
+    """`name=value` for every setting (but the output folder) that differs from the quickstart's default."""
+    return [f"{f.name}={getattr(settings, f.name)}" for f in fields(settings)
+            if f.name != "out" and getattr(settings, f.name) != f.default]
 
 
 def register(app: typer.Typer) -> None:
