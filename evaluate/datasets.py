@@ -34,6 +34,7 @@ import torch.utils.data
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import DatasetSpec, ImageFolderDataset, PartsWorldDataset
 from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
+from grainclip.partsworld.generate import SPLITS as PARTSWORLD_SPLITS
 from grainclip.schema import parquet_files
 
 if TYPE_CHECKING:
@@ -364,7 +365,7 @@ def partsworld_split(spec: PartsWorldDataset) -> EvalSplit:
         class_lists = json.loads((root / "classes.json").read_text())
     except FileNotFoundError:
         raise ConfigError(f"dataset {spec.name!r}: {root / 'classes.json'} not found; is {root} a PartsWorld folder?") from None
-    key = spec.split.removeprefix("test_")
+    key = PARTSWORLD_SPLITS.get(spec.split) or spec.split.removeprefix("test_")  # split folder -> class list
     if key not in class_lists:
         raise ConfigError(f"dataset {spec.name!r}: classes.json has no {key!r} list (has {sorted(class_lists)})")
     entries = [(c, c) for c in class_lists[key]]

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BACKBONE = CONFIGS / "partsworld-vit.json"
 SPLITS = ("test_seen", "test_novel")
+VAL_SPLITS = ("val_seen", "val_novel")  # for choosing a recipe, alpha or a step count; SPLITS are for reporting
 
 
 @dataclass
@@ -69,14 +70,20 @@ def train_config(mode: str, data: Path, out: Path, steps: int, batch_size: int, 
     )
 
 
-def evaluate_config(models: dict[str, Path], root: Path, out: Path, grid_images: int = 6) -> Any:
+def evaluate_config(
+    models: dict[str, Path], root: Path, out: Path, grid_images: int = 6, splits: tuple[str, ...] = SPLITS
+) -> Any:
+    """Classification on every split, and grounding (do GRAIN's boxes sit on the described parts?) as well."""
     from grainclip.config.evaluate import EvaluateConfig
 
+    tasks = ["classification", "grounding"]
     return parse_config(
         {
             "out": str(out),
             "models": [{"type": "checkpoint", "label": label, "path": str(path)} for label, path in models.items()],
-            "datasets": [{"type": "partsworld", "name": split, "root": str(root), "split": split} for split in SPLITS],
+            "datasets": [
+                {"type": "partsworld", "name": split, "root": str(root), "split": split, "tasks": tasks} for split in splits
+            ],
             "num_workers": 1,
             "grid_images": grid_images,
             "progress": False,
