@@ -114,7 +114,7 @@ def test_overfits_32_partsworld_images_and_exports_a_loadable_model(clip_folder,
         images = torch.rand(2, 3, 64, 64)
         region = loaded.model.encode_regions(images, normalize=True)
         image = loaded.model.encode_image(images, normalize=True)
-    assert region.embeddings.shape == (2, 5, 32) and region.objectness is None
+    assert region.embeddings.shape == (2, 5, 32) and region.objectness.shape == (2, 5)  # objectness on by default
     assert torch.allclose(region.embeddings.norm(dim=-1), torch.ones(2, 5), atol=1e-5)
     # The evaluator takes the global embedding from the region pass instead of running the model twice.
     assert torch.allclose(region.image, image, atol=1e-6)
@@ -257,8 +257,8 @@ def test_cli_errors_are_one_line(clip_folder, tmp_path):
 
 
 def test_weight_decay_skips_norms_biases_embeddings_queries_and_logit_scale(clip_folder):
-    backbone = build_backbone(TrainConfig(data={"train": "x"}, backbone={"model": str(clip_folder)}).backbone)
-    model = build_model("grain", backbone.model, DecoderConfig(**TINY_DECODER), 32)
+    backbone_config = TrainConfig(data={"train": "x"}, backbone={"model": str(clip_folder)}).backbone
+    model = build_model("grain", build_backbone(backbone_config).model, DecoderConfig(**TINY_DECODER), 32)
     decay, no_decay = build_optimizer(model, OptimConfig(weight_decay=0.1)).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -266,9 +266,16 @@ def test_weight_decay_skips_norms_biases_embeddings_queries_and_logit_scale(clip
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"queries", "backbone.logit_scale", "backbone.token_embedding.weight", "backbone.positional_embedding",
             "backbone.visual.positional_embedding", "backbone.visual.class_embedding", "norm.weight",
-            "box_head.0.bias", "backbone.ln_final.weight"} <= skipped  # fmt: skip
-    assert {"memory_proj.weight", "region_proj.weight", "box_head.0.weight", "backbone.text_projection"} <= decayed
-    assert "backbone.visual.proj" not in decayed | skipped  # replaced by the global query, frozen
+            "box_head.0.bias", "backbone.ln_final.weight", "region_logit_scale"} <= skipped  # fmt: skip
+    assert {"memory_proj.weight", "roi_proj.weight", "box_head.0.weight", "backbone.text_projection",
+            "backbone.visual.proj"} <= decayed  # fmt: skip
+    # The paper's global query replaces (and freezes) open_clip's pooled projection; its regions use region_proj.
+    paper_decoder = DecoderConfig(**TINY_DECODER, global_embedding="query", region_embedding="query")
+    paper = build_model("grain", build_backbone(backbone_config).model, paper_decoder, 32)
+    decay, no_decay = build_optimizer(paper, OptimConfig(weight_decay=0.1)).param_groups
+    names = {id(p): n for n, p in paper.named_parameters()}
+    assert "region_proj.weight" in {names[id(p)] for p in decay["params"]}
+    assert "backbone.visual.proj" not in {names[id(p)] for p in decay["params"] + no_decay["params"]}  # frozen
 
 
 def test_warmup_then_cosine():
