@@ -114,7 +114,7 @@ def test_overfits_32_partsworld_images_and_exports_a_loadable_model(clip_folder,
         images = torch.rand(2, 3, 64, 64)
         region = loaded.model.encode_regions(images, normalize=True)
         image = loaded.model.encode_image(images, normalize=True)
-    assert region.embeddings.shape == (2, 5, 32) and region.objectness.shape == (2, 5)  # objectness on by default
+    assert region.embeddings.shape == (2, 5, 32) and region.objectness is None
     assert torch.allclose(region.embeddings.norm(dim=-1), torch.ones(2, 5), atol=1e-5)
     # The evaluator takes the global embedding from the region pass instead of running the model twice.
     assert torch.allclose(region.image, image, atol=1e-6)

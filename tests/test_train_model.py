@@ -118,7 +118,7 @@ def test_separate_region_temperature_drives_l_rd_only():
     "decoder",
     [
         {"region_embedding": "roi", "roi_train_boxes": "target", "region_temperature": "separate"},
-        {"region_embedding": "roi+query", "roi_train_boxes": "predicted", "global_embedding": "query"},
+        {"region_embedding": "roi+query", "roi_train_boxes": "predicted", "global_embedding": "query", "objectness": True},
     ],
 )
 def test_recipe_options_train_export_and_load_back(tiny_models, partsworld_small, tmp_path, decoder):
@@ -129,10 +129,12 @@ def test_recipe_options_train_export_and_load_back(tiny_models, partsworld_small
     })  # fmt: skip
     result = train(cfg)
     last = read_metrics(result.output_dir)[-1]
-    assert {"loss/region", "loss/objectness"} <= set(last) and all(v == v for v in last.values())  # no NaN
+    assert "loss/region" in last and ("loss/objectness" in last) == decoder.get("objectness", False)
+    assert all(v == v for v in last.values())  # no NaN
     loaded = load_model(result.checkpoint)
     assert loaded.model.config.region_embedding == decoder["region_embedding"]
     with torch.no_grad():
         regions = loaded.model.encode_regions(torch.rand(2, 3, 64, 64), normalize=True)
-    assert regions.embeddings.shape == (2, 5, 32) and regions.objectness.shape == (2, 5)
+    assert regions.embeddings.shape == (2, 5, 32)
+    assert (regions.objectness is not None) == decoder.get("objectness", False)
     assert torch.allclose(regions.embeddings.norm(dim=-1), torch.ones(2, 5), atol=1e-5)
