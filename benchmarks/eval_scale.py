@@ -39,7 +39,7 @@ def main() -> int:
         print(f"eval_scale: no trained model at {', '.join(missing)}; run grainclip quickstart first", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="eval-scale-"))
-    generate(work / "partsworld", n=8, n_test=args.n_test, seed=1, image_size=64)
+    generate(work / "partsworld", n=8, n_test=args.n_test, n_val=1, seed=1, image_size=64)
     config = evaluate_config(models, work / "partsworld", work / "eval", grid_images=0)
     config = config.model_copy(update={"num_workers": args.workers})
     load_before = os.getloadavg()

@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
-    generate(work / "pw", n=1, n_test=args.images, seed=0, image_size=args.image_size)
+    generate(work / "pw", n=1, n_test=args.images, n_val=1, seed=0, image_size=args.image_size)
     config = work / f"bench-{args.model}.json"
     config.write_text(json.dumps(MODELS[args.model]))
     torch.manual_seed(0)

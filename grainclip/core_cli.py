@@ -17,13 +17,16 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(1000, help="Number of training images (seen classes)."),
         seed: int = typer.Option(0, help="Random seed; output is deterministic per seed."),
         n_test: int | None = typer.Option(None, help="Images per test split (test_seen, test_novel); default n // 4."),
+        n_val: int | None = typer.Option(
+            None, help="Images per validation split (val_seen, val_novel; another seed); default n_test."
+        ),
         image_size: int = typer.Option(224, help="Image width and height in pixels."),
         shard_rows: int = typer.Option(1000, help="Rows per Parquet shard."),
     ) -> None:
         """Generate the built-in PartsWorld dataset (images, ground truth, class splits, descriptors)."""
         from grainclip.partsworld import generate
 
-        paths = generate(out, n=n, seed=seed, n_test=n_test, image_size=image_size, shard_rows=shard_rows)
+        paths = generate(out, n=n, seed=seed, n_test=n_test, image_size=image_size, shard_rows=shard_rows, n_val=n_val)
         typer.echo(f"wrote PartsWorld to {paths.root}")
 
     @app.command()

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 BACKBONE = CONFIGS / "partsworld-vit.json"
 SPLITS = ("test_seen", "test_novel")
+VAL_SPLITS = ("val_seen", "val_novel")  # for choosing a recipe, alpha or a step count; SPLITS are for reporting
+# grain = alpha * global + (1 - alpha) * region for this small recipe: the alpha of the sweep with the best mean
+# of val_seen and val_novel top-1 (benchmarks/grain_ablation.py, RESULTS.md "GRAIN recipe ablation").
+GRAIN_ALPHA = 0.1
 
 
 @dataclass
@@ -48,7 +52,9 @@ def train_config(mode: str, data: Path, out: Path, steps: int, batch_size: int, 
     """The small-model recipe shared by the quickstart and benchmarks/partsworld_novel.py.
 
     A 4-layer ViT on 64-px inputs with a 2-layer decoder; sin-cos memory positions stay on (docs/design.md:
-    box regression did not start without them on small models).
+    box regression did not start without them on small models). GRAIN's recipe options (pooled global
+    embedding, teacher-forced RoI region embeddings, separate L_rd temperature) are TrainConfig's
+    defaults, chosen on PartsWorld's validation splits by benchmarks/grain_ablation.py.
     """
     from grainclip.config.train import TrainConfig
 
@@ -70,18 +76,25 @@ def train_config(mode: str, data: Path, out: Path, steps: int, batch_size: int, 
     )
 
 
-def evaluate_config(models: dict[str, Path], root: Path, out: Path, grid_images: int = 6) -> Any:
+def evaluate_config(
+    models: dict[str, Path], root: Path, out: Path, grid_images: int = 6, splits: tuple[str, ...] = SPLITS
+) -> Any:
+    """Classification on every split, and grounding (do GRAIN's boxes sit on the described parts?) as well.
+
+    grain scoring mixes global and region scores with GRAIN_ALPHA, chosen on the validation splits.
+    """
     from grainclip.config.evaluate import EvaluateConfig
 
+    tasks = ["classification", "grounding"]
     return parse_config(
         {
             "out": str(out),
             "models": [{"type": "checkpoint", "label": label, "path": str(path)} for label, path in models.items()],
             "datasets": [
-                {"name": split, "source": {"kind": "partsworld", "path": str(root), "split": split},
-                 "tasks": ["classification", "grounding"]}
-                for split in SPLITS
+                {"name": split, "source": {"kind": "partsworld", "path": str(root), "split": split}, "tasks": tasks}
+                for split in splits
             ],
+            "scoring": {"alpha": GRAIN_ALPHA},
             "num_workers": 1,
             "grid_images": grid_images,
             "progress": False,

@@ -21,6 +21,7 @@ from grainclip.config.base import ConfigError
 from grainclip.partsworld import (
     PALETTE,
     SPLITS,
+    VAL_SPLITS,
     PartsWorldPaths,
     generate,
     load_classes,
@@ -135,7 +136,8 @@ def test_layout_contracts_and_truth_content(partsworld_small):
     classes, descriptors = load_classes(partsworld_small), load_descriptors(partsworld_small)
     manifest = json.loads(paths.manifest.read_text())
     assert manifest["seed"] == 0 and manifest["image_size"] == 64
-    assert manifest["counts"] == {"train": 64, "test_seen": 32, "test_novel": 32}
+    assert manifest["counts"] == {"train": 64, "test_seen": 32, "test_novel": 32, "val_seen": 32, "val_novel": 32}
+    assert manifest["val_seed"] == 1
     ids = []
     for split, class_split in SPLITS.items():
         images_file, truth_file = paths.images(split) / "part-00000.parquet", paths.truth(split) / "part-00000.parquet"
@@ -169,6 +171,27 @@ def test_novel_names_never_appear_in_training_data(partsworld_small):
         text = json.dumps(table.to_pylist())
         assert not pattern.search(text), f"novel class name in {folder}: {pattern.search(text).group(0)}"
     assert pattern.search(json.dumps(pq.read_table(paths.truth("test_novel")).column("class_name").to_pylist()))
+
+
+def test_validation_splits_come_from_another_seed_and_leave_the_test_splits_unchanged(tmp_path):
+    """Tuning on val_* must never see a test image: val images are new, and adding them changed no test image."""
+    root = generate(tmp_path / "pw", n=8, n_test=6, n_val=9, seed=5, image_size=40).root
+    shifted = generate(tmp_path / "shifted", n=8, n_test=6, n_val=9, seed=6, image_size=40).root
+    images = {split: truth_rows(root, split) for split in SPLITS}
+    assert [len(images[split]) for split in VAL_SPLITS] == [9, 9]
+    for val, test in (("val_seen", "test_seen"), ("val_novel", "test_novel")):
+        assert {row["class_name"] for row in images[val]} <= set(load_classes(root)[SPLITS[val]])
+        assert SPLITS[val] == SPLITS[test]
+    pixels = [row["image"] for rows in images.values() for row in rows]
+    assert len(pixels) == len(set(pixels)), "a validation image repeats another split's image"
+    # Another dataset seed's test splits (seed + 1, which the validation splits of seed 5 also build on) share
+    # no image with seed 5's validation splits either.
+    other = {row["image"] for split in SPLITS for row in truth_rows(shifted, split)}
+    assert not other & {row["image"] for split in VAL_SPLITS for row in images[split]}
+    # The test and training images do not depend on whether or how many validation images exist.
+    fewer = generate(tmp_path / "fewer", n=8, n_test=6, n_val=1, seed=5, image_size=40).root
+    for split in ("train", "test_seen", "test_novel"):
+        assert [row["image"] for row in truth_rows(fewer, split)] == [row["image"] for row in images[split]]
 
 
 def test_readable_without_grainclip(partsworld_small):
@@ -215,7 +238,7 @@ def test_regenerating_replaces_shards_and_foreign_directories_are_refused(tmp_pa
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
         generate(tmp_path / "other", n=2, seed=0)
-    for bad in (dict(n=0), dict(n=3, n_test=0), dict(n=3, image_size=8)):
+    for bad in (dict(n=0), dict(n=3, n_test=0), dict(n=3, n_val=0), dict(n=3, image_size=8)):
         with pytest.raises(ConfigError):
             generate(tmp_path / "bad", seed=0, **bad)
 
@@ -229,7 +252,8 @@ def test_cli_synth_writes_a_dataset(tmp_path):
     out = tmp_path / "pw"
     result = CliRunner().invoke(app, ["synth", "--out", str(out), "--n", "6", "--n-test", "3", "--seed", "2", "--image-size", "40"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "manifest.json").read_text())["counts"] == {"train": 6, "test_seen": 3, "test_novel": 3}
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts == {"train": 6, "test_seen": 3, "test_novel": 3, "val_seen": 3, "val_novel": 3}
     assert Image.open(io.BytesIO(truth_rows(out, "train")[0]["image"])).size == (40, 40)
 
 

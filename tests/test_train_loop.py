@@ -257,8 +257,8 @@ def test_cli_errors_are_one_line(clip_folder, tmp_path):
 
 
 def test_weight_decay_skips_norms_biases_embeddings_queries_and_logit_scale(clip_folder):
-    backbone = build_backbone(TrainConfig(data={"train": "x"}, backbone={"model": str(clip_folder)}).backbone)
-    model = build_model("grain", backbone.model, DecoderConfig(**TINY_DECODER), 32)
+    backbone_config = TrainConfig(data={"train": "x"}, backbone={"model": str(clip_folder)}).backbone
+    model = build_model("grain", build_backbone(backbone_config).model, DecoderConfig(**TINY_DECODER), 32)
     decay, no_decay = build_optimizer(model, OptimConfig(weight_decay=0.1)).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -266,9 +266,16 @@ def test_weight_decay_skips_norms_biases_embeddings_queries_and_logit_scale(clip
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"queries", "backbone.logit_scale", "backbone.token_embedding.weight", "backbone.positional_embedding",
             "backbone.visual.positional_embedding", "backbone.visual.class_embedding", "norm.weight",
-            "box_head.0.bias", "backbone.ln_final.weight"} <= skipped  # fmt: skip
-    assert {"memory_proj.weight", "region_proj.weight", "box_head.0.weight", "backbone.text_projection"} <= decayed
-    assert "backbone.visual.proj" not in decayed | skipped  # replaced by the global query, frozen
+            "box_head.0.bias", "backbone.ln_final.weight", "region_logit_scale"} <= skipped  # fmt: skip
+    assert {"memory_proj.weight", "roi_proj.weight", "box_head.0.weight", "backbone.text_projection",
+            "backbone.visual.proj"} <= decayed  # fmt: skip
+    # The paper's global query replaces (and freezes) open_clip's pooled projection; its regions use region_proj.
+    paper_decoder = DecoderConfig(**TINY_DECODER, global_embedding="query", region_embedding="query")
+    paper = build_model("grain", build_backbone(backbone_config).model, paper_decoder, 32)
+    decay, no_decay = build_optimizer(paper, OptimConfig(weight_decay=0.1)).param_groups
+    names = {id(p): n for n, p in paper.named_parameters()}
+    assert "region_proj.weight" in {names[id(p)] for p in decay["params"]}
+    assert "backbone.visual.proj" not in {names[id(p)] for p in decay["params"] + no_decay["params"]}  # frozen
 
 
 def test_warmup_then_cosine():

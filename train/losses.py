@@ -123,6 +123,26 @@ def region_description_loss(
     return loss * distributed.world_size() / num_targets + anchor
 
 
+def matched_region_embeds(out: dict[str, torch.Tensor], matches: list[Match]) -> tuple[torch.Tensor, list[Match]]:
+    """The region embeddings L_rd scores, and the matches that index them.
+
+    Usually the queries' own embeddings (B, Q, D) with the Hungarian matches. With RoI teacher forcing the
+    model pooled one embedding per TARGET slot (B, R, D); a target's embedding is then that pooled one plus,
+    for `roi+query`, the projection of the query matched to it, and each target is matched to its own slot.
+    """
+    if "target_roi_embeds" not in out:
+        return out["region_embeds"], matches
+    embeds = out["target_roi_embeds"]
+    query = out.get("region_query_embeds")
+    if query is not None:
+        images = torch.cat([torch.full_like(pred, b) for b, (pred, _) in enumerate(matches)])
+        pred_idx = torch.cat([pred for pred, _ in matches])
+        target_idx = torch.cat([target for _, target in matches])
+        aligned = torch.zeros_like(embeds).index_put((images, target_idx), query[images, pred_idx])
+        embeds = embeds + aligned
+    return F.normalize(embeds, dim=-1), [(target, target) for _, target in matches]
+
+
 def objectness_loss(objectness_logits: torch.Tensor, matches: list[Match]) -> torch.Tensor:
     """BCE: matched region queries are objects, the rest are not; mean over queries (equal on every rank)."""
     target = torch.zeros_like(objectness_logits)
@@ -151,14 +171,15 @@ class GrainCriterion:
             num_targets = global_target_count(mask)
             losses["box_l1"], losses["box_giou"] = box_loss(out["boxes"], batch["boxes"], matches, num_targets)
             losses["box"] = cfg.box_l1_weight * losses["box_l1"] + cfg.box_giou_weight * losses["box_giou"]
+            region_embeds, region_matches = matched_region_embeds(out, matches)
             losses["region"] = region_description_loss(
-                out["region_embeds"],
-                matches,
+                region_embeds,
+                region_matches,
                 batch["description_ids"],
                 out["description_embeds"],
                 batch["unique_description_ids"],
                 capacity=mask.numel(),
-                logit_scale=out["logit_scale"],
+                logit_scale=out.get("region_logit_scale", out["logit_scale"]),
                 num_targets=num_targets,
             )
             total = total + cfg.box_weight * losses["box"] + cfg.region_weight * losses["region"]

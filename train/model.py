@@ -5,23 +5,32 @@ MLP, sigmoid cxcywh) and a region embedding; the global query's embedding is the
 captions and zero-shot classification. `ClipModel` is the plain open_clip baseline behind the same
 interface, so both modes share one training loop.
 
+Options beyond the paper (DecoderConfig): the image embedding may instead be the backbone's pooled
+projection (`global_embedding: pooled`), and a region's embedding may be pooled by RoIAlign from the patch
+tokens inside its box (`region_embedding: roi` / `roi+query`), from the matched target box during training
+(`roi_train_boxes: target`, teacher forcing) and from the predicted box at inference.
+
 Both models return everything the losses need from ONE `forward` call: DistributedDataParallel only
 synchronises gradients of work done inside `forward`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from open_clip.pos_embed import get_2d_sincos_pos_embed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, roi_align
 
 from grainclip.config.base import ConfigError
 from grainclip.config.train import DecoderConfig
 from grainclip.model_api import RegionOutput
 from grainclip.train.backbone import visual_token_width
+
+MAX_REGION_LOGIT_SCALE = 100.0  # the separate L_rd temperature is bounded like CLIP's (1 / 0.01)
 
 
 class ClipModel(nn.Module):
@@ -47,7 +56,11 @@ class ClipModel(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     def forward(
-        self, images: torch.Tensor, caption_tokens: torch.Tensor, description_tokens: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        caption_tokens: torch.Tensor,
+        description_tokens: torch.Tensor | None = None,
+        target_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         return {
             "image_embeds": self.encode_image(images, normalize=True),
@@ -74,13 +87,16 @@ class GrainModel(ClipModel):
         visual = backbone.visual
         token_width = visual_token_width(backbone)
         visual.output_tokens = True
-        if visual.proj is not None:
+
+        d = config.d_model
+        self.config = config
+        self.region_queries = config.region_queries
+        self.global_query = config.global_embedding == "query"
+        if self.global_query and visual.proj is not None:
             # The global query replaces open_clip's pooled projection; a frozen parameter is also one that
             # DDP does not wait for a gradient on.
             visual.proj.requires_grad_(False)
-
-        d = config.d_model
-        self.region_queries = config.region_queries
+        self.grid_size = tuple(visual.grid_size)
         self.memory_proj = nn.Linear(token_width, d)
         if config.memory_position == "sincos":
             if d % 4:
@@ -92,7 +108,7 @@ class GrainModel(ClipModel):
             self.register_buffer("memory_position", position, persistent=False)
         else:
             self.memory_position = None
-        self.queries = nn.Parameter(torch.randn(config.region_queries + 1, d) * 0.02)
+        self.queries = nn.Parameter(torch.randn(config.region_queries + int(self.global_query), d) * 0.02)
         self.layers = nn.ModuleList(
             nn.TransformerDecoderLayer(
                 d, config.heads, config.ffn_dim, config.dropout, activation="gelu", batch_first=True, norm_first=True
@@ -101,18 +117,24 @@ class GrainModel(ClipModel):
         )
         self.norm = nn.LayerNorm(d)
         self.box_head = BoxHead(d)
-        self.region_proj = nn.Linear(d, embed_dim)
-        self.global_proj = nn.Linear(d, embed_dim)
+        uses_query = config.region_embedding in ("query", "roi+query")
+        uses_roi = config.region_embedding in ("roi", "roi+query")
+        self.region_proj = nn.Linear(d, embed_dim) if uses_query else None
+        self.roi_proj = nn.Linear(token_width * config.roi_size**2, embed_dim) if uses_roi else None
+        self.global_proj = nn.Linear(d, embed_dim) if self.global_query else None
         self.objectness_head = nn.Linear(d, 1) if config.objectness else None
+        self.region_logit_scale = (
+            nn.Parameter(torch.full((), math.log(1 / 0.07))) if config.region_temperature == "separate" else None
+        )
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         super().set_grad_checkpointing(enable)
         self.grad_checkpointing = enable
 
-    def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder outputs for (region queries (B, Q, d), global query (B, d))."""
-        _, tokens = self.backbone.visual(images)
+    def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(region query outputs (B, Q, d), image embedding (B, D) unnormalised, patch tokens (B, N, width))."""
+        pooled, tokens = self.backbone.visual(images)
         memory = self.memory_proj(tokens)
         if self.memory_position is not None:
             memory = memory + self.memory_position.to(memory.dtype)
@@ -123,37 +145,74 @@ class GrainModel(ClipModel):
             else:
                 x = layer(x, memory)
         x = self.norm(x)
-        return x[:, : self.region_queries], x[:, self.region_queries]
+        image = self.global_proj(x[:, self.region_queries]) if self.global_proj is not None else pooled
+        return x[:, : self.region_queries], image, tokens
+
+    def roi_embeddings(self, tokens: torch.Tensor, boxes_xyxy: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) unnormalised: RoIAlign of the (B, N, width) patch grid inside (B, K, 4) normalised boxes."""
+        batch, count = boxes_xyxy.shape[:2]
+        grid_h, grid_w = self.grid_size
+        grid = tokens.transpose(1, 2).reshape(batch, tokens.shape[2], grid_h, grid_w)
+        scale = boxes_xyxy.new_tensor([grid_w, grid_h, grid_w, grid_h])
+        rois = list((boxes_xyxy.detach() * scale).to(grid.dtype).unbind(0))
+        pooled = roi_align(grid, rois, self.config.roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return self.roi_proj(pooled.flatten(1)).view(batch, count, -1)
+
+    def region_embeddings(self, regions: torch.Tensor, tokens: torch.Tensor, boxes_xyxy: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D) unnormalised region embeddings of the queries, pooled (if RoI) from their own boxes."""
+        embeds = self.region_proj(regions) if self.region_proj is not None else 0.0
+        if self.roi_proj is not None:
+            embeds = embeds + self.roi_embeddings(tokens, boxes_xyxy)
+        return embeds
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        embeds = self.global_proj(self.decode(images)[1])
+        # The pooled projection needs no decoder pass (visual returns (pooled, tokens) with output_tokens).
+        embeds = self.backbone.visual(images)[0] if not self.global_query else self.decode(images)[1]
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def encode_regions(self, images: torch.Tensor, normalize: bool = False) -> RegionOutput:
-        regions, global_query = self.decode(images)
-        embeds, image = self.region_proj(regions), self.global_proj(global_query)
+        regions, image, tokens = self.decode(images)
+        boxes = box_convert(self.box_head(regions), "cxcywh", "xyxy")
+        embeds = self.region_embeddings(regions, tokens, boxes)
         objectness = self.objectness_head(regions).squeeze(-1).sigmoid() if self.objectness_head else None
         return RegionOutput(
             embeddings=F.normalize(embeds, dim=-1) if normalize else embeds,
-            boxes=box_convert(self.box_head(regions), "cxcywh", "xyxy"),
+            boxes=boxes,
             objectness=objectness,
             image=F.normalize(image, dim=-1) if normalize else image,
         )
 
     def forward(
-        self, images: torch.Tensor, caption_tokens: torch.Tensor, description_tokens: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        caption_tokens: torch.Tensor,
+        description_tokens: torch.Tensor | None = None,
+        target_boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        regions, global_query = self.decode(images)
+        """`target_boxes` (B, R, 4) normalised xyxy: with RoI embeddings and teacher forcing, the regions'
+        pooled embeddings come from these (`target_roi_embeds`, aligned with the target slots)."""
+        regions, image, tokens = self.decode(images)
         # Captions and descriptions go through the text tower in one call: one larger batch is cheaper.
         texts = caption_tokens if description_tokens is None else torch.cat([caption_tokens, description_tokens])
         text_embeds = self.encode_text(texts, normalize=True)
+        boxes = self.box_head(regions)  # normalised cxcywh
         out = {
-            "image_embeds": F.normalize(self.global_proj(global_query), dim=-1),
+            "image_embeds": F.normalize(image, dim=-1),
             "caption_embeds": text_embeds[: len(caption_tokens)],
-            "region_embeds": F.normalize(self.region_proj(regions), dim=-1),
-            "boxes": self.box_head(regions),  # normalised cxcywh
+            "boxes": boxes,
             "logit_scale": self.logit_scale.exp(),
         }
+        teacher_forced = self.roi_proj is not None and self.config.roi_train_boxes == "target" and target_boxes is not None
+        if teacher_forced:
+            # The criterion pairs each target's pooled embedding with its matched query's projection (roi+query).
+            out["target_roi_embeds"] = self.roi_embeddings(tokens, target_boxes)
+            if self.region_proj is not None:
+                out["region_query_embeds"] = self.region_proj(regions)
+        else:
+            embeds = self.region_embeddings(regions, tokens, box_convert(boxes, "cxcywh", "xyxy"))
+            out["region_embeds"] = F.normalize(embeds, dim=-1)
+        if self.region_logit_scale is not None:
+            out["region_logit_scale"] = self.region_logit_scale.exp().clamp(max=MAX_REGION_LOGIT_SCALE)
         if description_tokens is not None:
             out["description_embeds"] = text_embeds[len(caption_tokens) :]
         if self.objectness_head is not None:

@@ -191,7 +191,9 @@ def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext) -> TrainResult
                 sync = contextlib.nullcontext() if last_micro or not hasattr(train_model, "no_sync") else train_model.no_sync()
                 with sync:
                     with torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        out = train_model(batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"))
+                        out = train_model(
+                            batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"), batch.get("boxes")
+                        )
                         parts = criterion(out, batch)
                     (parts["total"] / cfg.optim.grad_accum_steps).backward()
                 for key, value in parts.items():

@@ -45,7 +45,33 @@ class DecoderConfig(ConfigModel):
     objectness: bool = Field(
         False,
         description="Extra head scoring each region query as matched or not, trained with BCE, so unmatched "
-        "queries can be ignored at zero-shot time (RegionOutput.objectness). Off = the paper.",
+        "queries can be ignored at zero-shot time (RegionOutput.objectness). Off = the paper; also measured "
+        "better off with RoI region embeddings (PartsWorld validation ablation: the threshold dropped real parts).",
+    )
+    global_embedding: Literal["query", "pooled"] = Field(
+        "pooled",
+        description="Where the image embedding comes from: 'query' = the decoder's global query (the paper); "
+        "'pooled' = the backbone's own pooled-token projection, as in CLIP, so the caption loss trains the "
+        "backbone as directly as the CLIP baseline's does (the decoder then has region queries only).",
+    )
+    region_embedding: Literal["query", "roi", "roi+query"] = Field(
+        "roi",
+        description="Where a region's embedding comes from: 'query' = the decoder query's output (the paper; it "
+        "attends to the whole image, so it can carry context from outside its box); 'roi' = RoIAlign of the "
+        "backbone's patch-token grid inside the region's box, projected (only what lies inside the box); "
+        "'roi+query' = the sum of both projections.",
+    )
+    roi_size: int = Field(2, gt=0, description="RoIAlign output is roi_size x roi_size cells, flattened.")
+    roi_train_boxes: Literal["target", "predicted"] = Field(
+        "target",
+        description="Boxes the RoI embedding pools from during training: 'target' = each matched target box "
+        "(teacher forcing: L_rd learns from the right pixels before the boxes are good); 'predicted' = the "
+        "query's own box, detached. Zero-shot inference always uses predicted boxes.",
+    )
+    region_temperature: Literal["shared", "separate"] = Field(
+        "separate",
+        description="'separate': L_rd has its own learnable logit scale (region-vs-description similarities "
+        "spread differently from image-vs-caption ones); 'shared' uses the caption loss's (the paper).",
     )
 
     @model_validator(mode="after")

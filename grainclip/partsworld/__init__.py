@@ -5,7 +5,7 @@ pattern on its body; position, size, facing, pose, body colour, background and c
 NOVEL classes put the same colours on different parts than the SEEN classes (see `classes` for the
 construction and the guarantees), so telling them apart needs attributes bound to regions.
 
-    generate(out_dir, n, seed, n_test=None, image_size=224)  -> PartsWorldPaths   (the dataset on disk)
+    generate(out_dir, n, seed, n_test=None, image_size=224, n_val=None) -> PartsWorldPaths (the dataset on disk)
     load_classes(dir), load_descriptors(dir)                                      (its JSON files)
     make_scene(class_name, seed).render(width, height)       -> (PIL image, [(descriptor, box)])
 """
@@ -13,6 +13,7 @@ construction and the guarantees), so telling them apart needs attributes bound t
 from grainclip.partsworld.classes import CATALOGUE, COLOURS, PALETTE, PARTS, PATTERNS, CreatureClass
 from grainclip.partsworld.generate import (
     SPLITS,
+    VAL_SPLITS,
     PartsWorldPaths,
     alt_text,
     generate,
@@ -29,6 +30,7 @@ __all__ = [
     "PARTS",
     "PATTERNS",
     "SPLITS",
+    "VAL_SPLITS",
     "CreatureClass",
     "PartsWorldPaths",
     "Scene",

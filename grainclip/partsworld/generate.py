@@ -2,10 +2,14 @@
 
 Every image has its own random generator seeded from (seed, split, index), so an image does not depend on
 how many others are generated or how they are sharded, and the same seed gives identical Parquet content.
-Classes are balanced within each split. Output layout:
+Classes are balanced within each split. Output layout (SPLIT: train, test_seen, test_novel, val_seen, val_novel):
 
-    DIR/{train,test_seen,test_novel}/images/part-NNNNN.parquet   images schema + class_name
-    DIR/{train,test_seen,test_novel}/truth/part-NNNNN.parquet    annotations schema + class_name
+    DIR/SPLIT/images/part-NNNNN.parquet   images schema + class_name
+    DIR/SPLIT/truth/part-NNNNN.parquet    annotations schema + class_name
+
+The validation splits exist so that recipes, alpha and step counts are chosen without looking at the test
+splits. Their images come from another seed (seed + VAL_SEED_OFFSET) as well as from their own split codes,
+so a validation image never repeats a test or training image, whatever seeds two datasets were made with.
     DIR/classes.json, DIR/descriptors.json, DIR/manifest.json
 """
 
@@ -33,8 +37,16 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
 TRUTH_RUN_ID = "partsworld-truth"
-SPLITS: dict[str, str] = {"train": "seen", "test_seen": "seen", "test_novel": "novel"}  # split -> class split
-_SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # part of each image's seed: never reorder
+SPLITS: dict[str, str] = {  # split -> class split
+    "train": "seen",
+    "test_seen": "seen",
+    "test_novel": "novel",
+    "val_seen": "seen",
+    "val_novel": "novel",
+}
+_SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}  # part of each image's seed: append only
+VAL_SPLITS = ("val_seen", "val_novel")
+VAL_SEED_OFFSET = 1  # validation splits draw from seed + 1 (and their own split codes)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
 
 
@@ -80,17 +92,20 @@ def generate(
     n_test: int | None = None,
     image_size: int = 224,
     shard_rows: int = 1000,
+    n_val: int | None = None,
 ) -> PartsWorldPaths:
-    """Generate `n` training images of seen classes and `n_test` (default n // 4) per test split.
+    """Generate `n` training images of seen classes, `n_test` (default n // 4) per test split and `n_val`
+    (default n_test) per validation split.
 
     Raises ConfigError for impossible arguments and for an `out_dir` holding something other than PartsWorld.
     Re-generating into an existing PartsWorld directory replaces its shards.
     """
     n_test = max(1, n // 4) if n_test is None else n_test
-    _check_arguments(n, n_test, image_size, shard_rows)
+    n_val = n_test if n_val is None else n_val
+    _check_arguments(n, n_test, n_val, image_size, shard_rows)
     paths = PartsWorldPaths.at(out_dir)
     _prepare_directory(paths)
-    counts = {"train": n, "test_seen": n_test, "test_novel": n_test}
+    counts = {"train": n, "test_seen": n_test, "test_novel": n_test, "val_seen": n_val, "val_novel": n_val}
     timings: dict[str, float] = {}
     for split, count in counts.items():
         started = time.perf_counter()
@@ -111,6 +126,7 @@ def generate(
             "generator_version": GENERATOR_VERSION,
             "grainclip_version": grainclip.__version__,
             "seed": seed,
+            "val_seed": seed + VAL_SEED_OFFSET,
             "image_size": image_size,
             "shard_rows": shard_rows,
             "counts": counts,
@@ -121,11 +137,13 @@ def generate(
     return paths
 
 
-def _check_arguments(n: int, n_test: int, image_size: int, shard_rows: int) -> None:
+def _check_arguments(n: int, n_test: int, n_val: int, image_size: int, shard_rows: int) -> None:
     if n < 1:
         raise ConfigError(f"n (number of training images) must be at least 1, got {n}")
     if n_test < 1:
         raise ConfigError(f"n_test (images per test split) must be at least 1, got {n_test}")
+    if n_val < 1:
+        raise ConfigError(f"n_val (images per validation split) must be at least 1, got {n_val}")
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise ConfigError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {image_size}")
     if shard_rows < 1:
@@ -151,10 +169,15 @@ def _chunks(indices: range, size: int) -> Iterator[range]:
         yield indices[start : start + size]
 
 
+def split_seed(split: str, seed: int) -> list[int]:
+    """The generator seed of a split: (dataset seed, split code), the seed offset for validation splits."""
+    return [seed + VAL_SEED_OFFSET if split in VAL_SPLITS else seed, _SPLIT_CODES[split]]
+
+
 def class_labels(split: str, count: int, seed: int) -> list[CreatureClass]:
     """Balanced class assignment for a split: each class appears count // k or count // k + 1 times."""
     classes = [CATALOGUE.by_name[name] for name in CATALOGUE.names(SPLITS[split])]
-    order = np.random.default_rng([seed, _SPLIT_CODES[split]]).permutation(np.resize(np.arange(len(classes)), count))
+    order = np.random.default_rng(split_seed(split, seed)).permutation(np.resize(np.arange(len(classes)), count))
     return [classes[i] for i in order]
 
 
@@ -165,7 +188,7 @@ def _shard_tables(
     columns: dict[str, list] = {key: [] for key in keys}
     for index in rows:
         creature = labels[index]
-        scene = sample_scene(np.random.default_rng([seed, _SPLIT_CODES[split], index]), creature)
+        scene = sample_scene(np.random.default_rng([*split_seed(split, seed), index]), creature)
         image, regions = scene.render(image_size, image_size)
         columns["image_id"].append(f"pw-{split}-{index:06d}")
         columns["image"].append(_png(image))
