@@ -463,7 +463,7 @@ def evaluate_section(run: Run) -> dict:
     config = EvaluateConfig.model_validate({
         "out": str(run.work / "evaluate"),
         "models": [{"type": "checkpoint", "label": mode, "path": str(path)} for mode, path in models.items()],
-        "datasets": [{"type": "partsworld", "name": "test_seen", "root": str(data(run)), "split": "test_seen",
+        "datasets": [{"name": "test_seen", "source": {"kind": "partsworld", "path": str(data(run)), "split": "test_seen"},
                       "tasks": ["classification", "grounding"]}],
         "batch_size": run.args.eval_batch, "num_workers": run.args.workers, "grid_images": 0, "progress": False,
     })  # fmt: skip
