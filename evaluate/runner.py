@@ -8,7 +8,6 @@ pixels. Class text is encoded once per model and text set (class_text's cache).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from grainclip.config.evaluate import MODES, EvaluateConfig, ScoringConfig
+from grainclip.devices import autocast, resolve_device
 from grainclip.evaluate import class_text, scoring
 from grainclip.evaluate.accumulators import (
     Accumulator,
@@ -34,7 +34,7 @@ from grainclip.evaluate.accumulators import (
 )
 from grainclip.evaluate.datasets import EvalSplit, collate, load_split
 from grainclip.evaluate.geometry import input_window
-from grainclip.evaluate.models import has_regions, load_model, resolve_device
+from grainclip.evaluate.models import has_regions, load_model
 from grainclip.model_api import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class SplitPass:
         )
         batches = math.ceil(self.split.size / self.settings.batch_size)
         start = time.perf_counter()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), autocast(self.device, self.settings.precision):
             for batch in tqdm(loader, total=batches, desc=f"{self.loaded.name} on {self.split.name}", disable=not self.settings.progress, leave=False):
                 self.errors += batch["errors"]
                 if batch["pixels"] is not None:
@@ -138,10 +138,6 @@ class SplitPass:
                         accumulator.add(batch, outputs)
         elapsed = time.perf_counter() - start
         return float(self.done.sum() / elapsed) if elapsed > 0 else float("nan")
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        bf16 = self.settings.precision == "bf16" or (self.settings.precision == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def _outputs(self, batch: dict[str, Any]) -> BatchOutputs:
         """One model pass over the batch: the global embeddings, and the regions when a task reads them."""

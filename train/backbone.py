@@ -40,24 +40,26 @@ class Backbone:
         return int(size if isinstance(size, int) else size[0])
 
 
-def resolve_model_name(model: str) -> str:
-    """The name open_clip's factory understands for `model` (registering a JSON config if needed)."""
+def resolve_model_name(model: str, field: str = "backbone.model") -> str:
+    """The name open_clip's factory understands for `model` (registering a JSON config if needed).
+
+    The trainer's backbone and the evaluator's plain open_clip models both resolve here; `field` names the
+    config entry in the error messages.
+    """
     path = Path(model).expanduser()
     if path.suffix == ".json":
         if not path.is_file():
-            raise ConfigError(f"backbone.model: open_clip config file not found: {path}")
+            raise ConfigError(f"{field}: open_clip config file not found: {path}")
         open_clip.add_model_config(path)
         if open_clip.get_model_config(path.stem) is None:
-            raise ConfigError(f"backbone.model: {path} is not an open_clip config (needs embed_dim, vision_cfg, text_cfg)")
+            raise ConfigError(f"{field}: {path} is not an open_clip config (needs embed_dim, vision_cfg, text_cfg)")
         return path.stem
     if path.is_dir():
         if not (path / OPEN_CLIP_CONFIG).is_file():
-            raise ConfigError(f"backbone.model: folder {path} has no {OPEN_CLIP_CONFIG}")
+            raise ConfigError(f"{field}: folder {path} has no {OPEN_CLIP_CONFIG}")
         return f"{LOCAL_DIR}{path}"
     if open_clip.get_model_config(model) is None:
-        raise ConfigError(
-            f"backbone.model: {model!r} is neither an open_clip config name nor an existing JSON file or folder"
-        )
+        raise ConfigError(f"{field}: {model!r} is neither an open_clip config name nor an existing JSON file or folder")
     return model
 
 

@@ -16,20 +16,13 @@ from pydantic import Field
 from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
 from grainclip.config.annotate import DescriberConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
+from grainclip.devices import resolve_device
 
 
 class HFOptions(ConfigModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', ...")
     dtype: str = Field("auto", description="torch dtype name, or 'auto' (the checkpoint's own).")
     trust_remote_code: bool = False
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class HFDescriber(ChatDescriber):

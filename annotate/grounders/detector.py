@@ -17,15 +17,8 @@ from grainclip.annotate.image_prep import fit_within
 from grainclip.annotate.types import Grounding, GroundRequest
 from grainclip.config.annotate import GrounderConfig
 from grainclip.config.base import ConfigError
+from grainclip.devices import resolve_device
 from grainclip.schema import Status
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class DetectorGrounder(Grounder):
@@ -75,7 +68,7 @@ class DetectorGrounder(Grounder):
         return {
             **super().info(),
             "model": self.model_id,
-            "device": self.device,
+            "device": str(self.device),
             "max_image_side": self.config.max_image_side,
         }
 

@@ -66,7 +66,7 @@ class GroundingDinoPyGrounder(PhraseGrounder):
         self.config_file = self.options.config_file or _single(folder, "*.py", "config_file")
         self.checkpoint = self.options.checkpoint or _single(folder, "*.pth", "checkpoint")
         args = SLConfig.fromfile(str(self.config_file))
-        args.device = self.device
+        args.device = str(self.device)
         if self.options.text_encoder:
             args.text_encoder_type = self.options.text_encoder
         model = build_model(args)
