@@ -32,8 +32,9 @@ def main() -> int:
     from grainclip.evaluate import evaluate
     from grainclip.partsworld import generate
     from grainclip.pipelines.quickstart import evaluate_config
+    from grainclip.train.layout import exported_model_dir
 
-    models = {mode: args.run / mode / "model" for mode in ("grain", "clip")}
+    models = {mode: exported_model_dir(args.run / mode) for mode in ("grain", "clip")}
     missing = [str(path) for path in models.values() if not path.exists()]
     if missing:
         print(f"eval_scale: no trained model at {', '.join(missing)}; run grainclip quickstart first", file=sys.stderr)

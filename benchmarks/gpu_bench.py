@@ -35,7 +35,6 @@ so a CPU run proves every code path before GPU time is spent.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from grainclip.devices import autocast
 
 # Dense bf16 tensor-core peaks in TFLOP/s: NVIDIA's datasheet figures "with sparsity" halved (H100/H200 SXM
 # 1979 -> 989.5, H100/H200 NVL 1671 -> 835.5, H100 PCIe 1513 -> 756.5), A100 312. Most specific name first.
@@ -103,10 +104,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 # ------------------------------------------------------------------------------------------------ the data
 def data(run: Run) -> Path:
     """A PartsWorld set at the backbone's resolution: train split for the steps, test_seen for the evaluator."""
@@ -144,7 +141,7 @@ class Stepper:
 
     def __init__(self, run: Run, cfg, compile: bool = False) -> None:
         from grainclip.train.backbone import build_backbone
-        from grainclip.train.export import build_model
+        from grainclip.train.model import build_model
         from grainclip.train.losses import GrainCriterion
         from grainclip.train.optim import build_optimizer
 
@@ -170,7 +167,7 @@ class Stepper:
         return now
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with autocast(self.device):
+        with autocast(self.device, "bf16"):
             out = self.forward(batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"))
             return self.criterion(out, batch)
 
@@ -189,7 +186,6 @@ class Stepper:
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """The trainer's own loader (Parquet -> decode -> resize -> tokenise in workers), moved to the device."""
-        from grainclip.train.data import prepare_batch
         from grainclip.train.trainer import LocalBatches
 
         pp = self.backbone.preprocess_cfg
@@ -197,7 +193,7 @@ class Stepper:
         std = torch.tensor(pp["std"], device=self.device).view(1, 3, 1, 1)
         loader = LocalBatches(self.cfg, self.backbone, None)
         while True:
-            yield prepare_batch(next(loader), self.device, mean, std)
+            yield next(loader).to_device(self.device, mean, std)
 
     def flops(self, batch: dict[str, torch.Tensor]) -> int:
         """FLOPs of forward + losses + backward of one step, counted by torch (the optimizer's are negligible)."""

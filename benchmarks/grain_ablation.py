@@ -93,7 +93,7 @@ def run_variant(args: argparse.Namespace, name: str, overrides: dict[str, Any], 
     started = time.perf_counter()
     trained = train(config)
     train_seconds = time.perf_counter() - started
-    results = evaluate(evaluate_config({mode: trained.checkpoint}, root, work / "eval", grid_images=4, splits=VAL_SPLITS))
+    results = evaluate(evaluate_config({mode: trained.model_dir}, root, work / "eval", grid_images=4, splits=VAL_SPLITS))
     curve = [json.loads(line) for line in (work / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     result: dict[str, Any] = {"name": name, "mode": mode, "overrides": overrides, "steps": steps,
                               "train_seconds": round(train_seconds, 1),

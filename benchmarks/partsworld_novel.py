@@ -92,7 +92,7 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str) -> dict:
     models = {}
     for mode in MODES:
         config = train_config(mode, annotations, work / mode, args.steps, args.batch_size, seed, lr=args.lr)
-        models[mode] = train(config).checkpoint
+        models[mode] = train(config).model_dir
     results = evaluate(evaluate_config(models, root, work / "eval", grid_images=4))
     elapsed = time.perf_counter() - started
     log.info("seed %d noise %s done in %.0f s", seed, noise, elapsed)

@@ -49,9 +49,9 @@ def main() -> int:
     load_before = os.getloadavg()
     batches = LocalBatches(cfg, backbone, None)
     first = next(batches)
-    seen, started = first["image"].shape[0], time.perf_counter()
+    seen, started = first.size, time.perf_counter()
     while seen < args.images:
-        seen += next(batches)["image"].shape[0]
+        seen += next(batches).size
     seconds = time.perf_counter() - started
     sampler.stop.set()
     sampler.join()
@@ -62,7 +62,7 @@ def main() -> int:
         input_size=backbone.image_size,
         batch=args.batch,
         workers=args.workers,
-        images_per_s=round((seen - first["image"].shape[0]) / seconds, 1),
+        images_per_s=round((seen - first.size) / seconds, 1),
         main_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         worker_peak_rss_mib=sorted(round(r / mib, 1) for r, _ in sampler.peak.values()),
     )  # fmt: skip

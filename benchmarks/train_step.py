@@ -31,8 +31,8 @@ import torch
 from grainclip.config.train import TrainConfig
 from grainclip.partsworld import generate
 from grainclip.train.backbone import build_backbone
-from grainclip.train.data import prepare_batch
-from grainclip.train.export import build_model
+from grainclip.train.model import build_model
+from grainclip.train.batch import TrainBatch
 from grainclip.train.losses import GrainCriterion
 from grainclip.train.optim import build_optimizer
 from grainclip.train.trainer import LocalBatches
@@ -86,7 +86,7 @@ class Stepper:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.criterion = GrainCriterion(cfg.loss, cfg.mode)
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
+    def step(self, batch: TrainBatch) -> float:
         out = self.model(batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"))
         loss = self.criterion(out, batch)["total"]
         loss.backward()
@@ -116,7 +116,7 @@ def main() -> None:
         mean, std = torch.tensor(pp["mean"]).view(1, 3, 1, 1), torch.tensor(pp["std"]).view(1, 3, 1, 1)
 
         loader = LocalBatches(grain_cfg, grain.backbone, None)
-        batches = [prepare_batch(next(loader), torch.device("cpu"), mean, std) for _ in range(args.steps + 1)]
+        batches = [next(loader).to_device(torch.device("cpu"), mean, std) for _ in range(args.steps + 1)]
         del loader
 
         # Step times, modes alternating over the same prepared batches.
@@ -143,11 +143,11 @@ def main() -> None:
         # Real loop, fresh loader feeding GRAIN steps: the share of wall time spent waiting for a batch.
         loader = LocalBatches(grain_cfg, grain.backbone, None)
         for _ in range(max(args.workers, 1)):
-            grain.step(prepare_batch(next(loader), torch.device("cpu"), mean, std))
+            grain.step(next(loader).to_device(torch.device("cpu"), mean, std))
         waited = total = 0.0
         for _ in range(args.steps):
             t0 = time.perf_counter()
-            batch = prepare_batch(next(loader), torch.device("cpu"), mean, std)
+            batch = next(loader).to_device(torch.device("cpu"), mean, std)
             t1 = time.perf_counter()
             grain.step(batch)
             waited += t1 - t0

@@ -12,6 +12,7 @@ import typer
 
 from grainclip import core_cli
 from grainclip.evaluate import cli as evaluate_cli
+from grainclip.evaluate.hook import zero_shot_hook
 from grainclip.pipelines import cli as pipelines_cli
 from grainclip.pipelines import quickstart
 from grainclip.train import cli as train_cli
@@ -37,7 +38,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 core_cli.register(app)
 pipelines_cli.register(app)
 quickstart.register(app)
-train_cli.register(app)
+train_cli.register(app, make_eval_hook=zero_shot_hook)  # train must not import evaluate: the hook comes in
 evaluate_cli.register(app)
 
 

@@ -218,6 +218,8 @@ def run_quickstart(settings: QuickstartSettings) -> Path:
     from grainclip.pipelines import run_pipeline
     from grainclip.show import show
     from grainclip.train import train
+    from grainclip.train.layout import exported_model_dir, is_exported
+    from grainclip.train.metrics import METRICS_FILE
 
     out, timings = settings.out, {}
     data = out / "partsworld"
@@ -236,14 +238,14 @@ def run_quickstart(settings: QuickstartSettings) -> Path:
     models, curves = {}, {}
     for index, mode in enumerate(("grain", "clip"), start=3):
         step = time.perf_counter()
-        model_dir = out / mode
-        if (model_dir / "model").exists():
-            log.info("[%d/5] %s already trained: %s", index, mode, model_dir / "model")
+        run_dir = out / mode
+        if is_exported(run_dir):
+            log.info("[%d/5] %s already trained: %s", index, mode, exported_model_dir(run_dir))
         else:
             log.info("[%d/5] training %s for %d steps", index, mode, settings.steps)
-            train(train_config(mode, annotation.annotations, model_dir, settings.steps, settings.batch_size, settings.seed))
-        models[mode] = model_dir / "model"
-        curves[mode] = model_dir / "metrics.jsonl"
+            train(train_config(mode, annotation.annotations, run_dir, settings.steps, settings.batch_size, settings.seed))
+        models[mode] = exported_model_dir(run_dir)
+        curves[mode] = run_dir / METRICS_FILE
         timings[f"train_{mode}"] = time.perf_counter() - step
 
     log.info("[5/5] evaluating both models on seen and novel classes")

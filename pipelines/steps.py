@@ -27,10 +27,10 @@ from grainclip.config.base import ConfigError, parse_config, set_dotted
 from grainclip.config.pipeline import EvaluateStep, PipelineConfig, TrainStep
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.rundir import RunDir
+from grainclip.train.layout import exported_model_dir, is_exported
 
 log = logging.getLogger(__name__)
 
-TRAINED_MODEL = "model/grain_model.json"  # what grainclip.train exports last (grainclip.train.export)
 EVALUATION_RESULTS = "results.json"  # what grainclip.evaluate writes last
 
 
@@ -78,7 +78,7 @@ class StepPlan:
 
     @property
     def model_dir(self) -> Path:
-        return Path(self.train.output_dir) / Path(TRAINED_MODEL).parent
+        return exported_model_dir(self.train.output_dir)
 
     @property
     def min_cpus(self) -> int:
@@ -109,8 +109,7 @@ def plan_steps(config: PipelineConfig, run: RunDir) -> StepPlan | None:
 def run_steps(plan: StepPlan, manifest: RunManifest, run: RunDir) -> dict[str, str]:
     """Run (or skip) the planned steps; records and returns step -> outcome. Ray must be initialised."""
     manifest.steps = {}
-    trained = Path(plan.train.output_dir) / TRAINED_MODEL
-    skipped = f"skipped: {plan.model_dir} exists" if trained.exists() else None
+    skipped = f"skipped: {plan.model_dir} exists" if is_exported(plan.train.output_dir) else None
     _step("train", skipped, lambda: _train(plan.train), manifest, run)
     if plan.evaluate is not None:
         results = Path(plan.evaluate.out) / EVALUATION_RESULTS
@@ -135,11 +134,12 @@ def _step(name: str, skipped: str | None, execute, manifest: RunManifest, run: R
 def _train(cfg) -> str:
     import ray
 
+    from grainclip.evaluate.hook import zero_shot_hook
     from grainclip.train import train
 
     cfg = cfg.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address})
-    result = train(cfg)
-    return f"trained {result.steps} steps with Ray Train; model at {result.checkpoint}"
+    result = train(cfg, eval_hook=zero_shot_hook(cfg.eval))
+    return f"trained {result.steps} steps with Ray Train; model at {result.model_dir}"
 
 
 def _evaluate(cfg, step: EvaluateStep) -> str:

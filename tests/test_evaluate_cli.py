@@ -21,7 +21,8 @@ def models(tmp_path_factory):
 
     from grainclip.config.train import BackboneConfig, DecoderConfig
     from grainclip.train.backbone import build_backbone
-    from grainclip.train.export import build_model, export_model
+    from grainclip.train.export import export_model
+    from grainclip.train.model import build_model
 
     root = tmp_path_factory.mktemp("models")
     config = root / "cli-clip.json"

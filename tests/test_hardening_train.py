@@ -85,5 +85,5 @@ def test_a_kill_mid_checkpoint_write_leaves_the_previous_checkpoint_loadable(tin
     assert load_model(latest).kind == "grain"
 
     result = train(TrainConfig.model_validate(values), resume="latest")
-    assert [m["step"] for m in read_metrics(out)][-1] == 6 and load_model(result.checkpoint).kind == "grain"
+    assert [m["step"] for m in read_metrics(out)][-1] == 6 and load_model(result.model_dir).kind == "grain"
     assert not [p for p in root.iterdir() if p.name.startswith(".")], sorted(p.name for p in root.iterdir())

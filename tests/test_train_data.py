@@ -18,7 +18,7 @@ from grainclip.images import encode_image
 from grainclip.schema import conform, list_row_groups
 from grainclip.testing.corpus import write_bad_input_corpus
 from grainclip.train.data import EpochOrder, StreamPosition, make_loader
-from grainclip.train.samples import SampleBuilder, text_id
+from grainclip.train.samples import SampleBuilder, Skipped, text_id
 
 SIZE = 32
 
@@ -115,7 +115,7 @@ def test_caption_is_alt_text_or_llm_caption_half_the_time_and_reproducibly(token
     assert picks != [np.array_equal(builder(row, 1)["caption_tokens"], llm) for row in rows]  # new epoch, new draw
     only_alt = {**rows[0], "llm_caption": None}
     assert all(builder(only_alt, e)["caption_ids"] == text_id("a red box") for e in range(10))
-    assert builder({**rows[0], "llm_caption": " ", "caption": None}, 0) == "caption"
+    assert builder({**rows[0], "llm_caption": " ", "caption": None}, 0) == Skipped("caption")
     always_llm = builder_for(tokenizer, llm_caption_prob=1.0)
     assert all(always_llm(row, 0)["caption_ids"] == text_id("a red rectangle on black") for row in rows[:20])
 
@@ -125,8 +125,8 @@ def test_bad_annotation_rows_are_skipped_by_status_and_reason(tokenizer, tmp_pat
     rows = {row["image_id"]: row for row in pq.read_table(corpus["annotations"]).to_pylist()}
     builder = builder_for(tokenizer)
     outcome = {image_id: builder(row, 0) for image_id, row in rows.items()}
-    assert outcome["describe_failed"] == "status"
-    assert outcome["zero_bytes"] == outcome["truncated"] == outcome["missing_image"] == "image"
+    assert outcome["describe_failed"] == Skipped("status")
+    assert outcome["zero_bytes"] == outcome["truncated"] == outcome["missing_image"] == Skipped("image")
     for trainable in ("good", "no_regions", "empty_descriptions", "degenerate_box", "nan_box"):
         assert isinstance(outcome[trainable], dict), trainable
     assert outcome["good"]["box_mask"].sum() == 1

@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 
 from grainclip.cli import app
 from grainclip.config.train import DecoderConfig, OptimConfig, TrainConfig
+from grainclip.evaluate.hook import zero_shot_hook
 from grainclip.images import decode_image
 from grainclip.model_api import RegionModel, ZeroShotModel
 from grainclip.testing.corpus import write_bad_input_corpus
 from grainclip.train import load_model, train
 from grainclip.train.backbone import build_backbone
-from grainclip.train.export import build_model
+from grainclip.train.model import build_model
 from grainclip.train.metrics import read_metrics
 from grainclip.train.optim import WarmupCosine, build_optimizer
 
@@ -101,13 +102,13 @@ def test_overfits_32_partsworld_images_and_exports_a_loadable_model(clip_folder,
     for loss in ("loss/caption", "loss/box", "loss/region"):
         assert last[loss] <= 0.2 * first[loss], (loss, first[loss], last[loss])
 
-    loaded = load_model(result.checkpoint)
+    loaded = load_model(result.model_dir)
     assert loaded.kind == "grain" and isinstance(loaded.model, RegionModel)
     rows = pq.read_table(thirty_two_images).to_pylist()
     assert matched_ious(loaded, rows).mean() > 0.5
 
     # The backbone folder is a plain open_clip checkpoint: open_clip loads it and embeds text identically.
-    backbone, _, _ = open_clip.create_model_and_transforms(f"local-dir:{result.checkpoint / 'backbone'}")
+    backbone, _, _ = open_clip.create_model_and_transforms(f"local-dir:{result.model_dir / 'backbone'}")
     tokens = loaded.tokenizer(["red crest", "a photo of a savrin"])
     with torch.no_grad():
         assert torch.allclose(backbone.encode_text(tokens), loaded.model.encode_text(tokens), atol=1e-6)
@@ -178,21 +179,21 @@ def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_fold
         eval={"every": 2, "datasets": [{"name": "novel", "limit": 8, "source": {
             "kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"}}]},
     )  # fmt: skip
-    result = train(cfg)
+    result = train(cfg, eval_hook=zero_shot_hook(cfg.eval))  # the caller builds the hook: train does not import evaluate
     metrics = read_metrics(result.output_dir)
     assert set(k for k in metrics[-1] if k.startswith("loss/")) == {"loss/caption", "loss/total"}
     assert 0.0 <= metrics[-1]["eval/novel/global/top1"] <= 1.0
-    loaded = load_model(result.checkpoint)
+    loaded = load_model(result.model_dir)
     assert loaded.kind == "clip" and isinstance(loaded.model, ZeroShotModel)
     assert not isinstance(loaded.model, RegionModel)
-    assert not (result.checkpoint / "grain_heads.safetensors").exists()
+    assert not (result.model_dir / "grain_heads.safetensors").exists()
 
 
 def test_objectness_head_trains_and_scores_regions(clip_folder, partsworld_small, tmp_path):
     cfg = tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "obj", decoder={"objectness": True}, steps=2)
     result = train(cfg)
     assert "loss/objectness" in read_metrics(result.output_dir)[-1]
-    loaded = load_model(result.checkpoint)
+    loaded = load_model(result.model_dir)
     with torch.no_grad():
         objectness = loaded.model.encode_regions(torch.zeros(2, 3, 64, 64)).objectness
     assert objectness.shape == (2, 5) and bool(((objectness > 0) & (objectness < 1)).all())
@@ -220,7 +221,7 @@ def test_bf16_autocast_path_trains(clip_folder, partsworld_small, tmp_path):
     """The GPU default (bf16 autocast), exercised on the CPU: losses stay finite and the model exports."""
     result = train(tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "bf16", steps=2, precision="bf16"))
     assert all(np.isfinite(v) for k, v in read_metrics(result.output_dir)[-1].items() if k.startswith("loss/"))
-    assert load_model(result.checkpoint).kind == "grain"
+    assert load_model(result.model_dir).kind == "grain"
 
 
 def test_bad_annotation_rows_are_skipped_and_counted_not_fatal(clip_folder, tmp_path):

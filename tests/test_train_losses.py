@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from grainclip.config.train import LossConfig
-from grainclip.train.data import distinct_descriptions
+from grainclip.train.batch import distinct_descriptions
 from grainclip.train.losses import (
     GrainCriterion,
     box_loss,

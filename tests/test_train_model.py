@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from grainclip.config.train import BackboneConfig, DecoderConfig, LossConfig, TrainConfig
 from grainclip.train import load_model, train
 from grainclip.train.backbone import build_backbone
-from grainclip.train.export import build_model
+from grainclip.train.model import build_model
 from grainclip.train.losses import GrainCriterion, matched_region_embeds
 from grainclip.train.metrics import read_metrics
 from grainclip.train.model import GrainModel
@@ -131,7 +131,7 @@ def test_recipe_options_train_export_and_load_back(tiny_models, partsworld_small
     last = read_metrics(result.output_dir)[-1]
     assert "loss/region" in last and ("loss/objectness" in last) == decoder.get("objectness", False)
     assert all(v == v for v in last.values())  # no NaN
-    loaded = load_model(result.checkpoint)
+    loaded = load_model(result.model_dir)
     assert loaded.model.config.region_embedding == decoder["region_embedding"]
     with torch.no_grad():
         regions = loaded.model.encode_regions(torch.rand(2, 3, 64, 64), normalize=True)

@@ -53,7 +53,7 @@ def test_two_ray_train_workers_equal_one_process_on_the_concatenated_batch(tiny_
             assert got[step][key] == pytest.approx(expected[step][key], abs=1e-5), (step + 1, key)
     assert distributed.metrics["loss/total"] == pytest.approx(expected[-1]["loss/total"], abs=1e-5)
 
-    one, two = load_model(single.checkpoint).model.state_dict(), load_model(distributed.checkpoint).model.state_dict()
+    one, two = load_model(single.model_dir).model.state_dict(), load_model(distributed.model_dir).model.state_dict()
     assert one.keys() == two.keys()
     assert max((one[k] - two[k]).abs().max().item() for k in one if one[k].is_floating_point()) < 1e-4
     assert not torch.equal(one["queries"], load_model_initial_queries(tiny_models["clip"], tmp_path))
@@ -62,7 +62,7 @@ def test_two_ray_train_workers_equal_one_process_on_the_concatenated_batch(tiny_
 def load_model_initial_queries(clip: Path, tmp_path: Path) -> torch.Tensor:
     """The decoder queries before any step (same seed), to show the runs above did update the model."""
     from grainclip.train.backbone import build_backbone
-    from grainclip.train.export import build_model
+    from grainclip.train.model import build_model
 
     cfg = config(clip, tmp_path / "eight.parquet", tmp_path / "init")
     torch.manual_seed(cfg.seed)

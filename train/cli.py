@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from grainclip.errors import user_errors
 
+if TYPE_CHECKING:
+    from grainclip.config.train import EvalHookConfig
+    from grainclip.train.trainer import EvalHook
 
-def register(app: typer.Typer) -> None:
+
+def register(app: typer.Typer, make_eval_hook: Callable[[EvalHookConfig], EvalHook | None] | None = None) -> None:
+    """Add `grainclip train`; `make_eval_hook(cfg.eval)` builds the zero-shot hook (the CLI's root passes
+    grainclip.evaluate's, which this package must not import)."""
+
     @app.command()
     @user_errors
     def train(
@@ -33,8 +42,10 @@ def register(app: typer.Typer) -> None:
             values["ray_address"] = address
         cfg = load_config(config, TrainConfig, values)  # config mistakes surface before torch is imported
 
-        from grainclip.train.trainer import train as run_training
+        from grainclip.train.launch import train as run_training
+        from grainclip.train.metrics import METRICS_FILE
 
-        result = run_training(cfg, resume=resume)
-        typer.echo(f"model: {result.checkpoint}")
-        typer.echo(f"metrics: {result.output_dir / 'metrics.jsonl'}")
+        eval_hook = make_eval_hook(cfg.eval) if make_eval_hook else None
+        result = run_training(cfg, resume=resume, eval_hook=eval_hook)
+        typer.echo(f"model: {result.model_dir}")
+        typer.echo(f"metrics: {result.output_dir / METRICS_FILE}")

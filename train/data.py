@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from grainclip.config.base import ConfigError
 from grainclip.schema import ANNOTATIONS_SCHEMA, RowGroup, SchemaError
-from grainclip.train.samples import SKIP_KEYS, TRAINABLE_STATUSES, SampleBuilder
+from grainclip.train.samples import TRAINABLE_STATUSES, SampleBuilder, Skipped, SkipTally
 
 READ_COLUMNS = ("image_id", "image", "image_uri", "caption", "llm_caption", "regions", "status")
 
@@ -126,20 +126,16 @@ class AnnotationStream(IterableDataset):
         size = self.order.shard_size(shard, num_shards)
         if size == 0:
             raise ValueError(f"{self.order.total_rows} annotation rows cannot feed {num_shards} data shards")
-        pending = dict.fromkeys(SKIP_KEYS, 0)
-        since_sample = 0
+        skips = SkipTally()
         for epoch, cursor, row in self.order.shard_rows(shard, num_shards, self.cursors.get(shard, 0)):
             sample = self.builder(row, epoch)
-            if isinstance(sample, str):
-                pending[f"skipped_{sample}"] += 1
-                since_sample += 1
-                if since_sample > size:
-                    raise ValueError(f"no trainable row in data shard {shard} ({size} rows; skipped {pending})")
+            if isinstance(sample, Skipped):
+                skips.add(sample)
+                if skips.rows > size:
+                    raise ValueError(f"no trainable row in data shard {shard} ({size} rows; skipped {skips.counts})")
                 continue
-            sample.update({key: np.int64(count) for key, count in pending.items()})
+            skips.stamp(sample)
             sample["shard"], sample["cursor"] = np.int64(shard), np.int64(cursor)
-            pending = dict.fromkeys(SKIP_KEYS, 0)
-            since_sample = 0
             yield sample
 
 
@@ -194,30 +190,3 @@ def make_loader(
         # or a resumed run's dropout masks would shift. (Samples carry their own seeds; workers need none.)
         generator=torch.Generator().manual_seed(0),
     )
-
-
-def distinct_descriptions(
-    tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct descriptions of a batch: (tokens (U, L), ids (U,) sorted), each text encoded once."""
-    flat_ids, flat_tokens = ids[mask], tokens[mask]
-    distinct, inverse = torch.unique(flat_ids, return_inverse=True)
-    first = torch.full_like(distinct, flat_ids.numel()).scatter_reduce(
-        0, inverse, torch.arange(flat_ids.numel(), device=ids.device), reduce="amin"
-    )
-    return flat_tokens[first], distinct
-
-
-def prepare_batch(
-    batch: dict[str, torch.Tensor], device: torch.device, mean: torch.Tensor, std: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Move a collated batch to `device`, normalise uint8 images, and add the distinct descriptions."""
-    batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-    batch["images"] = (batch.pop("image").float() / 255.0 - mean) / std
-    if "box_mask" in batch:
-        batch["box_mask"] = batch["box_mask"].bool()
-        batch["unique_description_tokens"], batch["unique_description_ids"] = distinct_descriptions(
-            batch["description_tokens"], batch["description_ids"], batch["box_mask"]
-        )
-    return batch
-

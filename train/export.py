@@ -28,20 +28,13 @@ from safetensors.torch import load_file, save_file
 from grainclip.config.train import DecoderConfig
 from grainclip.model_api import LoadedModel
 from grainclip.train.backbone import LOCAL_DIR, OPEN_CLIP_CONFIG, Backbone
-from grainclip.train.model import ClipModel, GrainModel
+from grainclip.train.layout import MODEL_CONFIG
+from grainclip.train.model import ClipModel, GrainModel, build_model
 
-MODEL_CONFIG = "grain_model.json"
 HEADS_WEIGHTS = "grain_heads.safetensors"
 BACKBONE_DIR = "backbone"
 BACKBONE_WEIGHTS = "open_clip_model.safetensors"
 FORMAT = "grainclip.model/1"
-
-
-def build_model(kind: str, backbone: torch.nn.Module, decoder: DecoderConfig, embed_dim: int) -> ClipModel:
-    """The trainable model of a mode around an open_clip model (`clip` ignores the decoder config)."""
-    if kind == "clip":
-        return ClipModel(backbone)
-    return GrainModel(backbone, decoder, embed_dim=embed_dim)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,11 +123,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model = build_model(spec["kind"], backbone_model, decoder, spec["embed_dim"])
     load_weights(model, path, backbone_loaded=True)
     model.to(device).eval()
+    return loaded_model(model, preprocess_cfg, open_clip.get_tokenizer(source), spec["kind"], spec.get("name") or path.name)
+
+
+def loaded_model(model: ClipModel, preprocess_cfg: dict[str, Any], tokenizer: Any, kind: str, name: str) -> LoadedModel:
+    """A model as inference code sees it (the evaluator, the trainer's eval hook), with eval-time preprocessing."""
     preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
-    return LoadedModel(
-        model=model,
-        preprocess=preprocess,
-        tokenizer=open_clip.get_tokenizer(source),
-        kind=spec["kind"],
-        name=spec.get("name") or path.name,
-    )
+    return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, kind=kind, name=name)

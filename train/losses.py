@@ -24,6 +24,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from grainclip.config.train import LossConfig
 from grainclip.train import distributed
+from grainclip.train.batch import TrainBatch, first_of_each
 from grainclip.train.matcher import EnumerationMatcher, HungarianMatcher, Match
 
 
@@ -110,10 +111,7 @@ def region_description_loss(
 
     # Keep the first copy of each distinct description id; later copies (other ranks) hold the same text.
     positions = all_valid.nonzero().squeeze(1)
-    distinct, inverse = torch.unique(all_ids[positions], return_inverse=True)
-    first = torch.full_like(distinct, positions.numel()).scatter_reduce(
-        0, inverse, torch.arange(positions.numel(), device=positions.device), reduce="amin"
-    )
+    distinct, first = first_of_each(all_ids[positions])
     columns = all_embeds[positions[first]]
     if regions.shape[0] == 0:
         return anchor + 0.0 * columns.sum()
@@ -160,7 +158,7 @@ class GrainCriterion:
         matcher = EnumerationMatcher if config.matcher == "enumerate" else HungarianMatcher
         self.matcher = matcher(config.match_l1_cost, config.match_giou_cost)
 
-    def __call__(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, out: dict[str, torch.Tensor], batch: TrainBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
         caption_ids = batch["caption_ids"] if cfg.multi_positive_captions else None
         losses = {"caption": contrastive_loss(out["image_embeds"], out["caption_embeds"], out["logit_scale"], caption_ids)}

@@ -218,3 +218,10 @@ class GrainModel(ClipModel):
         if self.objectness_head is not None:
             out["objectness_logits"] = self.objectness_head(regions).squeeze(-1)
         return out
+
+
+def build_model(kind: str, backbone: torch.nn.Module, decoder: DecoderConfig, embed_dim: int) -> ClipModel:
+    """The trainable model of a mode around an open_clip model (`clip` ignores the decoder config)."""
+    if kind == "clip":
+        return ClipModel(backbone)
+    return GrainModel(backbone, decoder, embed_dim=embed_dim)

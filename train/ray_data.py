@@ -24,7 +24,7 @@ from grainclip.config.train import TrainConfig
 from grainclip.images import encode_image
 from grainclip.schema import parquet_files
 from grainclip.train.data import READ_COLUMNS
-from grainclip.train.samples import SKIP_KEYS, SampleBuilder
+from grainclip.train.samples import SampleBuilder, Skipped, SkipTally
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,22 @@ class PrepareSamples:
         self.builder = builder
         blank = {"image_id": "template", "image": encode_image(Image.new("RGB", (8, 8))), "caption": "x", "status": "ok"}
         template = builder(blank, 0)
-        assert isinstance(template, dict)
-        template.update(dict.fromkeys(SKIP_KEYS, np.int64(0)))
+        assert not isinstance(template, Skipped), template
+        SkipTally().stamp(template)  # the skip columns, at zero
         self.empty = {key: np.zeros((0, *np.shape(value)), dtype=np.asarray(value).dtype) for key, value in template.items()}
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        samples, pending = [], dict.fromkeys(SKIP_KEYS, 0)
+        samples, skips = [], SkipTally()
         for row in table.to_pylist():
             sample = self.builder(row, row[EPOCH_COLUMN])
-            if isinstance(sample, str):
-                pending[f"skipped_{sample}"] += 1
+            if isinstance(sample, Skipped):
+                skips.add(sample)
                 continue
-            sample.update({key: np.int64(count) for key, count in pending.items()})
-            pending = dict.fromkeys(SKIP_KEYS, 0)
-            samples.append(sample)
+            samples.append(skips.stamp(sample))
         if not samples:
-            log.warning("a block of %d annotation rows had no trainable row (skipped: %s)", table.num_rows, pending)
+            log.warning("a block of %d annotation rows had no trainable row (skipped: %s)", table.num_rows, skips.counts)
             return dict(self.empty)
-        for key, count in pending.items():
-            samples[-1][key] = np.int64(samples[-1][key] + count)
+        skips.stamp(samples[-1])
         return {key: np.stack([sample[key] for sample in samples]) for key in self.empty}
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
-import torch
 from ray.train import DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -32,7 +31,9 @@ from grainclip.train.data import check_trainable
 from grainclip.train.metrics import read_metrics
 from grainclip.train.ray_data import epochs_needed, training_dataset
 from grainclip.train.samples import TRAINABLE_STATUSES
-from grainclip.train.trainer import MODEL_DIR, TrainResult, WorkerContext, fit, sample_builder
+from grainclip.train.batch import HostBatch
+from grainclip.train.layout import exported_model_dir
+from grainclip.train.trainer import EvalHook, TrainResult, WorkerContext, fit, sample_builder
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class RayBatches:
             )
             log.warning("the Ray dataset ran out before the last step (rows failed to decode?); reading it again")
 
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def __next__(self) -> HostBatch:
         self.batches += 1
-        return next(self.iterator)
+        return HostBatch.from_columns(next(self.iterator))
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "world_size": ray.train.get_context().get_world_size()}
@@ -76,6 +77,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             report=ray.train.report,
             make_batches=lambda cfg, backbone, state: RayBatches(cfg, state),
         ),
+        loop_config["eval_hook"],  # rank 0 runs it
     )
 
 
@@ -100,7 +102,7 @@ def resume_point(cfg: TrainConfig, resume: str | None, total_rows: int) -> tuple
     return state["step"], rows // max(total_rows, 1)
 
 
-def train_with_ray(cfg: TrainConfig, resume: str | None) -> TrainResult:
+def train_with_ray(cfg: TrainConfig, resume: str | None, eval_hook: EvalHook | None = None) -> TrainResult:
     cfg = absolute_paths(cfg)
     started = not ray.is_initialized()
     if started:
@@ -118,7 +120,7 @@ def train_with_ray(cfg: TrainConfig, resume: str | None) -> TrainResult:
         options = ray.data.ExecutionOptions(preserve_order=True)  # reproducible order of batches
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "resume": resume},
+            train_loop_config={"config": cfg.model_dump(mode="json"), "resume": resume, "eval_hook": eval_hook},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu),
             run_config=RunConfig(name="grainclip-train", storage_path=str(cfg.output_dir / "ray")),
             datasets={"train": dataset},
@@ -130,5 +132,5 @@ def train_with_ray(cfg: TrainConfig, resume: str | None) -> TrainResult:
             ray.shutdown()
     logged = read_metrics(cfg.output_dir)  # what rank 0 logged: the same as every worker reported
     return TrainResult(
-        output_dir=cfg.output_dir, checkpoint=cfg.output_dir / MODEL_DIR, metrics=logged[-1] if logged else {}, steps=cfg.steps
+        output_dir=cfg.output_dir, model_dir=exported_model_dir(cfg.output_dir), metrics=logged[-1] if logged else {}, steps=cfg.steps
     )

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -28,12 +29,47 @@ from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
 from grainclip.schema import Status
 
 TRAINABLE_STATUSES = frozenset({Status.OK.value, Status.NO_REGIONS.value})
-SKIP_REASONS = ("status", "image", "caption")  # why a row produced no sample
+SkipReason = Literal["status", "image", "caption"]  # why a row produced no sample
+SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 SKIP_KEYS = tuple(f"skipped_{reason}" for reason in SKIP_REASONS)
 
 TOKEN_CACHE_SIZE = 100_000  # distinct texts kept tokenised per builder (a few MB)
 
 Sample = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row that produced no sample, and why: the loaders count it, training never fails on it."""
+
+    reason: SkipReason
+
+    @property
+    def key(self) -> str:
+        """The sample column (and metric) that counts this reason."""
+        return f"skipped_{self.reason}"
+
+
+class SkipTally:
+    """Rows skipped since the last sample. Loaders carry nothing but sample columns (a DataLoader batch, a Ray
+    Data block), so the counts ride on the next sample that is built."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(SKIP_KEYS, 0)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, skipped: Skipped) -> None:
+        self.counts[skipped.key] += 1
+
+    def stamp(self, sample: Sample) -> Sample:
+        """Add the pending counts onto `sample` (onto counts it may carry already) and start again from zero."""
+        for key, count in self.counts.items():
+            sample[key] = np.int64(sample.get(key, 0) + count)
+        self.counts = dict.fromkeys(SKIP_KEYS, 0)
+        return sample
 
 
 def text_id(text: str) -> int:
@@ -46,7 +82,7 @@ def sample_seed(seed: int, epoch: int, image_id: str) -> int:
 
 
 class SampleBuilder:
-    """Callable: (row dict, epoch) -> Sample, or the skip reason (one of SKIP_REASONS) as a string."""
+    """Callable: (row dict, epoch) -> Sample, or Skipped with the reason."""
 
     def __init__(
         self,
@@ -85,17 +121,17 @@ class SampleBuilder:
             cached = self.token_cache[text] = self.tokenizer([text])[0].numpy()
         return cached
 
-    def __call__(self, row: dict[str, Any], epoch: int) -> Sample | str:
+    def __call__(self, row: dict[str, Any], epoch: int) -> Sample | Skipped:
         if row.get("status") not in TRAINABLE_STATUSES:
-            return "status"
+            return Skipped("status")
         try:
             image = decode_image(load_image_bytes(row.get("image"), row.get("image_uri")))
         except ImageDecodeError:
-            return "image"
+            return Skipped("image")
         rng_seed = sample_seed(self.seed, epoch, str(row["image_id"]))
         caption = self.pick_caption(row, np.random.default_rng(rng_seed))
         if caption is None:
-            return "caption"
+            return Skipped("caption")
         texts, boxes, dropped, truncated = self.clean_regions(row.get("regions") or [], image.width, image.height)
         inputs = {
             "image": image,

@@ -1,10 +1,10 @@
-"""The training loop, shared by single-process runs and every Ray Train worker.
+"""One worker's training loop, shared by single-process runs and every Ray Train worker.
 
-    train(cfg, resume=None) -> TrainResult
-
-`cfg.workers == 1` (and no Ray address) runs here, in this process, with no process group. Otherwise
-ray_train.py starts a TorchTrainer whose workers run the same `fit` with DDP and Ray Data batches.
-One optimizer step = `grad_accum_steps` micro-batches of `batch_size` images per worker.
+`Trainer` builds (or resumes) the model, optimizer and batch stream of a TrainConfig; `fit` loops over
+`train_step`, and on rank 0 logs, evaluates, checkpoints and finally exports. One optimizer step is
+`grad_accum_steps` micro-batches of `batch_size` images per worker. `train_step` returns detached device
+tensors: the host reads them (a sync) only at the steps that are logged. Which processes run the loop (this
+one, or Ray Train workers under DDP) is decided by grainclip.train.launch.
 """
 
 from __future__ import annotations
@@ -22,37 +22,35 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from grainclip.config.base import ConfigError, dump_config
+from grainclip.config.base import dump_config
 from grainclip.config.train import TrainConfig
+from grainclip.devices import autocast
 from grainclip.model_api import LoadedModel
-from grainclip.schema import list_row_groups
 from grainclip.train import distributed
 from grainclip.train.backbone import Backbone, build_backbone
+from grainclip.train.batch import COUNTER_KEYS, HostBatch
 from grainclip.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from grainclip.train.data import (
-    EpochOrder,
-    StreamPosition,
-    check_trainable,
-    make_loader,
-    prepare_batch,
-)
-from grainclip.train.export import build_model, export_model
+from grainclip.schema import list_row_groups
+from grainclip.train.data import EpochOrder, StreamPosition, check_trainable, make_loader
+from grainclip.train.export import export_model, loaded_model
+from grainclip.train.layout import exported_model_dir
 from grainclip.train.losses import GrainCriterion
 from grainclip.train.metrics import MetricsLog
-from grainclip.train.model import ClipModel
+from grainclip.train.model import build_model
 from grainclip.train.optim import build_optimizer, build_scheduler
-from grainclip.train.samples import SKIP_KEYS, TRAINABLE_STATUSES, SampleBuilder
+from grainclip.train.samples import SampleBuilder
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
-COUNTER_KEYS = (*SKIP_KEYS, "regions_dropped", "regions_truncated")
+EvalHook = Callable[[LoadedModel], dict[str, float]]
+"""Periodic evaluation of the model being trained (metric name -> value), run on rank 0 every `eval.every`
+steps. The caller builds it (grainclip.evaluate.hook): the trainer does not import the evaluator."""
 
 
 @dataclass
 class TrainResult:
     output_dir: Path
-    checkpoint: Path  # the exported model folder: grainclip.train.load_model(checkpoint)
+    model_dir: Path  # the exported model folder: grainclip.train.load_model(model_dir)
     metrics: dict[str, float]  # the last logged step's metrics
     steps: int
 
@@ -60,7 +58,7 @@ class TrainResult:
 class BatchSource(Protocol):
     """Endless collated batches for this worker; `state_dict` says where the stream stands (for resume)."""
 
-    def __next__(self) -> dict[str, torch.Tensor]: ...
+    def __next__(self) -> HostBatch: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -99,10 +97,10 @@ class LocalBatches:
         )
         self.batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
 
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.batches)
-        self.position.advance(batch)
-        return batch
+    def __next__(self) -> HostBatch:
+        columns = next(self.batches)
+        self.position.advance(columns)
+        return HostBatch.from_columns(columns)
 
     def state_dict(self) -> dict[str, Any]:
         return self.position.state_dict()
@@ -119,137 +117,178 @@ def sample_builder(cfg: TrainConfig, backbone: Backbone) -> SampleBuilder:
     )
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
-    """Train per `cfg`; `resume` is "latest" or a checkpoint folder. Returns where the model was exported."""
-    statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)  # bad data fails before any model
-    log.info("annotation rows by status: %s (only %s train)", statuses, sorted(TRAINABLE_STATUSES))
-    if cfg.workers > 1 or cfg.ray_address:
-        from grainclip.train.ray_train import train_with_ray
+@dataclass
+class StepResult:
+    """One optimizer step, as detached tensors on the training device: reading them makes the host wait."""
 
-        return train_with_ray(cfg, resume)
-    if cfg.gpu and not torch.cuda.is_available():
-        raise ConfigError("gpu: true (--gpu) but torch sees no CUDA device on this machine; drop --gpu to train on CPU")
-    device = torch.device("cuda" if cfg.gpu else "cpu")
-    return fit(cfg, resume, WorkerContext(device=device))
+    losses: dict[str, torch.Tensor]  # each loss part, mean over the micro-batches (float64)
+    grad_norm: torch.Tensor  # before clipping; zero when clipping is off
+    lr: float  # the learning rate the step used
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+class Telemetry:
+    """The data counters, images and time between two logged steps, and the counter totals of the whole run
+    (checkpointed, so a resumed run continues them). Counting is host-side integer work: no device sync."""
+
+    def __init__(self, totals: dict[str, int] | None = None) -> None:
+        self.totals = {**dict.fromkeys(COUNTER_KEYS, 0), **(totals or {})}
+        self.reset()
+
+    def reset(self) -> None:
+        self.interval = dict.fromkeys(COUNTER_KEYS, 0)
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def count(self, batch: HostBatch) -> None:
+        for key in COUNTER_KEYS:
+            self.interval[key] += batch.counts[key]
+        self.images += batch.size
+
+    def flush(self, world_size: int, device: torch.device) -> dict[str, float]:
+        """images/s and the running counter totals over all ranks, then a new interval (a collective)."""
+        elapsed = time.perf_counter() - self.started
+        counts = torch.tensor([self.interval[key] for key in COUNTER_KEYS], dtype=torch.float64, device=device)
+        for key, count in zip(COUNTER_KEYS, distributed.all_reduce_sum(counts).tolist()):
+            self.totals[key] += int(count)
+        metrics = {
+            "images_per_s": self.images * world_size / max(elapsed, 1e-9),
+            **{f"data/{key}": float(self.totals[key]) for key in COUNTER_KEYS},
+        }
+        self.reset()
+        return metrics
 
 
-def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext) -> TrainResult:
-    """Build, optionally resume, and train; rank 0 logs, checkpoints and exports."""
-    is_main = ctx.rank == 0
-    output_dir = Path(cfg.output_dir)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    backbone = build_backbone(cfg.backbone, cfg.data.image_size)
-    model = build_model(cfg.mode, backbone.model, cfg.decoder, int(backbone.model_cfg["embed_dim"]))
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.steps)
-    torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)  # dropout differs per rank, reproducibly
+class Trainer:
+    """One worker's run: the model, optimizer and batch stream of `cfg`, restored from `resume` if given."""
 
-    model.to(ctx.device)  # in place: the optimizer keeps the same parameter objects
-    step, data_state, totals = 0, None, dict.fromkeys(COUNTER_KEYS, 0)
-    if resume:
-        path = find_checkpoint(output_dir, resume)
-        state = load_checkpoint(path, model, optimizer, scheduler)  # optimizer state lands on the params' device
-        step, data_state = state["step"], state["data"]["stream"]
-        totals.update(state["data"]["totals"])
-        log.info("resumed from %s at step %d", path, step)
-    train_model = ctx.prepare_model(model)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    def __init__(self, cfg: TrainConfig, ctx: WorkerContext, resume: str | None = None, eval_hook: EvalHook | None = None) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        self.is_main = ctx.rank == 0
+        self.output_dir = Path(cfg.output_dir)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+        self.model = build_model(cfg.mode, self.backbone.model, cfg.decoder, int(self.backbone.model_cfg["embed_dim"]))
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
+        torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)  # dropout differs per rank, reproducibly
 
-    criterion = GrainCriterion(cfg.loss, cfg.mode)
-    batches = ctx.make_batches(cfg, backbone, data_state) if ctx.make_batches else LocalBatches(cfg, backbone, data_state)
-    mean = torch.tensor(backbone.preprocess_cfg["mean"], device=ctx.device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.preprocess_cfg["std"], device=ctx.device).view(1, 3, 1, 1)
-    dtype = autocast_dtype(cfg, ctx.device)
-    eval_hook = ZeroShotHook(cfg, backbone) if is_main and cfg.eval.every else None
-    metrics_log = MetricsLog(output_dir, resumed_step=step) if is_main else None
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(dump_config(cfg))
+        self.model.to(ctx.device)  # in place: the optimizer keeps the same parameter objects
+        self.step, data_state, totals = 0, None, None
+        if resume:
+            path = find_checkpoint(self.output_dir, resume)
+            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)  # optimizer state lands on the params' device
+            self.step, data_state, totals = state["step"], state["data"]["stream"], state["data"]["totals"]
+            log.info("resumed from %s at step %d", path, self.step)
+        self.train_model = ctx.prepare_model(self.model)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
 
-    metrics: dict[str, float] = {}
-    interval = dict.fromkeys(COUNTER_KEYS, 0)
-    images_seen, interval_start = 0, time.perf_counter()
-    model.train()
-    with progress_bar(is_main, cfg.steps, step) as advance:
-        while step < cfg.steps:
-            losses: dict[str, float] = {}
-            for micro in range(cfg.optim.grad_accum_steps):
-                raw = next(batches)
-                for key in COUNTER_KEYS:
-                    interval[key] += int(raw[key].sum())
-                batch = prepare_batch(raw, ctx.device, mean, std)
-                last_micro = micro == cfg.optim.grad_accum_steps - 1
-                sync = contextlib.nullcontext() if last_micro or not hasattr(train_model, "no_sync") else train_model.no_sync()
-                with sync:
-                    with torch.autocast(ctx.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        out = train_model(
-                            batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"), batch.get("boxes")
-                        )
-                        parts = criterion(out, batch)
-                    (parts["total"] / cfg.optim.grad_accum_steps).backward()
-                for key, value in parts.items():
-                    losses[key] = losses.get(key, 0.0) + value.item() / cfg.optim.grad_accum_steps
-                images_seen += batch["images"].shape[0]
-            grad_norm = (
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                if cfg.optim.grad_clip
-                else torch.zeros(())
-            )
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.logit_scale.clamp_(0.0, math.log(cfg.loss.max_logit_scale))
-            step += 1
-            advance()
+        self.criterion = GrainCriterion(cfg.loss, cfg.mode)
+        self.batches = ctx.make_batches(cfg, self.backbone, data_state) if ctx.make_batches else LocalBatches(cfg, self.backbone, data_state)
+        self.mean = torch.tensor(self.backbone.preprocess_cfg["mean"], device=ctx.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.backbone.preprocess_cfg["std"], device=ctx.device).view(1, 3, 1, 1)
+        self.telemetry = Telemetry(totals)
+        self.eval_hook = eval_hook if self.is_main and cfg.eval.every else None
+        if self.is_main and cfg.eval.every and eval_hook is None:
+            log.warning("eval.every is %d but no eval hook was passed to train(): zero-shot evaluation is off", cfg.eval.every)
+        self.metrics_log = MetricsLog(self.output_dir, resumed_step=self.step) if self.is_main else None
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.yaml").write_text(dump_config(cfg))
 
-            last = step == cfg.steps
-            checkpoint_due = step % cfg.checkpoint_every == 0 or last
-            if step % cfg.log_every == 0 or checkpoint_due:  # a checkpoint carries up-to-date counters
-                elapsed = time.perf_counter() - interval_start
-                counts = distributed.all_reduce_sum(torch.tensor([interval[k] for k in COUNTER_KEYS], dtype=torch.float64))
-                for key, count in zip(COUNTER_KEYS, counts.tolist()):
-                    totals[key] += int(count)
-                reduced = distributed.all_reduce_mean(torch.tensor(list(losses.values()), dtype=torch.float64))
-                metrics = {f"loss/{k}": v for k, v in zip(losses, reduced.tolist())}
-                metrics.update(
-                    {
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "logit_scale": model.logit_scale.detach().exp().item(),
-                        "images_per_s": images_seen * ctx.world_size / max(elapsed, 1e-9),
-                        **{f"data/{key}": float(totals[key]) for key in COUNTER_KEYS},
-                    }
-                )
-                interval = dict.fromkeys(COUNTER_KEYS, 0)
-                images_seen, interval_start = 0, time.perf_counter()
-                if eval_hook is not None and (step % cfg.eval.every == 0 or last):
-                    metrics.update(eval_hook(model))
-                if metrics_log is not None:
-                    metrics_log.write(step, metrics)
-                ctx.report(metrics)
-            if is_main and checkpoint_due:
-                save_checkpoint(
-                    output_dir, step, model, backbone, cfg.decoder, optimizer, scheduler,
-                    {"stream": batches.state_dict(), "totals": totals}, metrics, cfg.mode, cfg.keep_checkpoints,
-                )  # fmt: skip
+    def train_step(self) -> StepResult:
+        """Forward and backward over `grad_accum_steps` micro-batches, then one clipped optimizer step."""
+        accum = self.cfg.optim.grad_accum_steps
+        losses: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            host = next(self.batches)
+            self.telemetry.count(host)
+            batch = host.to_device(self.ctx.device, self.mean, self.std)
+            last_micro = micro == accum - 1
+            no_sync = not last_micro and hasattr(self.train_model, "no_sync")  # DDP all-reduces on the last one only
+            with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
+                with autocast(self.ctx.device, self.cfg.precision):
+                    out = self.train_model(
+                        batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"), batch.get("boxes")
+                    )
+                    parts = self.criterion(out, batch)
+                (parts["total"] / accum).backward()
+            for key, value in parts.items():  # float64, as the logged numbers always were
+                losses[key] = losses.get(key, 0.0) + value.detach().double() / accum
+        grad_norm = (
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            if self.cfg.optim.grad_clip
+            else torch.zeros(())
+        )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(self.cfg.loss.max_logit_scale))
+        return StepResult(losses, grad_norm.detach(), lr)
 
-    exported = output_dir / MODEL_DIR
-    if is_main:
-        export_model(model, backbone, cfg.decoder, exported, name=cfg.mode)
-        metrics_log.close()
-        log.info("exported %s model to %s", cfg.mode, exported)
-    return TrainResult(output_dir=output_dir, checkpoint=exported, metrics=metrics, steps=step)
+    def log(self, result: StepResult, last: bool) -> dict[str, float]:
+        """The step's metrics, averaged (losses) or summed (counters) over ranks; rank 0 writes them."""
+        data = self.telemetry.flush(self.ctx.world_size, self.ctx.device)
+        reduced = distributed.all_reduce_mean(torch.stack(list(result.losses.values())))
+        metrics = {f"loss/{key}": value for key, value in zip(result.losses, reduced.tolist())}
+        metrics.update(
+            {
+                "lr": result.lr,
+                "grad_norm": float(result.grad_norm),
+                "logit_scale": self.model.logit_scale.detach().exp().item(),
+                **data,
+            }
+        )
+        if self.eval_hook is not None and (self.step % self.cfg.eval.every == 0 or last):
+            metrics.update(self.eval_hook(self.as_loaded()))
+        if self.metrics_log is not None:
+            self.metrics_log.write(self.step, metrics)
+        self.ctx.report(metrics)
+        return metrics
+
+    def as_loaded(self) -> LoadedModel:
+        """The model being trained, as inference code sees it."""
+        return loaded_model(self.model, self.backbone.preprocess_cfg, self.backbone.tokenizer, self.cfg.mode, self.cfg.mode)
+
+    def save_checkpoint(self, metrics: dict[str, float]) -> None:
+        data = {"stream": self.batches.state_dict(), "totals": self.telemetry.totals}
+        save_checkpoint(
+            self.output_dir, self.step, self.model, self.backbone, self.cfg.decoder, self.optimizer, self.scheduler,
+            data, metrics, self.cfg.mode, self.cfg.keep_checkpoints,
+        )  # fmt: skip
+
+    def fit(self) -> TrainResult:
+        """Train to `cfg.steps`; rank 0 exports the model at the end."""
+        cfg = self.cfg
+        metrics: dict[str, float] = {}
+        self.model.train()
+        with progress_bar(self.is_main, cfg.steps, self.step) as advance:
+            while self.step < cfg.steps:
+                result = self.train_step()
+                self.step += 1
+                advance()
+                last = self.step == cfg.steps
+                checkpoint_due = self.step % cfg.checkpoint_every == 0 or last
+                if self.step % cfg.log_every == 0 or checkpoint_due:  # a checkpoint carries up-to-date counters
+                    metrics = self.log(result, last)
+                if self.is_main and checkpoint_due:
+                    self.save_checkpoint(metrics)
+
+        model_dir = exported_model_dir(self.output_dir)
+        if self.is_main:
+            export_model(self.model, self.backbone, cfg.decoder, model_dir, name=cfg.mode)
+            self.metrics_log.close()
+            log.info("exported %s model to %s", cfg.mode, model_dir)
+        return TrainResult(output_dir=self.output_dir, model_dir=model_dir, metrics=metrics, steps=self.step)
+
+
+def fit(cfg: TrainConfig, resume: str | None, ctx: WorkerContext, eval_hook: EvalHook | None = None) -> TrainResult:
+    """Build, optionally resume, and train in this process (one of `ctx.world_size` ranks)."""
+    return Trainer(cfg, ctx, resume, eval_hook).fit()
 
 
 @contextlib.contextmanager
@@ -261,38 +300,3 @@ def progress_bar(enabled: bool, total: int, done: int) -> Iterator[Callable[[], 
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("train", total=total, completed=done)
         yield lambda: progress.advance(task)
-
-
-class ZeroShotHook:
-    """Periodic zero-shot accuracy through grainclip.evaluate, if that package provides its hook."""
-
-    def __init__(self, cfg: TrainConfig, backbone: Backbone) -> None:
-        self.cfg = cfg.eval
-        self.backbone = backbone
-        self.kind = cfg.mode
-        try:
-            from grainclip.evaluate import load_split, zero_shot_accuracy
-        except (ImportError, AttributeError) as exc:
-            log.warning("zero-shot eval hook disabled: grainclip.evaluate has no usable hook (%s)", exc)
-            self.splits = []
-            return
-        self.zero_shot_accuracy = zero_shot_accuracy
-        self.splits = [load_split(spec) for spec in self.cfg.datasets]
-        if not self.splits:
-            log.warning("zero-shot eval hook disabled: eval.datasets is empty")
-
-    def __call__(self, model: ClipModel) -> dict[str, float]:
-        from open_clip.transform import PreprocessCfg, image_transform_v2
-
-        loaded = LoadedModel(
-            model=model,
-            preprocess=image_transform_v2(PreprocessCfg(**self.backbone.preprocess_cfg), is_train=False),
-            tokenizer=self.backbone.tokenizer,
-            kind=self.kind,
-            name=self.kind,
-        )
-        results: dict[str, float] = {}
-        for split in self.splits:
-            scores = self.zero_shot_accuracy(loaded, split, modes=self.cfg.modes)
-            results.update({f"eval/{split.name}/{key}": value for key, value in scores.items()})
-        return results

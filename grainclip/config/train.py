@@ -143,7 +143,7 @@ class OptimConfig(ConfigModel):
 
 
 class EvalHookConfig(ConfigModel):
-    """Periodic zero-shot evaluation via grainclip.evaluate.zero_shot_accuracy (skipped, logged, if unavailable)."""
+    """Periodic zero-shot evaluation, by the hook the caller of train() builds (grainclip.evaluate.hook)."""
 
     every: int = Field(0, ge=0, description="Steps between evaluations; 0 disables the hook.")
     datasets: list[EvalDataset] = Field(default_factory=list, description="Splits to classify (evaluate config).")
