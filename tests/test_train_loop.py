@@ -32,6 +32,7 @@ from grainclip.train.backbone import build_backbone
 from grainclip.train.model import build_model
 from grainclip.train.metrics import read_metrics
 from grainclip.train.optim import WarmupCosine, build_optimizer
+from grainclip.train.trainer import Trainer, WorkerContext
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DECODER = {"layers": 2, "d_model": 64, "heads": 4, "ffn_dim": 128, "dropout": 0.0}
@@ -187,6 +188,37 @@ def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_fold
     assert loaded.kind == "clip" and isinstance(loaded.model, ZeroShotModel)
     assert not isinstance(loaded.model, RegionModel)
     assert not (result.model_dir / "grain_heads.safetensors").exists()
+
+
+def test_train_step_returns_detached_losses_and_the_host_reads_them_only_when_logged(
+    clip_folder, partsworld_small, tmp_path, monkeypatch
+):
+    cfg = tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "step", optim={"grad_accum_steps": 2})
+    trainer = Trainer(cfg, WorkerContext())
+    reads = []  # host reads of loss values: tensors still in the autograd graph, or the float64 step losses
+    real_item, real_tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def recorded(real):
+        def read(self):
+            if self.grad_fn is not None or self.dtype == torch.float64:
+                reads.append(tuple(self.shape))
+            return real(self)
+
+        return read
+
+    monkeypatch.setattr(torch.Tensor, "item", recorded(real_item))
+    monkeypatch.setattr(torch.Tensor, "tolist", recorded(real_tolist))
+    result = trainer.train_step()
+    assert reads == [], "a micro-batch synced a loss to the host"
+    assert {"caption", "box", "region", "total"} <= set(result.losses)
+    assert all(not v.requires_grad and v.dtype == torch.float64 for v in result.losses.values())
+    assert trainer.telemetry.images == 2 * cfg.batch_size and trainer.telemetry.totals["skipped_image"] == 0
+
+    trainer.step = 1
+    metrics = trainer.log(result, last=False)
+    assert reads, "logging reads the step's losses back"
+    assert metrics["loss/total"] == pytest.approx(real_item(result.losses["total"]))
+    assert metrics["images_per_s"] > 0 and trainer.telemetry.images == 0  # a new interval starts
 
 
 def test_objectness_head_trains_and_scores_regions(clip_folder, partsworld_small, tmp_path):
