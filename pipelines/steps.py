@@ -94,7 +94,7 @@ def import_training_stack() -> None:
     aborts the driver with "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", while importing it
     first works. It also makes a missing training stack fail before hours of annotation, not after.
     """
-    import grainclip.train.trainer  # noqa: F401
+    import grainclip.train.launch  # noqa: F401
 
 
 def plan_steps(config: PipelineConfig, run: RunDir) -> StepPlan | None:
