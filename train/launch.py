@@ -15,7 +15,8 @@ import torch
 
 from grainclip.config.base import ConfigError
 from grainclip.config.train import TrainConfig
-from grainclip.train.data import check_trainable, list_row_groups
+from grainclip.schema import list_row_groups
+from grainclip.train.data import check_trainable
 from grainclip.train.samples import TRAINABLE_STATUSES
 from grainclip.train.trainer import EvalHook, TrainResult, WorkerContext, fit
 
