@@ -168,7 +168,9 @@ class Stepper:
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with autocast(self.device, "bf16"):
-            out = self.forward(batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"))
+            out = self.forward(
+                batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"), batch.get("boxes")
+            )
             return self.criterion(out, batch)
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:

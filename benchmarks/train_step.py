@@ -87,7 +87,9 @@ class Stepper:
         self.criterion = GrainCriterion(cfg.loss, cfg.mode)
 
     def step(self, batch: TrainBatch) -> float:
-        out = self.model(batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"))
+        out = self.model(
+            batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"), batch.get("boxes")
+        )
         loss = self.criterion(out, batch)["total"]
         loss.backward()
         self.optimizer.step()

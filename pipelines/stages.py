@@ -39,6 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from grainclip.annotate.registry import build_describer, build_grounder
 from grainclip.annotate.rows import grounding_outcome
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
@@ -61,6 +62,11 @@ def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
     if index < 0:
         return table.append_column(name, values)
     return table.set_column(index, pa.field(name, values.type), values)
+
+
+def as_lists(batch: pa.Table, names: Sequence[str]) -> dict[str, list]:
+    """The named columns as Python lists, which the stages edit row by row."""
+    return {name: batch.column(name).to_pylist() for name in names}
 
 
 def stage_info(annotator: Any) -> str:
@@ -119,49 +125,72 @@ def call_isolating_rows(stage: str, annotator: Any, call: Callable[[Sequence[Any
 
 
 class _ImageStage:
-    """Shared plumbing: decode the rows a stage works on, and time the batch."""
+    """Shared plumbing: build the annotator, decode the rows a stage works on, call it row-isolated."""
 
-    def __init__(self, max_pixels: int | None) -> None:
+    stage: str  # "describe" or "ground": the annotator method called, and the name in logs
+    build: Callable[[Any], Any]  # the registry's builder for this stage's annotator config
+
+    def __init__(self, config: DescriberConfig | GrounderConfig, max_pixels: int | None = None) -> None:
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+        started = time.perf_counter()
+        self.annotator = type(self).build(config)
+        self.info = stage_info(self.annotator)
+        log.info("%s %r ready in %.1f s", self.stage, config.name, time.perf_counter() - started)
 
-    def decode(self, image: bytes | None, image_uri: str | None):
-        return load_image(image, image_uri, self.max_pixels)
+    def decoded_requests(self, column: dict[str, list], pending: Callable[[int], bool],
+                         request: Callable[[int, Any], Any]) -> tuple[list[Any], list[int]]:
+        """Requests for the pending rows whose image decodes; rows that do not decode are marked in `column`."""
+        requests, positions = [], []
+        for row in range(len(column["image_id"])):
+            if not pending(row):
+                continue
+            try:
+                image = load_image(column["image"][row], column["image_uri"][row], self.max_pixels)
+            except ImageDecodeError as exc:  # in the ground stage too: a URI can change after describe
+                column["status"][row], column["error"][row] = Status.DECODE_FAILED.value, str(exc)
+                continue
+            requests.append(request(row, image))
+            positions.append(row)
+        return requests, positions
+
+    def finish(self, batch: pa.Table, started: float, columns: list[tuple[str, pa.Array]],
+               seconds_column: str, info_column: str) -> pa.Table:
+        """The batch with the stage's columns set, its per-row seconds and the annotator's info."""
+        n = batch.num_rows
+        seconds = (time.perf_counter() - started) / max(n, 1)
+        columns += [(seconds_column, pa.array([seconds] * n, pa.float64())), (info_column, constant(self.info, n))]
+        for name, values in columns:
+            batch = set_column(batch, name, values)
+        return batch
+
+    def call(self, requests: Sequence[Any], failed: Callable[[str], Any]) -> list[Any]:
+        if not requests:
+            return []
+        method = getattr(self.annotator, self.stage)
+        results = call_isolating_rows(self.stage, self.annotator, method, requests, failed)
+        if len(results) != len(requests):
+            raise RuntimeError(f"{self.stage} returned {len(results)} results for {len(requests)} requests")
+        return results
 
 
 class DescribeStage(_ImageStage):
     """Decode each pending row's image and ask the describer for an LLM caption and descriptions."""
 
-    def __init__(self, describer: DescriberConfig, max_pixels: int | None = None) -> None:
-        from grainclip.annotate.registry import build_describer
-
-        super().__init__(max_pixels)
-        started = time.perf_counter()
-        self.describer = build_describer(describer)
-        self.info = stage_info(self.describer)
-        log.info("describer %r ready in %.1f s", describer.name, time.perf_counter() - started)
+    stage, build = "describe", build_describer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from grainclip.annotate.types import DescribeRequest
+        from grainclip.annotate.types import DescribeRequest, Description
 
-        started = time.perf_counter()
-        n = batch.num_rows
-        column = {name: batch.column(name).to_pylist() for name in
-                  ("image_id", "image", "image_uri", "caption", "width", "height", "status", "error")}
+        started, n = time.perf_counter(), batch.num_rows
+        column = as_lists(batch, ("image_id", "image", "image_uri", "caption", "width", "height", "status", "error"))
         status, error, width, height = column["status"], column["error"], column["width"], column["height"]
-        requests, positions = [], []
-        for row in range(n):
-            if status[row] is not None:
-                continue
-            try:
-                image = self.decode(column["image"][row], column["image_uri"][row])
-            except ImageDecodeError as exc:
-                status[row], error[row] = Status.DECODE_FAILED.value, str(exc)
-                continue
-            width[row], height[row] = width[row] or image.width, height[row] or image.height
-            requests.append(DescribeRequest(column["image_id"][row], image, column["caption"][row]))
-            positions.append(row)
 
-        results = self._describe(requests)
+        def request(row: int, image: Any) -> DescribeRequest:
+            width[row], height[row] = width[row] or image.width, height[row] or image.height
+            return DescribeRequest(column["image_id"][row], image, column["caption"][row])
+
+        requests, positions = self.decoded_requests(column, lambda row: status[row] is None, request)
+        results = self.call(requests, Description.failed)
         llm_caption: list[str | None] = [None] * n
         descriptions: list[list[str]] = [[] for _ in range(n)]
         prompt_tokens, output_tokens = [0] * n, [0] * n
@@ -170,86 +199,40 @@ class DescribeStage(_ImageStage):
             status[row], error[row] = result.status, result.error
             prompt_tokens[row], output_tokens[row] = result.num_prompt_tokens, result.num_output_tokens
 
-        seconds = (time.perf_counter() - started) / max(n, 1)
-        for name, values in (
+        return self.finish(batch, started, [
             ("width", pa.array(width, pa.int32())),
             ("height", pa.array(height, pa.int32())),
             ("llm_caption", pa.array(llm_caption, pa.string())),
             ("descriptions", pa.array(descriptions, pa.list_(pa.string()))),
             ("status", pa.array(status, pa.string())),
             ("error", pa.array(error, pa.string())),
-            (DESCRIBE_SECONDS, pa.array([seconds] * n, pa.float64())),
             (PROMPT_TOKENS, pa.array(prompt_tokens, pa.int64())),
             (OUTPUT_TOKENS, pa.array(output_tokens, pa.int64())),
-            (DESCRIBER_INFO, constant(self.info, n)),
-        ):
-            batch = set_column(batch, name, values)
-        return batch
-
-    def _describe(self, requests: Sequence[Any]) -> list[Any]:
-        if not requests:
-            return []
-        from grainclip.annotate.types import Description
-
-        results = call_isolating_rows("describe", self.describer, self.describer.describe, requests, Description.failed)
-        if len(results) != len(requests):
-            raise RuntimeError(f"describer returned {len(results)} results for {len(requests)} requests")
-        return results
+        ], DESCRIBE_SECONDS, DESCRIBER_INFO)
 
 
 class GroundStage(_ImageStage):
     """Decode each described row's image and localise its descriptions with the grounder."""
 
-    def __init__(self, grounder: GrounderConfig, max_pixels: int | None = None) -> None:
-        from grainclip.annotate.registry import build_grounder
-
-        super().__init__(max_pixels)
-        started = time.perf_counter()
-        self.grounder = build_grounder(grounder)
-        self.info = stage_info(self.grounder)
-        log.info("grounder %r ready in %.1f s", grounder.name, time.perf_counter() - started)
+    stage, build = "ground", build_grounder
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from grainclip.annotate.types import GroundRequest
+        from grainclip.annotate.types import Grounding, GroundRequest
 
-        started = time.perf_counter()
-        n = batch.num_rows
-        column = {name: batch.column(name).to_pylist() for name in
-                  ("image_id", "image", "image_uri", "descriptions", "status", "error")}
+        started, n = time.perf_counter(), batch.num_rows
+        column = as_lists(batch, ("image_id", "image", "image_uri", "descriptions", "status", "error"))
         status, error = column["status"], column["error"]
-        requests, positions = [], []
-        for row in range(n):
-            if status[row] != Status.OK.value:
-                continue
-            try:
-                image = self.decode(column["image"][row], column["image_uri"][row])
-            except ImageDecodeError as exc:  # the describe stage decoded it; a URI can change in between
-                status[row], error[row] = Status.DECODE_FAILED.value, str(exc)
-                continue
-            requests.append(GroundRequest(column["image_id"][row], image, column["descriptions"][row] or []))
-            positions.append(row)
-
+        requests, positions = self.decoded_requests(
+            column,
+            lambda row: status[row] == Status.OK.value,
+            lambda row, image: GroundRequest(column["image_id"][row], image, column["descriptions"][row] or []),
+        )
         regions: list[list[dict]] = [[] for _ in range(n)]
-        for row, result in zip(positions, self._ground(requests)):
+        for row, result in zip(positions, self.call(requests, Grounding.failed)):
             regions[row], status[row], error[row] = grounding_outcome(result)
 
-        seconds = (time.perf_counter() - started) / max(n, 1)
-        for name, values in (
+        return self.finish(batch, started, [
             ("regions", pa.array(regions, pa.list_(REGION_TYPE))),
             ("status", pa.array(status, pa.string())),
             ("error", pa.array(error, pa.string())),
-            (GROUND_SECONDS, pa.array([seconds] * n, pa.float64())),
-            (GROUNDER_INFO, constant(self.info, n)),
-        ):
-            batch = set_column(batch, name, values)
-        return batch
-
-    def _ground(self, requests: Sequence[Any]) -> list[Any]:
-        if not requests:
-            return []
-        from grainclip.annotate.types import Grounding
-
-        results = call_isolating_rows("ground", self.grounder, self.grounder.ground, requests, Grounding.failed)
-        if len(results) != len(requests):
-            raise RuntimeError(f"grounder returned {len(results)} results for {len(requests)} requests")
-        return results
+        ], GROUND_SECONDS, GROUNDER_INFO)
