@@ -275,10 +275,13 @@ def breakdown(stepper: Stepper, source: Iterator[dict[str, torch.Tensor]], steps
     }
 
 
-def step_section(run: Run, compile: bool = False, matcher: str = "hungarian", modes: tuple[str, ...] = ("grain", "clip")) -> dict:
+def step_section(
+    run: Run, compile: bool = False, matcher: str = "hungarian", modes: tuple[str, ...] = ("grain", "clip"),
+    batches: list[int] | None = None,
+) -> dict:
     args = run.args
     results: dict[str, Any] = {}
-    for batch in args.batches:
+    for batch in batches or args.batches:
         row: dict[str, Any] = {}
         for mode in modes:
             if not run.left():
@@ -538,7 +541,9 @@ def main() -> int:
         run = Run(args, Path(work))
         sections = {
             "step": step_section, "matcher": matcher_section, "detectors": detectors_section,
-            "evaluate": evaluate_section, "compile": lambda run: step_section(run, compile=True),
+            "evaluate": evaluate_section,
+            # rehearsing, one batch size: compiling is slow on a CPU and a second size adds no code path
+            "compile": lambda run: step_section(run, compile=True, batches=args.batches[:1] if r else None),
         }  # fmt: skip
         for name, function in sections.items():
             if name not in skip:
