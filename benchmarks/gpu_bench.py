@@ -28,6 +28,9 @@ after each, so a run cut short still returns what it measured:
 4. `evaluate`: the evaluator's images/s for GRAIN and CLIP (ViT-B/16) on a PartsWorld test split.
 5. `compile`: section 1's throughput with torch.compile (first step = compilation, reported apart).
 
+Back here, `python benchmarks/gpu_bench.py --record FETCHED/gpu_bench.json` writes gpu_grain_step_images_per_s,
+gpu_grain_step_mfu and gpu_grain_vs_clip_step into benchmarks/figures.json.
+
 `--rehearse` runs every section at toy sizes (tiny backbone and detectors, 64 px, 2 steps) on any device,
 so a CPU run proves every code path before GPU time is spent.
 """
@@ -277,10 +280,13 @@ def breakdown(stepper: Stepper, source: Iterator[dict[str, torch.Tensor]], steps
     }
 
 
-def step_section(run: Run, compile: bool = False, matcher: str = "hungarian", modes: tuple[str, ...] = ("grain", "clip")) -> dict:
+def step_section(
+    run: Run, compile: bool = False, matcher: str = "hungarian", modes: tuple[str, ...] = ("grain", "clip"),
+    batches: list[int] | None = None,
+) -> dict:
     args = run.args
     results: dict[str, Any] = {}
-    for batch in args.batches:
+    for batch in batches or args.batches:
         row: dict[str, Any] = {}
         for mode in modes:
             if not run.left():
@@ -502,6 +508,25 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def record_figures(results_file: Path) -> int:
+    """Put a device run's headline figures into benchmarks/figures.json (run here, on the fetched gpu_bench.json:
+    files written on the device machine do not come back, only $OUT does)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from figures import record
+
+    results = json.loads(results_file.read_text())
+    step = next(iter(results.get("step", {}).values()), None)  # the first batch size: 128, the paper's
+    if results.get("rehearse") or not step or "grain_vs_clip_step" not in step:
+        print(f"gpu_bench: {results_file} holds no full-size GRAIN and CLIP step; nothing recorded", file=sys.stderr)
+        return 2
+    command = results["command"]
+    record("gpu_grain_step_images_per_s", step["grain"]["images_per_s"], "images/s", command)
+    if step["grain"].get("mfu") is not None:
+        record("gpu_grain_step_mfu", step["grain"]["mfu"], "fraction", command)
+    record("gpu_grain_vs_clip_step", step["grain_vs_clip_step"], "x", command)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="Folder for gpu_bench.json/.md (default: $OUT or .)")
@@ -520,7 +545,11 @@ def main() -> int:
                         "aot_eager: traces forward and backward like inductor without generating kernels).")
     parser.add_argument("--budget-s", type=float, default=480.0, help="Start no section after this many seconds.")
     parser.add_argument("--skip", default="", help="Comma-separated sections to leave out.")
+    parser.add_argument("--record", type=Path, default=None, metavar="GPU_BENCH_JSON",
+                        help="Measure nothing: record a fetched device run's figures in benchmarks/figures.json.")
     args = parser.parse_args()
+    if args.record:
+        return record_figures(args.record)
     import os
 
     r = args.rehearse
@@ -540,7 +569,9 @@ def main() -> int:
         run = Run(args, Path(work))
         sections = {
             "step": step_section, "matcher": matcher_section, "detectors": detectors_section,
-            "evaluate": evaluate_section, "compile": lambda run: step_section(run, compile=True),
+            "evaluate": evaluate_section,
+            # rehearsing, one batch size: compiling is slow on a CPU and a second size adds no code path
+            "compile": lambda run: step_section(run, compile=True, batches=args.batches[:1] if r else None),
         }  # fmt: skip
         for name, function in sections.items():
             if name not in skip:
