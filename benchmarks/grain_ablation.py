@@ -168,7 +168,8 @@ def main() -> None:
         todo.append((args.name, {key: parse_value(value) for key, value in (item.split("=", 1) for item in args.set)}))
     for name, overrides in todo:
         run_variant(args, name, overrides, root, annotations)
-    results = [json.loads(path.read_text()) for path in sorted(args.out.glob("*/result.json"), key=lambda p: p.stat().st_mtime)]
+    results = [json.loads(path.read_text()) for path in args.out.glob("*/result.json")]
+    results.sort(key=lambda r: (r["name"] != "clip", r["name"] != "recipe", r["name"] != "paper", r["name"]))
     table = markdown(results, args)
     (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
                                                        "runs": results}, indent=1))
