@@ -40,15 +40,23 @@ from grainclip.schema import parquet_files
 
 MODELS = {
     # Test-suite size: decoding dominates.
-    "tiny": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}},
+    "tiny": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    },
     # A small ViT where the image tower costs about as much as decoding on this CPU.
-    "small": {"embed_dim": 128, "vision_cfg": {"image_size": 128, "layers": 4, "width": 256, "patch_size": 16, "head_width": 64},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2}},
+    "small": {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 128, "layers": 4, "width": 256, "patch_size": 16, "head_width": 64},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+    },
 }
 
 
-def reference_loop(loaded, truth: Path, classnames: list[str], text: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def reference_loop(
+    loaded, truth: Path, classnames: list[str], text: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     """(images/s, top-1) of the plain loop."""
     index = {name: i for i, name in enumerate(classnames)}
     start = time.perf_counter()
@@ -57,7 +65,9 @@ def reference_loop(loaded, truth: Path, classnames: list[str], text: torch.Tenso
         for file in parquet_files(truth):
             for batch in pq.ParquetFile(file).iter_batches(batch_size, columns=["image", "class_name"]):
                 rows = batch.to_pylist()
-                pixels = torch.stack([loaded.preprocess(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in rows])
+                pixels = torch.stack(
+                    [loaded.preprocess(Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in rows]
+                )
                 predictions = (F.normalize(loaded.model.encode_image(pixels), dim=-1) @ text.T).argmax(1)
                 labels = torch.tensor([index[r["class_name"]] for r in rows])
                 correct += int((predictions == labels).sum())
@@ -88,15 +98,21 @@ def run(args: argparse.Namespace, work: Path) -> None:
     config.write_text(json.dumps(MODELS[args.model]))
     torch.manual_seed(0)
     loaded = load_open_clip(str(config), None, torch.device("cpu"))
-    split = load_split(EvalDataset(name="novel", source={"kind": "partsworld", "path": work / "pw", "split": "test_novel"}))
+    split = load_split(
+        EvalDataset(name="novel", source={"kind": "partsworld", "path": work / "pw", "split": "test_novel"})
+    )
     templates = class_text.DEFAULT_TEMPLATES
-    text = class_text.class_embeddings(loaded, split.classnames, templates, "cpu")  # once, shared with the evaluator's cache
+    text = class_text.class_embeddings(
+        loaded, split.classnames, templates, "cpu"
+    )  # once, shared with the evaluator's cache
     encoded_before = class_text.TEXT_CACHE.encoded_texts
     settings = PassSettings(modes=["global"], templates=templates, batch_size=args.batch_size, num_workers=args.workers)
 
     reference, evaluator = [], []
     for _ in range(args.repeats):
-        speed, reference_top1 = reference_loop(loaded, work / "pw" / "test_novel" / "truth", split.classnames, text, args.batch_size)
+        speed, reference_top1 = reference_loop(
+            loaded, work / "pw" / "test_novel" / "truth", split.classnames, text, args.batch_size
+        )
         reference.append(speed)
         results, _ = evaluate_split(loaded, split, ["classification"], settings, torch.device("cpu"))
         evaluator.append(results["images_per_second"])
@@ -105,12 +121,24 @@ def run(args: argparse.Namespace, work: Path) -> None:
     assert class_text.TEXT_CACHE.encoded_texts == encoded_before, "the evaluator re-encoded class text"
 
     ratio = statistics.median(evaluator) / statistics.median(reference)
-    print(f"model={args.model} images={args.images} image_size={args.image_size} batch={args.batch_size} "
-          f"workers={args.workers} torch_threads={torch.get_num_threads()} top1={evaluator_top1:.4f}")
-    print("reference images/s: " + ", ".join(f"{v:.1f}" for v in reference) + f"  (median {statistics.median(reference):.1f})")
-    print("evaluator images/s: " + ", ".join(f"{v:.1f}" for v in evaluator) + f"  (median {statistics.median(evaluator):.1f})")
+    print(
+        f"model={args.model} images={args.images} image_size={args.image_size} batch={args.batch_size} "
+        f"workers={args.workers} torch_threads={torch.get_num_threads()} top1={evaluator_top1:.4f}"
+    )
+    print(
+        "reference images/s: "
+        + ", ".join(f"{v:.1f}" for v in reference)
+        + f"  (median {statistics.median(reference):.1f})"
+    )
+    print(
+        "evaluator images/s: "
+        + ", ".join(f"{v:.1f}" for v in evaluator)
+        + f"  (median {statistics.median(evaluator):.1f})"
+    )
     print(f"ratio evaluator / reference: {ratio:.2f}x")
-    print(f"class text encoded once: {len(split.classnames) * len(templates)} prompts, 0 re-encoded in {args.repeats} evaluator runs")
+    print(
+        f"class text encoded once: {len(split.classnames) * len(templates)} prompts, 0 re-encoded in {args.repeats} evaluator runs"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def command_line() -> str:
 def git_commit() -> str | None:
     """`git rev-parse HEAD` of the checkout the benchmarks live in (None outside a git checkout)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=FIGURES.parent, capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=FIGURES.parent, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return done.stdout.strip()
@@ -52,8 +53,9 @@ def record(name: str, value: float, unit: str, command: str | None = None, path:
     return figures[name]
 
 
-def is_recorded_configuration(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                              ignore: tuple[str, ...] = ()) -> bool:
+def is_recorded_configuration(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, ignore: tuple[str, ...] = ()
+) -> bool:
     """True when every option but those in `ignore` (e.g. an output folder) has its default value."""
     defaults = vars(parser.parse_args([]))
     return all(value == defaults[key] for key, value in vars(args).items() if key not in ignore)

@@ -54,7 +54,14 @@ from grainclip.devices import autocast
 
 # Dense bf16 tensor-core peaks in TFLOP/s: NVIDIA's datasheet figures "with sparsity" halved (H100/H200 SXM
 # 1979 -> 989.5, H100/H200 NVL 1671 -> 835.5, H100 PCIe 1513 -> 756.5), A100 312. Most specific name first.
-PEAK_BF16_TFLOPS = {"H200 NVL": 835.5, "H100 NVL": 835.5, "H100 PCIe": 756.5, "H200": 989.5, "H100": 989.5, "A100": 312.0}
+PEAK_BF16_TFLOPS = {
+    "H200 NVL": 835.5,
+    "H100 NVL": 835.5,
+    "H100 PCIe": 756.5,
+    "H200": 989.5,
+    "H100": 989.5,
+    "A100": 312.0,
+}
 MATCHING_SHARE_FOR_GPU_MATCHER = 0.05
 PHASES = ("data_wait", "forward", "matching", "backward", "optimizer")
 TINY_DECODER = {"layers": 2, "d_model": 64, "heads": 4, "ffn_dim": 128}
@@ -78,8 +85,11 @@ class Run:
             "torch": torch.__version__,
             "compile_backend": args.compile_backend,
             "peak_bf16_tflops": peak,
-            "peak_source": "--peak-tflops" if args.peak_tflops else
-            "NVIDIA datasheet, dense (sparsity figure / 2)" if peak else "unknown device: pass --peak-tflops for MFU",
+            "peak_source": "--peak-tflops"
+            if args.peak_tflops
+            else "NVIDIA datasheet, dense (sparsity figure / 2)"
+            if peak
+            else "unknown device: pass --peak-tflops for MFU",
             "skipped": [],
         }
 
@@ -115,7 +125,9 @@ def data(run: Run) -> Path:
     root = run.work / "partsworld"
     if not root.exists():
         n = 64 if run.args.rehearse else 2 * max(run.args.batches)
-        generate(root, n=n, n_test=32 if run.args.rehearse else run.args.eval_images, seed=0, image_size=run.args.image_size)
+        generate(
+            root, n=n, n_test=32 if run.args.rehearse else run.args.eval_images, seed=0, image_size=run.args.image_size
+        )
     return root
 
 
@@ -144,8 +156,8 @@ class Stepper:
 
     def __init__(self, run: Run, cfg, compile: bool = False) -> None:
         from grainclip.train.backbone import build_backbone
-        from grainclip.train.model import build_model
         from grainclip.train.losses import GrainCriterion
+        from grainclip.train.model import build_model
         from grainclip.train.optim import build_optimizer
 
         torch.manual_seed(0)
@@ -281,7 +293,10 @@ def breakdown(stepper: Stepper, source: Iterator[dict[str, torch.Tensor]], steps
 
 
 def step_section(
-    run: Run, compile: bool = False, matcher: str = "hungarian", modes: tuple[str, ...] = ("grain", "clip"),
+    run: Run,
+    compile: bool = False,
+    matcher: str = "hungarian",
+    modes: tuple[str, ...] = ("grain", "clip"),
     batches: list[int] | None = None,
 ) -> dict:
     args = run.args
@@ -290,7 +305,9 @@ def step_section(
         row: dict[str, Any] = {}
         for mode in modes:
             if not run.left():
-                run.results["skipped"].append(f"step {mode} batch {batch} (compile {compile}, matcher {matcher}): budget spent")
+                run.results["skipped"].append(
+                    f"step {mode} batch {batch} (compile {compile}, matcher {matcher}): budget spent"
+                )
                 continue
             stepper = Stepper(run, train_config(run, mode, batch, matcher), compile=compile)
             source = stepper.batches()
@@ -322,7 +339,9 @@ def matcher_section(run: Run) -> dict:
     for batch in run.args.batches:
         pred = (torch.rand(batch, queries, 4, generator=g) * 0.4 + 0.3).to(run.device)
         corner = torch.rand(batch, queries, 2, generator=g) * 0.5
-        target = torch.cat([corner, corner + 0.05 + torch.rand(batch, queries, 2, generator=g) * 0.4], -1).to(run.device)
+        target = torch.cat([corner, corner + 0.05 + torch.rand(batch, queries, 2, generator=g) * 0.4], -1).to(
+            run.device
+        )
         mask = (torch.rand(batch, queries, generator=g) < 0.8).to(run.device)
         row = {}
         for name, matcher in (("hungarian", HungarianMatcher()), ("enumerate", EnumerationMatcher())):
@@ -377,7 +396,10 @@ def detector_models(rehearse: bool) -> dict[str, tuple[Any, Any, int, int]]:
     owl_processor = Owlv2Processor(Owlv2ImageProcessor(size={"height": owl_side, "width": owl_side}), clip_tokenizer)
     dino_image = GroundingDinoImageProcessor(size={"shortest_edge": dino_side, "longest_edge": 2 * dino_side})
     dino_processor = GroundingDinoProcessor(image_processor=dino_image, tokenizer=bert_tokenizer)
-    return {"owlv2": (owl, owl_processor, owl_side, OWLV2_TEXT_LENGTH), "grounding-dino": (dino, dino_processor, dino_side, 64)}
+    return {
+        "owlv2": (owl, owl_processor, owl_side, OWLV2_TEXT_LENGTH),
+        "grounding-dino": (dino, dino_processor, dino_side, 64),
+    }
 
 
 def detector_inputs(name: str, batch: int, side: int, tokens: int, queries: int, device: torch.device) -> dict:
@@ -415,7 +437,9 @@ def detectors_section(run: Run) -> dict:
                     for _ in range(iters):
                         model(**inputs)
                     sync(run.device)
-                row[f"forward_{dtype_name}_b{batch}_images_per_s"] = round(batch * iters / (time.perf_counter() - started), 1)
+                row[f"forward_{dtype_name}_b{batch}_images_per_s"] = round(
+                    batch * iters / (time.perf_counter() - started), 1
+                )
         row["grounder_batch"] = batches[0]
         row["grounder_fp32_images_per_s"] = grounder_speed(run, name, model.float(), processor, batches[0], queries)
         out[name] = row
@@ -440,9 +464,14 @@ def grounder_speed(run: Run, name: str, model: Any, processor: Any, batch: int, 
     grounder_class = Owlv2Grounder if name == "owlv2" else GroundingDinoGrounder
     grounder = grounder_class(GrounderConfig(name=name, model=str(folder), device=run.device.type, batch_size=batch))
     rng = torch.Generator().manual_seed(0)
-    images = [Image.fromarray(torch.randint(0, 255, (480, 640, 3), generator=rng, dtype=torch.uint8).numpy()) for _ in range(batch)]
+    images = [
+        Image.fromarray(torch.randint(0, 255, (480, 640, 3), generator=rng, dtype=torch.uint8).numpy())
+        for _ in range(batch)
+    ]
     descriptions = [f"part number {i} of the creature" for i in range(queries)]
-    requests = [GroundRequest(image_id=str(i), image=image, descriptions=descriptions) for i, image in enumerate(images)]
+    requests = [
+        GroundRequest(image_id=str(i), image=image, descriptions=descriptions) for i, image in enumerate(images)
+    ]
     grounder.ground(requests)  # warm-up
     sync(run.device)
     started = time.perf_counter()
@@ -538,15 +567,30 @@ def main() -> int:
     parser.add_argument("--backbone", default="ViT-B-16")
     parser.add_argument("--eval-images", type=int, default=512, help="PartsWorld images per test split.")
     parser.add_argument("--eval-batch", type=int, default=128)
-    parser.add_argument("--gpu-matcher", choices=["auto", "always", "never"], default=None,
-                        help="GRAIN step with the enumeration matcher: auto = if matching > 5%% of the step.")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="Dense bf16 peak for MFU (default: by GPU name).")
-    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; rehearse "
-                        "aot_eager: traces forward and backward like inductor without generating kernels).")
+    parser.add_argument(
+        "--gpu-matcher",
+        choices=["auto", "always", "never"],
+        default=None,
+        help="GRAIN step with the enumeration matcher: auto = if matching > 5%% of the step.",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="Dense bf16 peak for MFU (default: by GPU name)."
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend (default inductor; rehearse "
+        "aot_eager: traces forward and backward like inductor without generating kernels).",
+    )
     parser.add_argument("--budget-s", type=float, default=480.0, help="Start no section after this many seconds.")
     parser.add_argument("--skip", default="", help="Comma-separated sections to leave out.")
-    parser.add_argument("--record", type=Path, default=None, metavar="GPU_BENCH_JSON",
-                        help="Measure nothing: record a fetched device run's figures in benchmarks/figures.json.")
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="GPU_BENCH_JSON",
+        help="Measure nothing: record a fetched device run's figures in benchmarks/figures.json.",
+    )
     args = parser.parse_args()
     if args.record:
         return record_figures(args.record)

@@ -39,8 +39,11 @@ log = logging.getLogger("grain_ablation")
 VARIANTS: dict[str, dict[str, Any]] = {
     "clip": {"mode": "clip"},
     "recipe": {},
-    "paper": {"decoder.global_embedding": "query", "decoder.region_embedding": "query",
-              "decoder.region_temperature": "shared"},
+    "paper": {
+        "decoder.global_embedding": "query",
+        "decoder.region_embedding": "query",
+        "decoder.region_temperature": "shared",
+    },
     "global_query": {"decoder.global_embedding": "query"},
     "region_query": {"decoder.region_embedding": "query"},
     "roi_plus_query": {"decoder.region_embedding": "roi+query"},
@@ -93,12 +96,19 @@ def run_variant(args: argparse.Namespace, name: str, overrides: dict[str, Any], 
     started = time.perf_counter()
     trained = train(config)
     train_seconds = time.perf_counter() - started
-    results = evaluate(evaluate_config({mode: trained.model_dir}, root, work / "eval", grid_images=4, splits=VAL_SPLITS))
+    results = evaluate(
+        evaluate_config({mode: trained.model_dir}, root, work / "eval", grid_images=4, splits=VAL_SPLITS)
+    )
     curve = [json.loads(line) for line in (work / "train" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    result: dict[str, Any] = {"name": name, "mode": mode, "overrides": overrides, "steps": steps,
-                              "train_seconds": round(train_seconds, 1),
-                              "caption_loss": {r["step"]: round(r["loss/caption"], 3) for r in curve},
-                              "final_losses": {k: round(v, 4) for k, v in curve[-1].items() if k.startswith("loss/")}}
+    result: dict[str, Any] = {
+        "name": name,
+        "mode": mode,
+        "overrides": overrides,
+        "steps": steps,
+        "train_seconds": round(train_seconds, 1),
+        "caption_loss": {r["step"]: round(r["loss/caption"], 3) for r in curve},
+        "final_losses": {k: round(v, 4) for k, v in curve[-1].items() if k.startswith("loss/")},
+    }
     for run in results["runs"]:
         for row in run.get("classification", []):
             result[f"{run['dataset']}/{row['mode']}"] = row["top1"]
@@ -122,28 +132,37 @@ def sweep_mean(result: dict, alpha: str) -> float | None:
 
 
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"PartsWorld {args.n} training images (seed {args.seed}, moderate noise), {args.n_val} images per "
-             f"validation split, batch {args.batch_size}; top-1 (%) on val_seen / val_novel; grain scoring at "
-             f"alpha {GRAIN_ALPHA:g}; best alpha = the sweep's best mean of seen and novel grain top-1.", "",
-             "| run | overrides | steps | train s | caption loss (end) | seen global | seen +desc | seen grain | "
-             "novel global | novel +desc | novel grain | novel region only | best alpha (mean) | "
-             "grounding R@0.5 (seen) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"PartsWorld {args.n} training images (seed {args.seed}, moderate noise), {args.n_val} images per "
+        f"validation split, batch {args.batch_size}; top-1 (%) on val_seen / val_novel; grain scoring at "
+        f"alpha {GRAIN_ALPHA:g}; best alpha = the sweep's best mean of seen and novel grain top-1.",
+        "",
+        "| run | overrides | steps | train s | caption loss (end) | seen global | seen +desc | seen grain | "
+        "novel global | novel +desc | novel grain | novel region only | best alpha (mean) | "
+        "grounding R@0.5 (seen) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         losses = r["caption_loss"]
         last = losses[max(losses, key=int)] if losses else None
         cells = []
         for split in VAL_SPLITS:
             sweep = r.get(f"{split}/alpha_sweep", {})
-            cells += [pct(r.get(f"{split}/global")), pct(r.get(f"{split}/global+descriptors")),
-                      pct(sweep.get(str(GRAIN_ALPHA)))]
+            cells += [
+                pct(r.get(f"{split}/global")),
+                pct(r.get(f"{split}/global+descriptors")),
+                pct(sweep.get(str(GRAIN_ALPHA))),
+            ]
         cells.append(pct(r.get("val_novel/alpha_sweep", {}).get("0.0")))
         alphas = r.get("val_seen/alpha_sweep", {})
         best = max(alphas, key=lambda a: sweep_mean(r, a)) if alphas else None
         cells.append("n/a" if best is None else f"{float(best):g} ({pct(sweep_mean(r, best))})")
         cells.append(pct(r.get("val_seen/grounding")))
-        lines.append(f"| {r['name']} | `{json.dumps(r['overrides'])}` | {r['steps']} | {r['train_seconds']:.0f} | {last} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['name']} | `{json.dumps(r['overrides'])}` | {r['steps']} | {r['train_seconds']:.0f} | {last} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -152,7 +171,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--runs", nargs="*", default=[], choices=list(VARIANTS), help="named variants to run")
     parser.add_argument("--name", help="name of an ad-hoc run built from --set overrides")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides (JSON values)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides (JSON values)"
+    )
     parser.add_argument("--n", type=int, default=1024, help="training images")
     parser.add_argument("--n-val", type=int, default=180, help="images per validation split")
     parser.add_argument("--steps", type=int, default=300)
@@ -171,8 +192,9 @@ def main() -> None:
     results = [json.loads(path.read_text()) for path in args.out.glob("*/result.json")]
     results.sort(key=lambda r: (r["name"] != "clip", r["name"] != "recipe", r["name"] != "paper", r["name"]))
     table = markdown(results, args)
-    (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                       "runs": results}, indent=1))
+    (args.out / "results.json").write_text(
+        json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "runs": results}, indent=1)
+    )
     (args.out / "results.md").write_text(table + "\n")
     print(table)
 

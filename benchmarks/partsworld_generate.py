@@ -39,10 +39,14 @@ def main() -> None:
         encode_image(images[k % len(images)])
     reference = time.perf_counter() - started
 
-    print(f"partsworld generate: {args.n} train images of {args.image_size} px in {train_s:.2f} s "
-          f"({args.n / train_s:.0f} images/s; whole call incl. test splits and JSON {total:.2f} s), "
-          f"{megabytes:.1f} MB of Parquet (images + truth)")
-    print(f"reference: PIL default PNG encode of {args.n} such images {reference:.2f} s ({args.n / reference:.0f} images/s)")
+    print(
+        f"partsworld generate: {args.n} train images of {args.image_size} px in {train_s:.2f} s "
+        f"({args.n / train_s:.0f} images/s; whole call incl. test splits and JSON {total:.2f} s), "
+        f"{megabytes:.1f} MB of Parquet (images + truth)"
+    )
+    print(
+        f"reference: PIL default PNG encode of {args.n} such images {reference:.2f} s ({args.n / reference:.0f} images/s)"
+    )
     print(f"ratio generate / bare PNG encode: {train_s / reference:.2f}")
 
 

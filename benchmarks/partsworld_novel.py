@@ -48,13 +48,21 @@ log = logging.getLogger("partsworld_novel")
 # (describer options, grounder options) per noise level. "moderate" is the quickstart's setting.
 NOISE = {
     "clean": ({"drop_prob": 0.0, "substitute_prob": 0.0}, {"jitter": 0.0, "miss_prob": 0.0, "spurious_prob": 0.0}),
-    "moderate": ({"drop_prob": 0.1, "substitute_prob": 0.1}, {"jitter": 0.05, "miss_prob": 0.05, "spurious_prob": 0.05}),
+    "moderate": (
+        {"drop_prob": 0.1, "substitute_prob": 0.1},
+        {"jitter": 0.05, "miss_prob": 0.05, "spurious_prob": 0.05},
+    ),
     "heavy": ({"drop_prob": 0.3, "substitute_prob": 0.3}, {"jitter": 0.15, "miss_prob": 0.2, "spurious_prob": 0.2}),
 }
 
 MODES = ("clip", "grain")  # both trained at every (seed, noise): equal budgets
-ROWS = [("clip", "global"), ("clip", "global+descriptors"), ("grain", "global"), ("grain", "global+descriptors"),
-        ("grain", "grain")]
+ROWS = [
+    ("clip", "global"),
+    ("clip", "global+descriptors"),
+    ("grain", "global"),
+    ("grain", "global+descriptors"),
+    ("grain", "grain"),
+]
 HEADLINE_NOISE = "moderate"
 # Novel-class top-1 keys the headline compares.
 CLIP_D, GRAIN_D = "clip/test_novel/global+descriptors", "grain/test_novel/global+descriptors"
@@ -62,12 +70,15 @@ GRAIN_G = "grain/test_novel/grain"
 NOVEL_MEAN_TARGET, NOVEL_SEED_TARGET = 0.60, 0.40  # GRAIN grain: mean over seeds, and every seed above
 
 
-
 def annotate_split(root: Path, noise: str, seed: int, out: Path) -> Path:
     """Simulated annotation of root/train/images into out/ (annotations schema), in-process, no Ray."""
     describe_opts, ground_opts = NOISE[noise]
-    describer = build_describer(DescriberConfig(name="partsworld", options={"truth": str(root), "seed": seed, **describe_opts}))
-    grounder = build_grounder(GrounderConfig(name="partsworld", options={"truth": str(root), "seed": seed, **ground_opts}))
+    describer = build_describer(
+        DescriberConfig(name="partsworld", options={"truth": str(root), "seed": seed, **describe_opts})
+    )
+    grounder = build_grounder(
+        GrounderConfig(name="partsworld", options={"truth": str(root), "seed": seed, **ground_opts})
+    )
     out.mkdir(parents=True, exist_ok=True)
     for index, batch in enumerate(schema.iter_batches(root / "train" / "images", batch_size=512)):
         rows = annotate_rows(batch.to_pylist(), describer, grounder, run_id=f"bench-{noise}-{seed}")
@@ -96,9 +107,13 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str) -> dict:
     results = evaluate(evaluate_config(models, root, work / "eval", grid_images=4))
     elapsed = time.perf_counter() - started
     log.info("seed %d noise %s done in %.0f s", seed, noise, elapsed)
-    result = {"seed": seed, "noise": noise, "seconds": elapsed,
-              "top1": {"/".join(k): v for k, v in top1_table(results).items()},
-              "grounding": {"/".join(k): v for k, v in grounding_table(results).items()}}
+    result = {
+        "seed": seed,
+        "noise": noise,
+        "seconds": elapsed,
+        "top1": {"/".join(k): v for k, v in top1_table(results).items()},
+        "grounding": {"/".join(k): v for k, v in grounding_table(results).items()},
+    }
     done.write_text(json.dumps(result, indent=1))
     return result
 
@@ -129,30 +144,42 @@ def levels(runs: list[dict]) -> list[str]:
 def accuracy_table(runs: list[dict], noise: str) -> list[str]:
     at = [r for r in runs if r["noise"] == noise]
     seeds = sorted(r["seed"] for r in at)
-    lines = [f"Noise = {noise}: top-1 (%), mean ± std over seeds {seeds}.", "",
-             "| model | scoring | seen classes | novel classes |", "|---|---|---|---|"]
+    lines = [
+        f"Noise = {noise}: top-1 (%), mean ± std over seeds {seeds}.",
+        "",
+        "| model | scoring | seen classes | novel classes |",
+        "|---|---|---|---|",
+    ]
     for model, mode in ROWS:
         seen, novel = values(at, f"{model}/test_seen/{mode}"), values(at, f"{model}/test_novel/{mode}")
         lines.append(f"| {model} | {mode} | {mean_std(seen)} | {mean_std(novel)} |")
     recall = values(at, "grain/test_seen", "grounding")
     lines += ["", f"GRAIN grounding recall@IoU0.5 on test_seen: {mean_std(recall, scale=1, digits=2)}."]
-    per_seed = [f"seed {r['seed']}: {100 * r['top1'][CLIP_D]:.1f} vs {100 * r['top1'][GRAIN_G]:.1f}"
-                for r in sorted(at, key=lambda r: r["seed"]) if CLIP_D in r["top1"] and GRAIN_G in r["top1"]]
+    per_seed = [
+        f"seed {r['seed']}: {100 * r['top1'][CLIP_D]:.1f} vs {100 * r['top1'][GRAIN_G]:.1f}"
+        for r in sorted(at, key=lambda r: r["seed"])
+        if CLIP_D in r["top1"] and GRAIN_G in r["top1"]
+    ]
     if per_seed:
         lines.append(f"Novel classes per seed, CLIP global+descriptors vs GRAIN grain: {'; '.join(per_seed)}.")
     return lines
 
 
 def sweep_table(runs: list[dict]) -> list[str]:
-    lines = ["Noise sweep: novel-class top-1 (%), mean ± std over seeds; both models trained at every level.", "",
-             "| noise | seeds | CLIP global+descriptors | GRAIN global+descriptors | GRAIN grain | "
-             "GRAIN grain − CLIP global+descriptors | GRAIN grounding recall@IoU0.5 (test_seen) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "Noise sweep: novel-class top-1 (%), mean ± std over seeds; both models trained at every level.",
+        "",
+        "| noise | seeds | CLIP global+descriptors | GRAIN global+descriptors | GRAIN grain | "
+        "GRAIN grain − CLIP global+descriptors | GRAIN grounding recall@IoU0.5 (test_seen) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for noise in levels(runs):
         at = [r for r in runs if r["noise"] == noise]
-        lines.append(f"| {noise} | {len(at)} | {mean_std(values(at, CLIP_D))} | {mean_std(values(at, GRAIN_D))} | "
-                     f"{mean_std(values(at, GRAIN_G))} | {mean_std(gaps(at, GRAIN_G, CLIP_D))} | "
-                     f"{mean_std(values(at, 'grain/test_seen', 'grounding'), scale=1, digits=2)} |")
+        lines.append(
+            f"| {noise} | {len(at)} | {mean_std(values(at, CLIP_D))} | {mean_std(values(at, GRAIN_D))} | "
+            f"{mean_std(values(at, GRAIN_G))} | {mean_std(gaps(at, GRAIN_G, CLIP_D))} | "
+            f"{mean_std(values(at, 'grain/test_seen', 'grounding'), scale=1, digits=2)} |"
+        )
     return lines
 
 
@@ -175,16 +202,28 @@ def targets_table(figures: dict[str, float]) -> list[str]:
     if not figures:
         return [f"Targets: not checked (no complete run at noise = {HEADLINE_NOISE})."]
     checks = [
-        (f"GRAIN grain novel top-1 mean >= {100 * NOVEL_MEAN_TARGET:g}%", figures["novel_grain_top1_mean"],
-         figures["novel_grain_top1_mean"] >= NOVEL_MEAN_TARGET),
-        (f"every seed's GRAIN grain novel top-1 > {100 * NOVEL_SEED_TARGET:g}%", figures["novel_grain_top1_min_seed"],
-         figures["novel_grain_top1_min_seed"] > NOVEL_SEED_TARGET),
-        ("GRAIN global+descriptors >= CLIP global+descriptors on novel classes (means)",
-         figures["novel_grain_global_descriptors_top1_mean"],
-         figures["novel_grain_global_descriptors_top1_mean"] >= figures["novel_clip_descriptors_top1_mean"]),
+        (
+            f"GRAIN grain novel top-1 mean >= {100 * NOVEL_MEAN_TARGET:g}%",
+            figures["novel_grain_top1_mean"],
+            figures["novel_grain_top1_mean"] >= NOVEL_MEAN_TARGET,
+        ),
+        (
+            f"every seed's GRAIN grain novel top-1 > {100 * NOVEL_SEED_TARGET:g}%",
+            figures["novel_grain_top1_min_seed"],
+            figures["novel_grain_top1_min_seed"] > NOVEL_SEED_TARGET,
+        ),
+        (
+            "GRAIN global+descriptors >= CLIP global+descriptors on novel classes (means)",
+            figures["novel_grain_global_descriptors_top1_mean"],
+            figures["novel_grain_global_descriptors_top1_mean"] >= figures["novel_clip_descriptors_top1_mean"],
+        ),
     ]
-    lines = [f"Targets at noise = {HEADLINE_NOISE}: {sum(holds for *_, holds in checks)} of {len(checks)} hold.", "",
-             "| target | measured (%) | holds |", "|---|---|---|"]
+    lines = [
+        f"Targets at noise = {HEADLINE_NOISE}: {sum(holds for *_, holds in checks)} of {len(checks)} hold.",
+        "",
+        "| target | measured (%) | holds |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {100 * value:.1f} | {'yes' if holds else '**no**'} |" for name, value, holds in checks]
     return lines
 
@@ -205,12 +244,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2048, help="training images per seed")
     parser.add_argument("--n-test", type=int, default=360, help="images per test split")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=300,
-                        help="per model; 3 seeds x 3 noise levels x 2 models fit in about an hour on 2 cores")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=300,
+        help="per model; 3 seeds x 3 noise levels x 2 models fit in about an hour on 2 cores",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--sweep", nargs="*", default=["clean", "heavy"], choices=list(NOISE),
-                        help=f"noise levels besides {HEADLINE_NOISE}, each run for every seed with both models")
+    parser.add_argument(
+        "--sweep",
+        nargs="*",
+        default=["clean", "heavy"],
+        choices=list(NOISE),
+        help=f"noise levels besides {HEADLINE_NOISE}, each run for every seed with both models",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args.out.mkdir(parents=True, exist_ok=True)

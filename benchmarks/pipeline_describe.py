@@ -85,13 +85,15 @@ def main() -> None:
     rows = images.to_pylist()
     requests = [DescribeRequest(r["image_id"], decode_image(r["image"]), r["caption"]) for r in rows]
     texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": describer.to_prompt(r).text}],
-                                      tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": describer.to_prompt(r).text}], tokenize=False, add_generation_prompt=True
+        )
         for r in requests
     ]
     token_ids = [{"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)} for text in texts]
-    conversations = [[{"role": "user", "content": [{"type": "text", "text": describer.to_prompt(r).text}]}]
-                     for r in requests]  # what the describer hands to LLM.chat for a text-only model
+    conversations = [
+        [{"role": "user", "content": [{"type": "text", "text": describer.to_prompt(r).text}]}] for r in requests
+    ]  # what the describer hands to LLM.chat for a text-only model
 
     stage(batches[0].slice(0, 16))  # warm-up: first-call allocations are start-up, not throughput
 
@@ -119,7 +121,9 @@ def main() -> None:
         outputs = [
             output
             for start in range(0, len(prompts), args.batch)
-            for output in method(prompts[start:start + args.batch], describer.sampling_params, use_tqdm=False, **kwargs)
+            for output in method(
+                prompts[start : start + args.batch], describer.sampling_params, use_tqdm=False, **kwargs
+            )
         ]
         seconds = time.perf_counter() - started
         return seconds, sum(len(o.prompt_token_ids) for o in outputs), sum(len(o.outputs[0].token_ids) for o in outputs)
@@ -132,7 +136,7 @@ def main() -> None:
     }
     runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name in measure}
     for repeat in range(args.repeats):
-        order = list(measure)[repeat % len(measure):] + list(measure)[:repeat % len(measure)]  # no side always first
+        order = list(measure)[repeat % len(measure) :] + list(measure)[: repeat % len(measure)]  # no side always first
         for name in order:
             if name == "stage":
                 describe_seconds.clear()
@@ -143,21 +147,35 @@ def main() -> None:
     median = {name: statistics.median(r[0] for r in results) for name, results in runs.items()}
     same_work = len({r[1:] for results in runs.values() for r in results}) == 1
     n = images.num_rows
-    print(f"model: {model} (tiny random chat LLM, text-only), images: {n} ({64} px), batch: {args.batch}, "
-          f"max_tokens: {args.max_tokens}, repeats: {args.repeats}, engine start-up: {startup:.1f} s")
-    print(f"prompt/output tokens per pass: {runs['stage'][0][1]}/{runs['stage'][0][2]} "
-          f"(identical in every pass: {same_work})")
-    labels = {"text": "LLM.generate(prompt text)", "ids": "LLM.generate(token ids)",
-              "chat": "LLM.chat(conversations)", "stage": "DescribeStage"}
+    print(
+        f"model: {model} (tiny random chat LLM, text-only), images: {n} ({64} px), batch: {args.batch}, "
+        f"max_tokens: {args.max_tokens}, repeats: {args.repeats}, engine start-up: {startup:.1f} s"
+    )
+    print(
+        f"prompt/output tokens per pass: {runs['stage'][0][1]}/{runs['stage'][0][2]} "
+        f"(identical in every pass: {same_work})"
+    )
+    labels = {
+        "text": "LLM.generate(prompt text)",
+        "ids": "LLM.generate(token ids)",
+        "chat": "LLM.chat(conversations)",
+        "stage": "DescribeStage",
+    }
     for name, label in labels.items():
-        print(f"{label:27s}: best {best[name]:6.2f} s = {n / best[name]:6.1f} images/s, median {median[name]:6.2f} s  "
-              f"(runs: {', '.join(f'{r[0]:.2f}' for r in runs[name])})")
+        print(
+            f"{label:27s}: best {best[name]:6.2f} s = {n / best[name]:6.1f} images/s, median {median[name]:6.2f} s  "
+            f"(runs: {', '.join(f'{r[0]:.2f}' for r in runs[name])})"
+        )
     inside = sum(describe_seconds)
-    print(f"last stage pass: {runs['stage'][-1][0]:.2f} s = describer.describe {inside:.2f} s "
-          f"+ stage's own work (Arrow, image decoding, columns) {runs['stage'][-1][0] - inside:.2f} s")
+    print(
+        f"last stage pass: {runs['stage'][-1][0]:.2f} s = describer.describe {inside:.2f} s "
+        f"+ stage's own work (Arrow, image decoding, columns) {runs['stage'][-1][0] - inside:.2f} s"
+    )
     for name in ("text", "ids", "chat"):
-        print(f"ratio stage / {labels[name]:25s}: best {best[name] / best['stage']:.3f}, "
-              f"median {median[name] / median['stage']:.3f}" + ("  (target >= 0.9)" if name == "text" else ""))
+        print(
+            f"ratio stage / {labels[name]:25s}: best {best[name] / best['stage']:.3f}, "
+            f"median {median[name] / median['stage']:.3f}" + ("  (target >= 0.9)" if name == "text" else "")
+        )
     if is_recorded_configuration(parser, args):
         record("describe_vs_generate", best["text"] / best["stage"], "ratio")  # stage img/s over generate(text)'s, best
     describer.close()

@@ -39,7 +39,10 @@ def main() -> int:
         sampler = RssSampler(interval=0.3)
         sampler.start()
         options = {"override_num_blocks": len(chosen)} if args.per_file_blocks else {}
-        rows = sum(b.num_rows for b in ray.data.read_parquet(chosen, **options).iter_batches(batch_size=None, batch_format="pyarrow"))
+        rows = sum(
+            b.num_rows
+            for b in ray.data.read_parquet(chosen, **options).iter_batches(batch_size=None, batch_format="pyarrow")
+        )
         sampler.stop.set()
         sampler.join()
         ray.shutdown()

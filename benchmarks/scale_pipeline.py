@@ -64,14 +64,18 @@ class RssSampler(threading.Thread):
 
 def print_record(load_before: tuple[float, ...], **figures: object) -> None:
     """One JSON line: when and how it ran, the figures, and the load average around them (the machines are shared)."""
-    print(json.dumps({
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": command_line(),
-        **figures,
-        "load_average_before": [round(x, 1) for x in load_before],
-        "load_average_after": [round(x, 1) for x in os.getloadavg()],
-        "cpus": os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "command": command_line(),
+                **figures,
+                "load_average_before": [round(x, 1) for x in load_before],
+                "load_average_after": [round(x, 1) for x in os.getloadavg()],
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 def main() -> int:

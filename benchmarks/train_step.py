@@ -31,9 +31,9 @@ import torch
 from grainclip.config.train import TrainConfig
 from grainclip.partsworld import generate
 from grainclip.train.backbone import build_backbone
-from grainclip.train.model import build_model
 from grainclip.train.batch import TrainBatch
 from grainclip.train.losses import GrainCriterion
+from grainclip.train.model import build_model
 from grainclip.train.optim import build_optimizer
 from grainclip.train.trainer import LocalBatches
 
@@ -160,7 +160,9 @@ def main() -> None:
     print(f"GRAIN step  median {grain_s * 1e3:8.1f} ms   (distinct descriptions per batch: {unique:.1f})")
     print(f"CLIP step   median {clip_s * 1e3:8.1f} ms")
     print(f"GRAIN/CLIP  {grain_s / clip_s:.2f}x   (target <= 1.25x)")
-    print(f"loader alone {loader_ips:8.1f} img/s vs GRAIN step consumption {step_ips:8.1f} img/s -> {loader_ips / step_ips:.2f}x")
+    print(
+        f"loader alone {loader_ips:8.1f} img/s vs GRAIN step consumption {step_ips:8.1f} img/s -> {loader_ips / step_ips:.2f}x"
+    )
     print(f"in a real loop: {100 * waited / total:.1f}% of wall time waiting for data")
     if is_recorded_configuration(parser, args):
         record("grain_vs_clip_step", grain_s / clip_s, "ratio")  # median GRAIN step time over CLIP's

@@ -205,13 +205,15 @@ class RegionGridAccumulator:
                 continue
             valid = regions.valid[row]
             best = (regions.embeddings[row][valid] @ text.descriptor_embeddings.T).max(dim=1)  # (valid regions,)
-            self.items.append({
-                "index": int(i),
-                "image": batch["image"][row],
-                "boxes": regions.original_boxes(row)[valid.cpu().numpy()].tolist(),
-                "descriptors": [text.descriptor_texts[m] for m in best.indices.cpu().tolist()],
-                "similarities": best.values.cpu().tolist(),
-            })
+            self.items.append(
+                {
+                    "index": int(i),
+                    "image": batch["image"][row],
+                    "boxes": regions.original_boxes(row)[valid.cpu().numpy()].tolist(),
+                    "descriptors": [text.descriptor_texts[m] for m in best.indices.cpu().tolist()],
+                    "similarities": best.values.cpu().tolist(),
+                }
+            )
 
     def result(self) -> list[dict[str, Any]]:
         if self.items:

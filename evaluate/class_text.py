@@ -84,7 +84,9 @@ def load_templates(path: str | Path | None) -> list[str]:
         try:
             template.format("x")
         except (IndexError, KeyError, ValueError) as exc:
-            raise ConfigError(f"template file {path}: template {number} {template!r} is not a format string ({exc})") from None
+            raise ConfigError(
+                f"template file {path}: template {number} {template!r} is not a format string ({exc})"
+            ) from None
     return templates
 
 
@@ -110,10 +112,14 @@ class TextEmbeddingCache:
     """
 
     def __init__(self) -> None:
-        self._entries: weakref.WeakKeyDictionary[object, tuple[tuple, dict[str, torch.Tensor]]] = weakref.WeakKeyDictionary()
+        self._entries: weakref.WeakKeyDictionary[object, tuple[tuple, dict[str, torch.Tensor]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.encoded_texts = 0  # texts actually run through a text tower (for tests and benchmarks)
 
-    def encode(self, loaded: LoadedModel, texts: Sequence[str], device: str | torch.device, batch_size: int = 256) -> torch.Tensor:
+    def encode(
+        self, loaded: LoadedModel, texts: Sequence[str], device: str | torch.device, batch_size: int = 256
+    ) -> torch.Tensor:
         state = _state_key(loaded.model)
         digest = _texts_digest(texts) + f"@{device}"
         entry = None
@@ -137,7 +143,9 @@ class TextEmbeddingCache:
 TEXT_CACHE = TextEmbeddingCache()
 
 
-def encode_texts(loaded: LoadedModel, texts: Sequence[str], device: str | torch.device, batch_size: int = 256) -> torch.Tensor:
+def encode_texts(
+    loaded: LoadedModel, texts: Sequence[str], device: str | torch.device, batch_size: int = 256
+) -> torch.Tensor:
     """(len(texts), D) float32 L2-normalised embeddings from the model's text tower."""
     import torch
     import torch.nn.functional as F

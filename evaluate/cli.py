@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         config: Path = typer.Argument(..., help="Evaluate config YAML (models x datasets)."),
         out: Path = typer.Option(None, help="Output folder (overrides `out` in the config)."),
-        set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set batch_size=32 (YAML value)."),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a config key, e.g. --set batch_size=32 (YAML value)."
+        ),
     ) -> None:
         """Zero-shot classification, retrieval and grounding metrics, with a markdown report and plots."""
         from grainclip.config.base import load_config, parse_overrides
@@ -38,7 +40,9 @@ def register(app: typer.Typer) -> None:
     def describe_classes(
         classes: Path = typer.Argument(..., help="Class-name file: one class per line (`key<TAB>name` or `name`)."),
         describer: Path = typer.Option(..., help="Describer config YAML (grainclip.config.annotate.DescriberConfig)."),
-        out: Path = typer.Option(..., help="Descriptor JSON to write, in the Menon & Vondrick format the evaluator reads."),
+        out: Path = typer.Option(
+            ..., help="Descriptor JSON to write, in the Menon & Vondrick format the evaluator reads."
+        ),
         caption: str = typer.Option("a photo of a {}", help="Alt-text given to the describer; {} is the class name."),
     ) -> None:
         """Write visual descriptors for class names with any describer (for global+descriptors and grain modes)."""

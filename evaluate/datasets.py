@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 # --------------------------------------------------------------------------------------------------- classes
 def read_class_file(path: Path) -> list[tuple[str, str]]:
     """(key, display name) per line, in label order. `key<TAB>name`, or `key` alone (underscores as spaces)."""
@@ -151,7 +152,9 @@ class FolderImages(torch.utils.data.Dataset):
             data = path.read_bytes()
         except OSError as exc:
             return {"index": index, "error": f"cannot read {path}: {exc}", "image_id": str(path)}
-        return make_sample(index, data, None, self.preprocess, index < self.keep_images, label=label, image_id=str(path))
+        return make_sample(
+            index, data, None, self.preprocess, index < self.keep_images, label=label, image_id=str(path)
+        )
 
 
 class ParquetImages(torch.utils.data.IterableDataset):
@@ -194,7 +197,9 @@ class ParquetImages(torch.utils.data.IterableDataset):
         for group in self.groups:
             parquet = pq.ParquetFile(group.path)
             index, end = group.start, group.start + group.rows
-            for batch in parquet.iter_batches(self.batch_rows, row_groups=[group.index], columns=self._columns(parquet.schema_arrow)):
+            for batch in parquet.iter_batches(
+                self.batch_rows, row_groups=[group.index], columns=self._columns(parquet.schema_arrow)
+            ):
                 rows = min(batch.num_rows, end - index)
                 if unit % workers == worker:
                     for offset, row in enumerate(batch.slice(0, rows).to_pylist()):
@@ -212,7 +217,9 @@ class ParquetImages(torch.utils.data.IterableDataset):
             fields["caption"] = row.get(self.caption_column)
         if self.with_regions:
             fields["regions"] = [(r["text"], r["box"]) for r in row.get("regions") or []]
-        return make_sample(index, row.get("image"), row.get("image_uri"), self.preprocess, index < self.keep_images, **fields)
+        return make_sample(
+            index, row.get("image"), row.get("image_uri"), self.preprocess, index < self.keep_images, **fields
+        )
 
 
 # ------------------------------------------------------------------------------------------------ the splits
@@ -233,9 +240,11 @@ class EvalSplit:
         return self.make_dataset(preprocess, tasks, keep_images)
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
-        needs = {"classification": ("class labels", self.classnames is not None),
-                 "retrieval": ("captions", self.has_captions),
-                 "grounding": ("annotated regions (the annotations schema)", self.has_regions)}
+        needs = {
+            "classification": ("class labels", self.classnames is not None),
+            "retrieval": ("captions", self.has_captions),
+            "grounding": ("annotated regions (the annotations schema)", self.has_regions),
+        }
         for task in tasks:
             what, present = needs[task]
             if not present:
@@ -250,7 +259,9 @@ def folder_split(spec: EvalDataset, rows: ClassFolderRows) -> EvalSplit:
         entries = [(f, f.replace("_", " ")) for f in folders]
     else:
         entries = read_class_file(spec.classnames)
-        check_same_classes([k for k, _ in entries], folders, f"class-name file {spec.classnames}", f"folders under {root}")
+        check_same_classes(
+            [k for k, _ in entries], folders, f"class-name file {spec.classnames}", f"folders under {root}"
+        )
     if not entries:
         raise ConfigError(f"dataset {spec.name!r}: no class folders under {root}")
     labels = {folder: label for label, (folder, _) in enumerate(entries)}
@@ -294,7 +305,9 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
         else:
             unknown = sorted(set(present) - {key for key, _ in class_entries})
             if unknown:
-                raise ConfigError(f"dataset {name!r}: labels {unknown} in column {label_column!r} are not in the class list")
+                raise ConfigError(
+                    f"dataset {name!r}: labels {unknown} in column {label_column!r} are not in the class list"
+                )
         classnames = [display for _, display in class_entries]
         class_index = {key: i for i, (key, _) in enumerate(class_entries)}
     caption_column = spec.caption_column

@@ -24,14 +24,23 @@ class DescribeClassesError(RuntimeError):
     """The describer gave no usable descriptors for some classes; the message names them and says why."""
 
 
-def describe_classes(classnames: Sequence[str], describer: Describer, caption_template: str = DEFAULT_CAPTION) -> dict[str, list[str]]:
+def describe_classes(
+    classnames: Sequence[str], describer: Describer, caption_template: str = DEFAULT_CAPTION
+) -> dict[str, list[str]]:
     """{class: descriptors} in `classnames` order; raises DescribeClassesError if any class got none."""
     from grainclip.annotate.types import DescribeRequest
     from grainclip.schema import Status
 
-    requests = [DescribeRequest(image_id=f"class-{i}", image=None, caption=caption_template.format(name)) for i, name in enumerate(classnames)]
+    requests = [
+        DescribeRequest(image_id=f"class-{i}", image=None, caption=caption_template.format(name))
+        for i, name in enumerate(classnames)
+    ]
     answers = describer.describe(requests)
-    failed = {name: answer.error for name, answer in zip(classnames, answers, strict=True) if answer.status != Status.OK.value or not answer.descriptions}
+    failed = {
+        name: answer.error
+        for name, answer in zip(classnames, answers, strict=True)
+        if answer.status != Status.OK.value or not answer.descriptions
+    }
     if failed:
         shown = "; ".join(f"{name!r}: {error}" for name, error in list(failed.items())[:5])
         raise DescribeClassesError(f"{len(failed)} of {len(classnames)} classes got no descriptors ({shown})")

@@ -17,7 +17,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_IGNORED = {"ToTensor", "Normalize", "PILToTensor", "ConvertImageDtype", "Lambda", "_convert_to_rgb", "ToImage", "ToDtype"}
+_IGNORED = {
+    "ToTensor",
+    "Normalize",
+    "PILToTensor",
+    "ConvertImageDtype",
+    "Lambda",
+    "_convert_to_rgb",
+    "ToImage",
+    "ToDtype",
+}
 _warned: set[str] = set()
 
 

@@ -46,45 +46,109 @@ def markdown(results: dict[str, Any]) -> str:
     runs = results["runs"]
     lines = ["# Evaluation", "", f"Device: {results['device']}.", ""]
     lines += ["## Models", ""]
-    lines += _table(["model", "loaded as", "kind", "region modes"], [[m["label"], m["name"], m["kind"], "yes" if m["region_modes"] else "no (global only)"] for m in results["models"]])
+    lines += _table(
+        ["model", "loaded as", "kind", "region modes"],
+        [
+            [m["label"], m["name"], m["kind"], "yes" if m["region_modes"] else "no (global only)"]
+            for m in results["models"]
+        ],
+    )
     classification = [(r, c) for r in runs for c in r.get("classification", [])]
     if classification:
-        lines += ["## Zero-shot classification", "", "Top-1 / top-5 accuracy and mean per-class recall; ties count as errors. "
-                  "Top-5 with fewer than 5 classes is top-C (always 1).", ""]
-        lines += _table(["model", "dataset", "mode", "top-1", "top-5", "mean per-class recall", "images"],
-                        [[r["model"], r["dataset"], c["mode"], c["top1"], c["top5"], c["mean_per_class_recall"], c["n_images"]] for r, c in classification])
+        lines += [
+            "## Zero-shot classification",
+            "",
+            "Top-1 / top-5 accuracy and mean per-class recall; ties count as errors. "
+            "Top-5 with fewer than 5 classes is top-C (always 1).",
+            "",
+        ]
+        lines += _table(
+            ["model", "dataset", "mode", "top-1", "top-5", "mean per-class recall", "images"],
+            [
+                [r["model"], r["dataset"], c["mode"], c["top1"], c["top5"], c["mean_per_class_recall"], c["n_images"]]
+                for r, c in classification
+            ],
+        )
     sweeps = [r for r in runs if r.get("alpha_sweep")]
     if sweeps:
-        lines += ["## grain: alpha sweep", "", "grain = alpha*global + (1-alpha)*region. The best alpha is chosen on the "
-                  "evaluation data itself, so its accuracy is optimistic; the table above uses the configured alpha.", ""]
+        lines += [
+            "## grain: alpha sweep",
+            "",
+            "grain = alpha*global + (1-alpha)*region. The best alpha is chosen on the "
+            "evaluation data itself, so its accuracy is optimistic; the table above uses the configured alpha.",
+            "",
+        ]
         rows = []
         for r in sweeps:
             best = max(r["alpha_sweep"], key=lambda s: s["top1"])
-            rows.append([r["model"], r["dataset"], best["alpha"], best["top1"], ", ".join(f"{s['alpha']:g}:{s['top1']:.3f}" for s in r["alpha_sweep"])])
+            rows.append(
+                [
+                    r["model"],
+                    r["dataset"],
+                    best["alpha"],
+                    best["top1"],
+                    ", ".join(f"{s['alpha']:g}:{s['top1']:.3f}" for s in r["alpha_sweep"]),
+                ]
+            )
         lines += _table(["model", "dataset", "best alpha", "top-1 at best", "alpha:top-1"], rows)
     retrieval = [r for r in runs if r.get("retrieval", {}).get("n_images")]
     if retrieval:
         keys = [k for k in retrieval[0]["retrieval"] if "R@" in k]
         lines += ["## Retrieval", "", "Recall@K; images sharing a caption string all count as correct for it.", ""]
-        lines += _table(["model", "dataset", *keys, "images", "distinct captions"],
-                        [[r["model"], r["dataset"], *[r["retrieval"][k] for k in keys], r["retrieval"]["n_images"], r["retrieval"]["n_texts"]] for r in retrieval])
+        lines += _table(
+            ["model", "dataset", *keys, "images", "distinct captions"],
+            [
+                [
+                    r["model"],
+                    r["dataset"],
+                    *[r["retrieval"][k] for k in keys],
+                    r["retrieval"]["n_images"],
+                    r["retrieval"]["n_texts"],
+                ]
+                for r in retrieval
+            ],
+        )
     grounding = [r for r in runs if "grounding" in r]
     if grounding:
-        lines += ["## Grounding", "", "For each image and annotated description, the predicted region whose embedding matches the "
-                  "description best; correct if its box has IoU >= 0.5 with a truth box of that description.", ""]
-        lines += _table(["model", "dataset", "recall@IoU0.5", "mean IoU", "descriptions"],
-                        [[r["model"], r["dataset"], r["grounding"]["recall@iou0.5"], r["grounding"]["mean_iou"], r["grounding"]["n_descriptions"]] for r in grounding])
-    notes = [f"- {r['model']} on {r['dataset']}: {u.get('mode') or u.get('task')} unavailable: {u['reason']}" for r in runs for u in r["unavailable"]]
+        lines += [
+            "## Grounding",
+            "",
+            "For each image and annotated description, the predicted region whose embedding matches the "
+            "description best; correct if its box has IoU >= 0.5 with a truth box of that description.",
+            "",
+        ]
+        lines += _table(
+            ["model", "dataset", "recall@IoU0.5", "mean IoU", "descriptions"],
+            [
+                [
+                    r["model"],
+                    r["dataset"],
+                    r["grounding"]["recall@iou0.5"],
+                    r["grounding"]["mean_iou"],
+                    r["grounding"]["n_descriptions"],
+                ]
+                for r in grounding
+            ],
+        )
+    notes = [
+        f"- {r['model']} on {r['dataset']}: {u.get('mode') or u.get('task')} unavailable: {u['reason']}"
+        for r in runs
+        for u in r["unavailable"]
+    ]
     for r in runs:
         skipped = r["skipped_images"]
         if skipped["count"] and r["model"] == runs[0]["model"]:  # the same images fail for every model
             first = skipped["examples"][0]
-            notes.append(f"- {r['dataset']}: {skipped['count']} image(s) could not be decoded and were skipped "
-                         f"(e.g. {first['image_id']}: {first['reason']})")
+            notes.append(
+                f"- {r['dataset']}: {skipped['count']} image(s) could not be decoded and were skipped "
+                f"(e.g. {first['image_id']}: {first['reason']})"
+            )
     if notes:
         lines += ["## Notes", "", *notes, ""]
     lines += ["## Speed", ""]
-    lines += _table(["model", "dataset", "images/s"], [[r["model"], r["dataset"], r["images_per_second"]] for r in runs])
+    lines += _table(
+        ["model", "dataset", "images/s"], [[r["model"], r["dataset"], r["images_per_second"]] for r in runs]
+    )
     return "\n".join(lines)
 
 
@@ -96,14 +160,22 @@ def plot_modes(results: dict[str, Any], path: Path) -> Path | None:
     series = list(dict.fromkeys((r["model"], c["mode"]) for r in results["runs"] for c in r.get("classification", [])))
     if not series:
         return None
-    value = {(r["model"], c["mode"], r["dataset"]): c["top1"] for r in results["runs"] for c in r.get("classification", [])}
+    value = {
+        (r["model"], c["mode"], r["dataset"]): c["top1"] for r in results["runs"] for c in r.get("classification", [])
+    }
     width = 0.8 / len(series)
     fig = Figure(figsize=(max(6, 1.6 * len(datasets) * max(1, len(series) / 3)), 4.5))
     ax = fig.subplots()
     x = np.arange(len(datasets))
     for k, (model, mode) in enumerate(series):
         heights = [value.get((model, mode, d), np.nan) for d in datasets]
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, heights, width, label=f"{model} · {mode}", color=COLORS[k % len(COLORS)])
+        bars = ax.bar(
+            x + (k - (len(series) - 1) / 2) * width,
+            heights,
+            width,
+            label=f"{model} · {mode}",
+            color=COLORS[k % len(COLORS)],
+        )
         ax.bar_label(bars, labels=[f"{h:.2f}" if np.isfinite(h) else "" for h in heights], fontsize=7, padding=1)
     ax.set_xticks(x, datasets)
     ax.set_ylim(0, 1.08)
@@ -126,9 +198,21 @@ def plot_alpha_sweep(results: dict[str, Any], path: Path, configured_alpha: floa
     ax = fig.subplots()
     for k, r in enumerate(sweeps):
         alphas = [s["alpha"] for s in r["alpha_sweep"]]
-        ax.plot(alphas, [s["top1"] for s in r["alpha_sweep"]], marker="o", color=COLORS[k % len(COLORS)], label=f"{r['model']} · {r['dataset']}")
+        ax.plot(
+            alphas,
+            [s["top1"] for s in r["alpha_sweep"]],
+            marker="o",
+            color=COLORS[k % len(COLORS)],
+            label=f"{r['model']} · {r['dataset']}",
+        )
     if configured_alpha is not None:
-        ax.axvline(configured_alpha, color="grey", linestyle="--", linewidth=1, label=f"configured alpha = {configured_alpha:g}")
+        ax.axvline(
+            configured_alpha,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"configured alpha = {configured_alpha:g}",
+        )
     ax.set_xlabel("alpha  (0 = region only, 1 = global only)")
     ax.set_ylabel("top-1 accuracy")
     ax.set_ylim(0, 1.05)
@@ -164,7 +248,7 @@ def region_grid_figure(items: list[dict[str, Any]], title: str) -> Any:
     fig = Figure(figsize=(3.6 * columns, (4.0 + 0.16 * most_lines) * rows), layout="compressed")
     fig.get_layout_engine().set(h_pad=0.1, w_pad=0.1)
     axes = fig.subplots(rows, columns, squeeze=False)
-    for ax in axes.flat[len(items):]:
+    for ax in axes.flat[len(items) :]:
         ax.axis("off")
     for ax, item, lines in zip(axes.flat, items, listings):
         image = item["image"]
@@ -176,8 +260,17 @@ def region_grid_figure(items: list[dict[str, Any]], title: str) -> Any:
             color = COLORS[k % len(COLORS)]
             x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
-            ax.text(x1, y1, str(k + 1), color="white", fontsize=7, va="top", ha="left",
-                    bbox={"facecolor": color, "pad": 1, "edgecolor": "none"}, clip_on=True)
+            ax.text(
+                x1,
+                y1,
+                str(k + 1),
+                color="white",
+                fontsize=7,
+                va="top",
+                ha="left",
+                bbox={"facecolor": color, "pad": 1, "edgecolor": "none"},
+                clip_on=True,
+            )
         ax.set_xlabel("\n".join(lines), fontsize=8, loc="left")
         verdict = "right" if item.get("prediction") == item.get("label") else "wrong"
         ax.set_title(f"true: {item.get('label')}\npredicted: {item.get('prediction')} ({verdict})", fontsize=9)
@@ -204,12 +297,17 @@ def write_report(results: dict[str, Any], grids: dict[tuple[str, str], list[dict
     plots.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     alpha = results.get("config", {}).get("scoring", {}).get("alpha")
-    for name, path in (("modes", plot_modes(results, plots / "modes.png")), ("alpha_sweep", plot_alpha_sweep(results, plots / "alpha_sweep.png", alpha))):
+    for name, path in (
+        ("modes", plot_modes(results, plots / "modes.png")),
+        ("alpha_sweep", plot_alpha_sweep(results, plots / "alpha_sweep.png", alpha)),
+    ):
         if path:
             written[name] = path
     for (model, dataset), items in grids.items():
         grid_path = plots / f"regions_{_slug(model)}_{_slug(dataset)}.png"
-        written[f"regions/{model}/{dataset}"] = plot_region_grid(items, f"{model} on {dataset}: predicted regions and best-matching descriptors", grid_path)
+        written[f"regions/{model}/{dataset}"] = plot_region_grid(
+            items, f"{model} on {dataset}: predicted regions and best-matching descriptors", grid_path
+        )
     results["plots"] = {name: str(path.relative_to(out)) for name, path in written.items()}
     text = markdown(results)
     text += "\n## Plots\n\n" + "\n".join(f"![{name}]({rel})" for name, rel in results["plots"].items()) + "\n"

@@ -56,7 +56,9 @@ class PassSettings:
     progress: bool = False
 
 
-def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSettings, region_head: bool, device: torch.device) -> ClassText:
+def prepare_class_text(
+    loaded: LoadedModel, split: EvalSplit, settings: PassSettings, region_head: bool, device: torch.device
+) -> ClassText:
     """Decide which modes can run here (and say why not), and encode the class text they need."""
     modes, unavailable = [], []
     for mode in settings.modes:
@@ -87,7 +89,9 @@ def prepare_class_text(loaded: LoadedModel, split: EvalSplit, settings: PassSett
 class SplitPass:
     """Streams one split through one model and hands each batch's outputs to one accumulator per task."""
 
-    def __init__(self, loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device) -> None:
+    def __init__(
+        self, loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device
+    ) -> None:
         self.loaded, self.split, self.tasks, self.settings, self.device = loaded, split, list(tasks), settings, device
         self.region_head = has_regions(loaded)
         self.done = np.zeros(split.size, dtype=bool)
@@ -117,19 +121,32 @@ class SplitPass:
     def run(self) -> float:
         """Stream the split through the model; returns images per second."""
         from torch.utils.data import DataLoader
-        from tqdm import tqdm  # not tqdm.auto: its asyncio variant calls iter() in __init__, starting a second set of workers
+        from tqdm import (
+            tqdm,
+        )  # not tqdm.auto: its asyncio variant calls iter() in __init__, starting a second set of workers
 
         keep_images = self.grid.size if self.grid is not None else 0
         dataset = self.split.dataset(self.loaded.preprocess, self.tasks, keep_images=keep_images)
         workers = self.settings.num_workers
         loader = DataLoader(
-            dataset, batch_size=self.settings.batch_size, num_workers=workers, collate_fn=collate,
-            pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None,
+            dataset,
+            batch_size=self.settings.batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
         )
         batches = math.ceil(self.split.size / self.settings.batch_size)
         start = time.perf_counter()
         with torch.no_grad(), autocast(self.device, self.settings.precision):
-            for batch in tqdm(loader, total=batches, desc=f"{self.loaded.name} on {self.split.name}", disable=not self.settings.progress, leave=False):
+            for batch in tqdm(
+                loader,
+                total=batches,
+                desc=f"{self.loaded.name} on {self.split.name}",
+                disable=not self.settings.progress,
+                leave=False,
+            ):
                 self.errors += batch["errors"]
                 if batch["pixels"] is not None:
                     outputs = self._outputs(batch)
@@ -158,24 +175,38 @@ class SplitPass:
 
     # ------------------------------------------------------------------------------------------ the metrics
     def results(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"n_rows": int(self.split.size), "n_evaluated": int(self.done.sum()), "unavailable": self.unavailable}
+        out: dict[str, Any] = {
+            "n_rows": int(self.split.size),
+            "n_evaluated": int(self.done.sum()),
+            "unavailable": self.unavailable,
+        }
         out["skipped_images"] = {
             "count": len(self.errors),
-            "examples": [{"index": i, "image_id": image_id, "reason": reason} for i, image_id, reason in self.errors[:MAX_ERROR_EXAMPLES]],
+            "examples": [
+                {"index": i, "image_id": image_id, "reason": reason}
+                for i, image_id, reason in self.errors[:MAX_ERROR_EXAMPLES]
+            ],
         }
         for accumulator in self.reported:
             out.update(accumulator.result())
         return out
 
 
-def evaluate_split(loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device) -> tuple[dict[str, Any], list[dict]]:
+def evaluate_split(
+    loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device
+) -> tuple[dict[str, Any], list[dict]]:
     """All requested tasks of one model on one split: (results dict, grid items for the report)."""
     evaluation = SplitPass(loaded, split, tasks, settings, device)
     images_per_second = evaluation.run()
     results = evaluation.results()
     results["images_per_second"] = images_per_second
     if evaluation.errors:
-        log.warning("%s: %d image(s) could not be decoded and were skipped (first: %s)", split.name, len(evaluation.errors), evaluation.errors[0][2])
+        log.warning(
+            "%s: %d image(s) could not be decoded and were skipped (first: %s)",
+            split.name,
+            len(evaluation.errors),
+            evaluation.errors[0][2],
+        )
     return results, evaluation.grid.result() if evaluation.grid is not None else []
 
 
@@ -200,13 +231,22 @@ def zero_shot_accuracy(
     model.eval()
     try:
         settings = PassSettings(
-            modes=modes, templates=templates or class_text.DEFAULT_TEMPLATES, scoring=scoring_config or ScoringConfig(),
-            batch_size=batch_size, num_workers=num_workers, precision="fp32",
+            modes=modes,
+            templates=templates or class_text.DEFAULT_TEMPLATES,
+            scoring=scoring_config or ScoringConfig(),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            precision="fp32",
         )
         results, _ = evaluate_split(loaded, split, ["classification"], settings, device)
     finally:
         model.train(was_training)
-    return {f"{r['mode']}/{key}": value for r in results["classification"] for key, value in r.items() if key not in ("mode", "n_images")}
+    return {
+        f"{r['mode']}/{key}": value
+        for r in results["classification"]
+        for key, value in r.items()
+        if key not in ("mode", "n_images")
+    }
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -216,15 +256,22 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     splits = [(spec, load_split(spec)) for spec in cfg.datasets]  # all data checked before any model loads
     device = resolve_device(cfg.device)
     settings = PassSettings(
-        modes=cfg.modes, templates=class_text.load_templates(cfg.templates), scoring=cfg.scoring,
-        batch_size=cfg.batch_size, num_workers=cfg.num_workers, precision=cfg.precision,
-        grid_images=cfg.grid_images, progress=cfg.progress,
+        modes=cfg.modes,
+        templates=class_text.load_templates(cfg.templates),
+        scoring=cfg.scoring,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        precision=cfg.precision,
+        grid_images=cfg.grid_images,
+        progress=cfg.progress,
     )
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "device": str(device), "models": [], "runs": []}
     grids: dict[tuple[str, str], list[dict]] = {}
     for model_spec in cfg.models:
         loaded = load_model(model_spec, device)
-        results["models"].append({"label": model_spec.label, "name": loaded.name, "kind": loaded.kind, "region_modes": has_regions(loaded)})
+        results["models"].append(
+            {"label": model_spec.label, "name": loaded.name, "kind": loaded.kind, "region_modes": has_regions(loaded)}
+        )
         for spec, split in splits:
             log.info("evaluating %s on %s (%d images)", model_spec.label, spec.name, split.size)
             run, grid = evaluate_split(loaded, split, spec.tasks, settings, device)

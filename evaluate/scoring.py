@@ -44,7 +44,9 @@ def valid_regions(regions: RegionOutput, threshold: float) -> torch.Tensor:
     return mask
 
 
-def region_descriptor_similarity(regions: RegionOutput, descriptor_embeddings: torch.Tensor, threshold: float) -> torch.Tensor:
+def region_descriptor_similarity(
+    regions: RegionOutput, descriptor_embeddings: torch.Tensor, threshold: float
+) -> torch.Tensor:
     """(B, M): for every image and descriptor, the best cosine over the image's valid regions."""
     import torch
     import torch.nn.functional as F
@@ -61,7 +63,9 @@ def region_scores(descriptor_similarity: torch.Tensor, descriptor_class: torch.T
 
     owner = descriptor_class.to(descriptor_similarity.device)
     counts = torch.bincount(owner, minlength=n_classes).clamp(min=1).to(descriptor_similarity.dtype)
-    sums = torch.zeros(descriptor_similarity.shape[0], n_classes, dtype=descriptor_similarity.dtype, device=owner.device)
+    sums = torch.zeros(
+        descriptor_similarity.shape[0], n_classes, dtype=descriptor_similarity.dtype, device=owner.device
+    )
     return sums.index_add_(1, owner, descriptor_similarity) / counts
 
 

@@ -93,7 +93,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou_threshold: float) -> np.ndarray:
     """NMS within each group (e.g. per description) independently; kept indices sorted by score."""
     groups = np.asarray(groups)
-    kept = [np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], iou_threshold)] for g in np.unique(groups)]
+    kept = [
+        np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], iou_threshold)]
+        for g in np.unique(groups)
+    ]
     if not kept:
         return np.zeros(0, dtype=np.int64)
     keep = np.concatenate(kept)

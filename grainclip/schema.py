@@ -42,9 +42,7 @@ class Status(str, enum.Enum):
 STATUSES = tuple(s.value for s in Status)
 
 BOX_TYPE = pa.list_(pa.float32(), 4)
-REGION_TYPE = pa.struct(
-    [pa.field("text", pa.string()), pa.field("box", BOX_TYPE), pa.field("score", pa.float32())]
-)
+REGION_TYPE = pa.struct([pa.field("text", pa.string()), pa.field("box", BOX_TYPE), pa.field("score", pa.float32())])
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -203,7 +201,9 @@ def parquet_files(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"no Parquet file or directory at {path}")
-    return sorted(p for p in path.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    return sorted(
+        p for p in path.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+    )
 
 
 @dataclass(frozen=True)

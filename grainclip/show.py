@@ -28,8 +28,16 @@ log = logging.getLogger(__name__)
 # Distinct, saturated colours (cycled when an image has more regions than colours).
 RGB = tuple[int, int, int]
 REGION_COLOURS: tuple[RGB, ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
 )
 BOX_LINE_WIDTH = 2
 BACKGROUND = (32, 32, 32)
@@ -87,9 +95,7 @@ def region_colour(k: int) -> RGB:
     return REGION_COLOURS[k % len(REGION_COLOURS)]
 
 
-def show(
-    path: str | Path, out: str | Path, max_images: int = 16, columns: int = 4, cell_size: int = 256
-) -> Path:
+def show(path: str | Path, out: str | Path, max_images: int = 16, columns: int = 4, cell_size: int = 256) -> Path:
     """Render the first `max_images` rows under `path` (a Parquet file or directory) to the PNG `out`."""
     if max_images < 1:
         raise ConfigError(f"max_images must be at least 1, got {max_images}")
@@ -159,9 +165,7 @@ def _draw_cell(
     else:
         left, top, scaled_w, scaled_h = layout.image_rect(index, image.width, image.height)
         upscale = scaled_w >= image.width
-        scaled = image.resize(
-            (scaled_w, scaled_h), Image.Resampling.NEAREST if upscale else Image.Resampling.LANCZOS
-        )
+        scaled = image.resize((scaled_w, scaled_h), Image.Resampling.NEAREST if upscale else Image.Resampling.LANCZOS)
         _draw_boxes(scaled, regions)
         canvas.paste(scaled, (left, top))
 

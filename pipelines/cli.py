@@ -33,8 +33,10 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def disk_full_message(output: str) -> str:
-    return (f"no space left on device while writing the run to {output}; the committed shards are kept -- free "
-            "space and rerun the same command to resume")
+    return (
+        f"no space left on device while writing the run to {output}; the committed shards are kept -- free "
+        "space and rerun the same command to resume"
+    )
 
 
 def print_table(rows: list[tuple[str, str]], title: str) -> None:

@@ -18,7 +18,7 @@ tests write) still read; keys that are not fields are ignored. Throughput comes 
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -33,7 +33,7 @@ RunStatus = Literal["running", "complete", "stopped", "failed"]
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -111,8 +111,13 @@ class RunManifest(_Record):
 
     @classmethod
     def new(cls, run_id: str, resume_config: dict[str, Any], config_hash: str) -> RunManifest:
-        return cls(run_id=run_id, created_at=now_iso(), config_hash=config_hash, resume_config=resume_config,
-                   versions=package_versions())
+        return cls(
+            run_id=run_id,
+            created_at=now_iso(),
+            config_hash=config_hash,
+            resume_config=resume_config,
+            versions=package_versions(),
+        )
 
     def start_attempt(self, config: PipelineConfig, ray_address: str) -> Attempt:
         """A new attempt with this config (resources may differ from the last one); the run is running again."""
@@ -121,8 +126,17 @@ class RunManifest(_Record):
         self.attempts.append(attempt)
         return attempt
 
-    def close_attempt(self, attempt: Attempt, status: RunStatus, message: str | None, rows: int, seconds: float,
-                      counts: dict[str, int], stats: list[dict[str, Any]], config: PipelineConfig) -> None:
+    def close_attempt(
+        self,
+        attempt: Attempt,
+        status: RunStatus,
+        message: str | None,
+        rows: int,
+        seconds: float,
+        counts: dict[str, int],
+        stats: list[dict[str, Any]],
+        config: PipelineConfig,
+    ) -> None:
         """End `attempt` and the run's totals, from what is committed on disk (`counts`, shard `stats`)."""
         attempt.status, attempt.ended_at, attempt.rows = status, now_iso(), rows
         attempt.rows_per_second = round(rows / seconds, 3) if seconds > 0 else None

@@ -26,8 +26,10 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
     ):
         names = available(group)
         if name not in names:
-            raise ConfigError(f"unknown {kind} {name!r}; available: {', '.join(names) or '(none installed)'} "
-                              f"(entry-point group {group!r})")
+            raise ConfigError(
+                f"unknown {kind} {name!r}; available: {', '.join(names) or '(none installed)'} "
+                f"(entry-point group {group!r})"
+            )
 
     config.source.check()
 
@@ -44,8 +46,10 @@ def preflight_resources(config: PipelineConfig, address: str | None = None) -> N
         from ray._private.accelerators import get_accelerator_manager_for_resource
         from ray._private.utils import get_num_cpus
 
-        have = {"CPU": float(get_num_cpus()),
-                "GPU": float(get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators())}
+        have = {
+            "CPU": float(get_num_cpus()),
+            "GPU": float(get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()),
+        }
     except Exception as exc:  # noqa: BLE001 -- Ray internals moved: the check after ray.init still applies
         log.debug("local resource pre-check skipped: %s", exc)
         return

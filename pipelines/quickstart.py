@@ -148,9 +148,14 @@ class Headline:
     @classmethod
     def of(cls, top1: dict[tuple[str, str, str], float], grounding: dict[tuple[str, str], float]) -> Headline:
         novel_mode = max(("global", "global+descriptors"), key=lambda m: top1.get(("clip", "test_novel", m), -1.0))
-        return cls(top1.get(("grain", "test_seen", "grain")), top1.get(("clip", "test_seen", "global")),
-                   top1.get(("grain", "test_novel", "grain")), top1.get(("clip", "test_novel", novel_mode)), novel_mode,
-                   grounding.get(("grain", "test_seen")))
+        return cls(
+            top1.get(("grain", "test_seen", "grain")),
+            top1.get(("clip", "test_seen", "global")),
+            top1.get(("grain", "test_novel", "grain")),
+            top1.get(("clip", "test_novel", novel_mode)),
+            novel_mode,
+            grounding.get(("grain", "test_seen")),
+        )
 
 
 @dataclass(frozen=True)
@@ -180,12 +185,20 @@ def targets(headline: Headline) -> list[Target]:
     """The quickstart's targets (for its default settings): recognition on seen and novel classes, and grounding."""
     seen_bar = None if headline.clip_seen is None else headline.clip_seen - SEEN_MARGIN
     return [
-        Target(f"GRAIN seen-class top-1 (grain scoring) >= CLIP global top-1 - {100 * SEEN_MARGIN:g} points",
-               headline.grain_seen, seen_bar),
-        Target(f"GRAIN novel-class top-1 (grain scoring) >= {100 * NOVEL_TARGET:g}%", headline.grain_novel,
-               NOVEL_TARGET),
-        Target(f"grounding recall@IoU0.5 of GRAIN's boxes on test_seen >= {GROUNDING_TARGET:g}",
-               headline.grounding, GROUNDING_TARGET, percent=False),
+        Target(
+            f"GRAIN seen-class top-1 (grain scoring) >= CLIP global top-1 - {100 * SEEN_MARGIN:g} points",
+            headline.grain_seen,
+            seen_bar,
+        ),
+        Target(
+            f"GRAIN novel-class top-1 (grain scoring) >= {100 * NOVEL_TARGET:g}%", headline.grain_novel, NOVEL_TARGET
+        ),
+        Target(
+            f"grounding recall@IoU0.5 of GRAIN's boxes on test_seen >= {GROUNDING_TARGET:g}",
+            headline.grounding,
+            GROUNDING_TARGET,
+            percent=False,
+        ),
     ]
 
 
@@ -193,22 +206,40 @@ def verdict(headline: Headline) -> str:
     """One sentence, computed from the numbers: GRAIN wins if it beats CLIP's best on novel classes while staying
     within SEEN_MARGIN of CLIP on seen classes."""
     h = headline
-    missing = [name for name, value in (("GRAIN seen", h.grain_seen), ("CLIP seen", h.clip_seen),
-                                        ("GRAIN novel", h.grain_novel), ("CLIP novel", h.clip_novel)) if value is None]
+    missing = [
+        name
+        for name, value in (
+            ("GRAIN seen", h.grain_seen),
+            ("CLIP seen", h.clip_seen),
+            ("GRAIN novel", h.grain_novel),
+            ("CLIP novel", h.clip_novel),
+        )
+        if value is None
+    ]
     if missing:
         return f"No verdict: this run has no top-1 for {', '.join(missing)}."
     gap = h.grain_seen - h.clip_seen
     seen_ok, novel_win = gap >= -SEEN_MARGIN - 1e-9, h.grain_novel > h.clip_novel
-    lead = {(True, True): "GRAIN wins", (True, False): "GRAIN wins on novel classes but loses on seen classes",
-            (False, True): "GRAIN does not beat CLIP on novel classes",
-            (False, False): "GRAIN loses on seen and novel classes"}[(novel_win, seen_ok)]
+    lead = {
+        (True, True): "GRAIN wins",
+        (True, False): "GRAIN wins on novel classes but loses on seen classes",
+        (False, True): "GRAIN does not beat CLIP on novel classes",
+        (False, False): "GRAIN loses on seen and novel classes",
+    }[(novel_win, seen_ok)]
     margin = f"the {100 * SEEN_MARGIN:g}-point margin"
-    seen_note = "level" if abs(gap) < 1e-9 else f"{100 * gap:.1f} points ahead" if gap > 0 else \
-        f"{-100 * gap:.1f} points behind, {'within' if seen_ok else 'outside'} {margin}"
+    seen_note = (
+        "level"
+        if abs(gap) < 1e-9
+        else f"{100 * gap:.1f} points ahead"
+        if gap > 0
+        else f"{-100 * gap:.1f} points behind, {'within' if seen_ok else 'outside'} {margin}"
+    )
     grounding = "not measured" if h.grounding is None else f"{h.grounding:.2f}"
-    return (f"{lead}: novel classes {100 * h.grain_novel:.1f}% (grain scoring) vs {100 * h.clip_novel:.1f}% for CLIP "
-            f"{h.clip_novel_mode}, seen classes {100 * h.grain_seen:.1f}% vs {100 * h.clip_seen:.1f}% for CLIP "
-            f"global ({seen_note}); grounding recall@IoU0.5 of GRAIN's boxes on test_seen {grounding}.")
+    return (
+        f"{lead}: novel classes {100 * h.grain_novel:.1f}% (grain scoring) vs {100 * h.clip_novel:.1f}% for CLIP "
+        f"{h.clip_novel_mode}, seen classes {100 * h.grain_seen:.1f}% vs {100 * h.clip_seen:.1f}% for CLIP "
+        f"global ({seen_note}); grounding recall@IoU0.5 of GRAIN's boxes on test_seen {grounding}."
+    )
 
 
 def run_quickstart(settings: QuickstartSettings) -> Path:
@@ -243,7 +274,9 @@ def run_quickstart(settings: QuickstartSettings) -> Path:
             log.info("[%d/5] %s already trained: %s", index, mode, exported_model_dir(run_dir))
         else:
             log.info("[%d/5] training %s for %d steps", index, mode, settings.steps)
-            train(train_config(mode, annotation.annotations, run_dir, settings.steps, settings.batch_size, settings.seed))
+            train(
+                train_config(mode, annotation.annotations, run_dir, settings.steps, settings.batch_size, settings.seed)
+            )
         models[mode] = exported_model_dir(run_dir)
         curves[mode] = run_dir / METRICS_FILE
         timings[f"train_{mode}"] = time.perf_counter() - step
@@ -284,8 +317,9 @@ def plot_curves(metrics_files: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def write_report(settings: QuickstartSettings, annotation: Any, results: dict[str, Any], timings: dict[str, float],
-                 out: Path) -> Path:
+def write_report(
+    settings: QuickstartSettings, annotation: Any, results: dict[str, Any], timings: dict[str, float], out: Path
+) -> Path:
     annotators = annotation.manifest.annotators
     simulated = [stage for stage in ("describer", "grounder") if annotators.get(stage, {}).get("simulated")]
     top1, grounding = top1_table(results), grounding_table(results)
@@ -308,23 +342,45 @@ def write_report(settings: QuickstartSettings, annotation: Any, results: dict[st
         f"Rows by status: {json.dumps(annotation.counts)} (run {annotation.run_id}).",
     ]
     if simulated:
-        lines.append(f"**Simulated annotators** ({', '.join(simulated)}): they replay the generator's ground truth "
-                     "with noise and stand in for an LLM and a detector where no weights exist.")
-    lines += ["", "![annotations](annotations.png)", "", "## Training",
-              f"GRAIN and the CLIP baseline: same backbone ({BACKBONE.name}), data, {settings.steps} steps, batch "
-              f"{settings.batch_size}, seed {settings.seed}.", "", "![training curves](training_curves.png)", "",
-              "## Zero-shot top-1 (%)", "", "| model | scoring | seen classes | novel classes |", "|---|---|---|---|"]
+        lines.append(
+            f"**Simulated annotators** ({', '.join(simulated)}): they replay the generator's ground truth "
+            "with noise and stand in for an LLM and a detector where no weights exist."
+        )
+    lines += [
+        "",
+        "![annotations](annotations.png)",
+        "",
+        "## Training",
+        f"GRAIN and the CLIP baseline: same backbone ({BACKBONE.name}), data, {settings.steps} steps, batch "
+        f"{settings.batch_size}, seed {settings.seed}.",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "## Zero-shot top-1 (%)",
+        "",
+        "| model | scoring | seen classes | novel classes |",
+        "|---|---|---|---|",
+    ]
     for model in ("clip", "grain"):
         for mode in ("global", "global+descriptors", "grain"):
             if (model, "test_seen", mode) in top1:
                 seen, novel = top1[(model, "test_seen", mode)], top1.get((model, "test_novel", mode))
-                lines.append(f"| {model} | {mode} | {100 * seen:.1f} | {'n/a' if novel is None else f'{100 * novel:.1f}'} |")
-    lines += ["", "Chance is 1/18 per split; a model that only sees which colours are present is capped at 1/3 on "
-              "novel classes. Full results, plots and region grids: [evaluate/results.md](evaluate/results.md).", "",
-              "## Grounding", "",
-              "Recall@IoU0.5: for each test image and annotated part description, the predicted region that matches "
-              "the description best counts as found if its box overlaps the part's true box with IoU >= 0.5.", "",
-              "| model | split | recall@IoU0.5 |", "|---|---|---|"]
+                lines.append(
+                    f"| {model} | {mode} | {100 * seen:.1f} | {'n/a' if novel is None else f'{100 * novel:.1f}'} |"
+                )
+    lines += [
+        "",
+        "Chance is 1/18 per split; a model that only sees which colours are present is capped at 1/3 on "
+        "novel classes. Full results, plots and region grids: [evaluate/results.md](evaluate/results.md).",
+        "",
+        "## Grounding",
+        "",
+        "Recall@IoU0.5: for each test image and annotated part description, the predicted region that matches "
+        "the description best counts as found if its box overlaps the part's true box with IoU >= 0.5.",
+        "",
+        "| model | split | recall@IoU0.5 |",
+        "|---|---|---|",
+    ]
     lines += [f"| {model} | {split} | {recall:.2f} |" for (model, split), recall in grounding.items()]
     grid = results.get("plots", {}).get("regions/grain/test_seen")
     if grid:
@@ -333,12 +389,19 @@ def write_report(settings: QuickstartSettings, annotation: Any, results: dict[st
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    (out / "report.json").write_text(json.dumps(
-        {"verdict": verdict(headline),
-         "targets": [{"target": t.name, "value": t.value, "bar": t.bar, "holds": t.holds} for t in checks],
-         "top1": {"/".join(k): v for k, v in top1.items()},
-         "grounding_recall@iou0.5": {"/".join(k): v for k, v in grounding.items()},
-         "counts": annotation.counts, "timings": timings}, indent=1))
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "verdict": verdict(headline),
+                "targets": [{"target": t.name, "value": t.value, "bar": t.bar, "holds": t.holds} for t in checks],
+                "top1": {"/".join(k): v for k, v in top1.items()},
+                "grounding_recall@iou0.5": {"/".join(k): v for k, v in grounding.items()},
+                "counts": annotation.counts,
+                "timings": timings,
+            },
+            indent=1,
+        )
+    )
     return path
 
 
@@ -354,8 +417,11 @@ def _targets_table(checks: list[Target], changed: list[str]) -> list[str]:
 
 def _changed_settings(settings: QuickstartSettings) -> list[str]:
     """`name=value` for every setting (but the output folder) that differs from the quickstart's default."""
-    return [f"{f.name}={getattr(settings, f.name)}" for f in fields(settings)
-            if f.name != "out" and getattr(settings, f.name) != f.default]
+    return [
+        f"{f.name}={getattr(settings, f.name)}"
+        for f in fields(settings)
+        if f.name != "out" and getattr(settings, f.name) != f.default
+    ]
 
 
 def register(app: typer.Typer) -> None:
@@ -376,8 +442,18 @@ def register(app: typer.Typer) -> None:
         """Whole flow offline: PartsWorld -> annotation pipeline -> train GRAIN and CLIP -> evaluate -> report."""
         if min(n, n_test, steps, batch_size) < 1:
             raise ConfigError("--n, --n-test, --steps and --batch-size must all be at least 1")
-        report = run_quickstart(QuickstartSettings(
-            out=out, n=n, n_test=n_test, steps=steps, batch_size=batch_size, seed=seed,
-            describer=describer, model=model, grounder=grounder, detector=detector,
-        ))
+        report = run_quickstart(
+            QuickstartSettings(
+                out=out,
+                n=n,
+                n_test=n_test,
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                describer=describer,
+                model=model,
+                grounder=grounder,
+                detector=detector,
+            )
+        )
         typer.echo(f"report: {report}")

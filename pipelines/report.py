@@ -140,8 +140,13 @@ def summary_rows(manifest: RunManifest) -> list[tuple[str, str]]:
             if isinstance(figures, DescribeThroughput):
                 out.append((f"{stage} out tokens/actor-s", _fmt(figures.output_tokens_per_actor_second)))
     for index, attempt in enumerate(manifest.attempts, start=1):
-        out.append((f"attempt {index}", f"{attempt.status}: {attempt.rows} rows, "
-                    f"{_fmt(attempt.rows_per_second)} rows/s, {attempt.rows_skipped} skipped"))
+        out.append(
+            (
+                f"attempt {index}",
+                f"{attempt.status}: {attempt.rows} rows, "
+                f"{_fmt(attempt.rows_per_second)} rows/s, {attempt.rows_skipped} skipped",
+            )
+        )
     if manifest.message:
         out.append(("message", manifest.message))
     return out

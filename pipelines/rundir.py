@@ -32,7 +32,7 @@ import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ MOVE_ASIDE = "move it aside or use --force-new-run"
 
 
 def new_run_id() -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def resume_view(config: PipelineConfig) -> dict[str, Any]:
@@ -201,8 +201,10 @@ class RunDir:
         tables = [pq.read_table(f, columns=["image_id"]) for f in files]
         ids = pa.concat_arrays([t.column("image_id").combine_chunks() for t in tables])
         order = pa.array(np.arange(len(ids)))
-        groups = pa.table({"image_id": ids, "order": order}).group_by("image_id").aggregate(
-            [("order", "min"), ("order", "count")]
+        groups = (
+            pa.table({"image_id": ids, "order": order})
+            .group_by("image_id")
+            .aggregate([("order", "min"), ("order", "count")])
         )
         if pc.max(groups.column("order_count")).as_py() <= 1:
             return 0

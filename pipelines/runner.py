@@ -123,8 +123,9 @@ class AttemptProgress:
         self.last_log = now
         elapsed = max(now - self.started, 1e-9)
         counts = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
-        log.info("committed %d shard(s), %d rows (%s), %.1f rows/s",
-                 self.shards, self.rows, counts, self.rows / elapsed)
+        log.info(
+            "committed %d shard(s), %d rows (%s), %.1f rows/s", self.shards, self.rows, counts, self.rows / elapsed
+        )
 
 
 def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_run: bool = False) -> RunResult:
@@ -162,8 +163,9 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
             ray.shutdown()
 
 
-def run_attempt(config: PipelineConfig, run: RunDir, manifest: RunManifest, ray_address: str,
-                embedded: bool) -> RunResult:
+def run_attempt(
+    config: PipelineConfig, run: RunDir, manifest: RunManifest, ray_address: str, embedded: bool
+) -> RunResult:
     """One attempt of the annotation plan on the connected Ray, recorded in the manifest whatever happens."""
     import ray
 
@@ -201,8 +203,13 @@ def run_attempt(config: PipelineConfig, run: RunDir, manifest: RunManifest, ray_
     manifest.duplicates_dropped += duplicates
     _close_attempt(manifest, attempt, progress, "complete", None, run, config)
     _write_report(run)
-    log.info("run %s complete: %d rows in %s (%s)", manifest.run_id, manifest.rows, run.annotations,
-             ", ".join(f"{k} {v}" for k, v in manifest.counts.items()))
+    log.info(
+        "run %s complete: %d rows in %s (%s)",
+        manifest.run_id,
+        manifest.rows,
+        run.annotations,
+        ", ".join(f"{k} {v}" for k, v in manifest.counts.items()),
+    )
     return RunResult(
         output=run.root,
         run_id=manifest.run_id,
@@ -225,10 +232,22 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
     # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make
     # blocks of up to 128 MiB, i.e. thousands of images that would all commit at the very end.)
     dataset = dataset.repartition(target_num_rows_per_block=config.sink.rows_per_shard)
-    dataset = _actor_stage(dataset, DescribeStage, {"config": config.describe.describer}, config, config.describe,
-                           describer_class(config.describe.describer.name).runtime_env)
-    dataset = _actor_stage(dataset, GroundStage, {"config": config.ground.grounder}, config, config.ground,
-                           grounder_class(config.ground.grounder.name).runtime_env)
+    dataset = _actor_stage(
+        dataset,
+        DescribeStage,
+        {"config": config.describe.describer},
+        config,
+        config.describe,
+        describer_class(config.describe.describer.name).runtime_env,
+    )
+    dataset = _actor_stage(
+        dataset,
+        GroundStage,
+        {"config": config.ground.grounder},
+        config,
+        config.ground,
+        grounder_class(config.ground.grounder.name).runtime_env,
+    )
     return dataset.map_batches(
         commit_shard,
         batch_format="pyarrow",
@@ -244,8 +263,14 @@ def _prepare(batch: pa.Table, done_ids: ray.ObjectRef) -> pa.Table:
     return prepare_images(batch, committed)
 
 
-def _actor_stage(dataset: ray.data.Dataset, stage_class: type, annotator: dict[str, Any], config: PipelineConfig,
-                 stage: StageConfig, annotator_env: dict[str, Any] | None) -> ray.data.Dataset:
+def _actor_stage(
+    dataset: ray.data.Dataset,
+    stage_class: type,
+    annotator: dict[str, Any],
+    config: PipelineConfig,
+    stage: StageConfig,
+    annotator_env: dict[str, Any] | None,
+) -> ray.data.Dataset:
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameter for max_restarts/max_task_retries; they go through
         # **ray_remote_args, which warns that the catch-all is deprecated.
@@ -300,12 +325,20 @@ def find_user_error(error: BaseException) -> BaseException | None:
     return None
 
 
-def _close_attempt(manifest: RunManifest, attempt: Attempt, progress: AttemptProgress, status: RunStatus,
-                   message: str | None, run: RunDir, config: PipelineConfig) -> None:
+def _close_attempt(
+    manifest: RunManifest,
+    attempt: Attempt,
+    progress: AttemptProgress,
+    status: RunStatus,
+    message: str | None,
+    run: RunDir,
+    config: PipelineConfig,
+) -> None:
     """Close the attempt and rewrite the manifest from what is committed on disk."""
     seconds = time.monotonic() - progress.started
-    manifest.close_attempt(attempt, status, message, progress.rows, seconds, run.status_counts(),
-                           run.read_shard_stats(), config)
+    manifest.close_attempt(
+        attempt, status, message, progress.rows, seconds, run.status_counts(), run.read_shard_stats(), config
+    )
     run.write_manifest(manifest)
 
 

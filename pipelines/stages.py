@@ -81,14 +81,24 @@ def constant(value: str, n: int) -> pa.Array:
 
 def exit_for_restart(stage: str, error: BaseException) -> None:
     """The annotator's backend is broken: die so Ray restarts this actor and retries the batch."""
-    log.critical("%s: annotator backend failed (%s: %s); exiting so Ray restarts the actor",
-                 stage, type(error).__name__, error, exc_info=error)
+    log.critical(
+        "%s: annotator backend failed (%s: %s); exiting so Ray restarts the actor",
+        stage,
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
     logging.shutdown()
     os._exit(1)
 
 
-def call_isolating_rows(stage: str, annotator: Any, call: Callable[[Sequence[Any]], list[Any]],
-                        requests: Sequence[Any], failed: Callable[[str], Any]) -> list[Any]:
+def call_isolating_rows(
+    stage: str,
+    annotator: Any,
+    call: Callable[[Sequence[Any]], list[Any]],
+    requests: Sequence[Any],
+    failed: Callable[[str], Any],
+) -> list[Any]:
     """`call(requests)`; if it raises, isolate the raising rows (halving) and fail them alone.
 
     Exits for an actor restart when the annotator's `fatal_errors` are raised or every row raises on its own.
@@ -112,15 +122,23 @@ def call_isolating_rows(stage: str, annotator: Any, call: Callable[[Sequence[Any
 
     middle = len(requests) // 2
     try:
-        results = [*map_isolating_failures(requests[:middle], call, on_failure, fatal),
-                   *map_isolating_failures(requests[middle:], call, on_failure, fatal)]
+        results = [
+            *map_isolating_failures(requests[:middle], call, on_failure, fatal),
+            *map_isolating_failures(requests[middle:], call, on_failure, fatal),
+        ]
     except fatal as exc:
         exit_for_restart(stage, exc)
     if len(raised) == len(requests):
         exit_for_restart(stage, first)
     if raised:  # empty when the whole batch raised once but every row passed when rerun (a transient error)
-        log.warning("%s: %d of %d row(s) raised and were failed alone (first: %s: %s)",
-                    stage, len(raised), len(requests), type(raised[0]).__name__, raised[0])
+        log.warning(
+            "%s: %d of %d row(s) raised and were failed alone (first: %s: %s)",
+            stage,
+            len(raised),
+            len(requests),
+            type(raised[0]).__name__,
+            raised[0],
+        )
     return results
 
 
@@ -137,8 +155,9 @@ class _ImageStage:
         self.info = stage_info(self.annotator)
         log.info("%s %r ready in %.1f s", self.stage, config.name, time.perf_counter() - started)
 
-    def decoded_requests(self, column: dict[str, list], pending: Callable[[int], bool],
-                         request: Callable[[int, Any], Any]) -> tuple[list[Any], list[int]]:
+    def decoded_requests(
+        self, column: dict[str, list], pending: Callable[[int], bool], request: Callable[[int, Any], Any]
+    ) -> tuple[list[Any], list[int]]:
         """Requests for the pending rows whose image decodes; rows that do not decode are marked in `column`."""
         requests, positions = [], []
         for row in range(len(column["image_id"])):
@@ -153,8 +172,14 @@ class _ImageStage:
             positions.append(row)
         return requests, positions
 
-    def finish(self, batch: pa.Table, started: float, columns: list[tuple[str, pa.Array]],
-               seconds_column: str, info_column: str) -> pa.Table:
+    def finish(
+        self,
+        batch: pa.Table,
+        started: float,
+        columns: list[tuple[str, pa.Array]],
+        seconds_column: str,
+        info_column: str,
+    ) -> pa.Table:
         """The batch with the stage's columns set, its per-row seconds and the annotator's info."""
         n = batch.num_rows
         seconds = (time.perf_counter() - started) / max(n, 1)
@@ -199,16 +224,22 @@ class DescribeStage(_ImageStage):
             status[row], error[row] = result.status, result.error
             prompt_tokens[row], output_tokens[row] = result.num_prompt_tokens, result.num_output_tokens
 
-        return self.finish(batch, started, [
-            ("width", pa.array(width, pa.int32())),
-            ("height", pa.array(height, pa.int32())),
-            ("llm_caption", pa.array(llm_caption, pa.string())),
-            ("descriptions", pa.array(descriptions, pa.list_(pa.string()))),
-            ("status", pa.array(status, pa.string())),
-            ("error", pa.array(error, pa.string())),
-            (PROMPT_TOKENS, pa.array(prompt_tokens, pa.int64())),
-            (OUTPUT_TOKENS, pa.array(output_tokens, pa.int64())),
-        ], DESCRIBE_SECONDS, DESCRIBER_INFO)
+        return self.finish(
+            batch,
+            started,
+            [
+                ("width", pa.array(width, pa.int32())),
+                ("height", pa.array(height, pa.int32())),
+                ("llm_caption", pa.array(llm_caption, pa.string())),
+                ("descriptions", pa.array(descriptions, pa.list_(pa.string()))),
+                ("status", pa.array(status, pa.string())),
+                ("error", pa.array(error, pa.string())),
+                (PROMPT_TOKENS, pa.array(prompt_tokens, pa.int64())),
+                (OUTPUT_TOKENS, pa.array(output_tokens, pa.int64())),
+            ],
+            DESCRIBE_SECONDS,
+            DESCRIBER_INFO,
+        )
 
 
 class GroundStage(_ImageStage):
@@ -231,8 +262,14 @@ class GroundStage(_ImageStage):
         for row, result in zip(positions, self.call(requests, Grounding.failed)):
             regions[row], status[row], error[row] = grounding_outcome(result)
 
-        return self.finish(batch, started, [
-            ("regions", pa.array(regions, pa.list_(REGION_TYPE))),
-            ("status", pa.array(status, pa.string())),
-            ("error", pa.array(error, pa.string())),
-        ], GROUND_SECONDS, GROUNDER_INFO)
+        return self.finish(
+            batch,
+            started,
+            [
+                ("regions", pa.array(regions, pa.list_(REGION_TYPE))),
+                ("status", pa.array(status, pa.string())),
+                ("error", pa.array(error, pa.string())),
+            ],
+            GROUND_SECONDS,
+            GROUNDER_INFO,
+        )

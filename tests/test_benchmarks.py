@@ -63,22 +63,34 @@ def synthetic_runs() -> list[dict]:
         for seed, (grain, clip_d, grain_d) in enumerate(per_seed):
             top1 = {f"{model}/test_seen/{mode}": 0.9 for model, mode in partsworld_novel.ROWS}
             top1 |= {f"{model}/test_novel/{mode}": 0.05 for model, mode in partsworld_novel.ROWS}
-            top1 |= {partsworld_novel.GRAIN_G: grain, partsworld_novel.CLIP_D: clip_d,
-                     partsworld_novel.GRAIN_D: grain_d}
-            runs.append({"seed": seed, "noise": noise, "seconds": 1.0, "top1": top1,
-                         "grounding": {"grain/test_seen": 0.5 + 0.1 * seed, "grain/test_novel": 0.4}})
+            top1 |= {
+                partsworld_novel.GRAIN_G: grain,
+                partsworld_novel.CLIP_D: clip_d,
+                partsworld_novel.GRAIN_D: grain_d,
+            }
+            runs.append(
+                {
+                    "seed": seed,
+                    "noise": noise,
+                    "seconds": 1.0,
+                    "top1": top1,
+                    "grounding": {"grain/test_seen": 0.5 + 0.1 * seed, "grain/test_novel": 0.4},
+                }
+            )
     return runs
 
 
 def test_headline_figures_and_targets_from_the_moderate_runs():
     figures_ = partsworld_novel.headline_figures(synthetic_runs())
     grain, clip_d, grain_d = zip(*NOVEL["moderate"], strict=True)
-    assert figures_ == pytest.approx({
-        "novel_grain_top1_mean": statistics.mean(grain),
-        "novel_grain_top1_min_seed": min(grain),
-        "novel_clip_descriptors_top1_mean": statistics.mean(clip_d),
-        "novel_grain_global_descriptors_top1_mean": statistics.mean(grain_d),
-    })
+    assert figures_ == pytest.approx(
+        {
+            "novel_grain_top1_mean": statistics.mean(grain),
+            "novel_grain_top1_min_seed": min(grain),
+            "novel_clip_descriptors_top1_mean": statistics.mean(clip_d),
+            "novel_grain_global_descriptors_top1_mean": statistics.mean(grain_d),
+        }
+    )
     text = "\n".join(partsworld_novel.targets_table(figures_))
     assert "2 of 3 hold" in text
     assert "| GRAIN grain novel top-1 mean >= 60% | 62.0 | yes |" in text
@@ -91,8 +103,9 @@ def test_headline_figures_and_targets_from_the_moderate_runs():
 def test_tables_per_noise_level_and_the_sweep():
     text = partsworld_novel.markdown(synthetic_runs())
     tables = [line for line in text.splitlines() if line.startswith("Noise = ")]
-    assert tables == [f"Noise = {noise}: top-1 (%), mean ± std over seeds [0, 1, 2]."
-                      for noise in ("moderate", "clean", "heavy")]
+    assert tables == [
+        f"Noise = {noise}: top-1 (%), mean ± std over seeds [0, 1, 2]." for noise in ("moderate", "clean", "heavy")
+    ]
     assert "| grain | grain | 90.0 ± 0.0 | 62.0 ± 10.0 |" in text  # moderate: 0.62, 0.72, 0.52
     assert "| grain | grain | 90.0 ± 0.0 | 75.0 ± 5.0 |" in text  # clean: 0.8, 0.7, 0.75
     assert "GRAIN grounding recall@IoU0.5 on test_seen: 0.60 ± 0.10." in text

@@ -71,4 +71,7 @@ def test_enumeration_matcher_with_too_many_queries_is_a_readable_error(tmp_path)
     text = "data: {train: x}\nloss: {matcher: enumerate}\ndecoder: {region_queries: 9}\n"
     with pytest.raises(ConfigError, match="loss.matcher 'enumerate' scores every assignment, at most 8 region queries"):
         load_config(write(tmp_path, text), TrainConfig)
-    assert load_config(write(tmp_path, "data: {train: x}\nloss: {matcher: enumerate}\n"), TrainConfig).loss.matcher == "enumerate"
+    assert (
+        load_config(write(tmp_path, "data: {train: x}\nloss: {matcher: enumerate}\n"), TrainConfig).loss.matcher
+        == "enumerate"
+    )

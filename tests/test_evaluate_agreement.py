@@ -56,7 +56,9 @@ def straightforward_scores(root, config) -> tuple[np.ndarray, np.ndarray]:
             prompts = F.normalize(model.encode_text(tokenizer([t.format(name) for t in DEFAULT_TEMPLATES])), dim=-1)
             text.append(F.normalize(prompts.mean(0), dim=0))
         text = torch.stack(text)
-        files = [(path, label) for label, name in enumerate(classes) for path in sorted((root / "images" / name).iterdir())]
+        files = [
+            (path, label) for label, name in enumerate(classes) for path in sorted((root / "images" / name).iterdir())
+        ]
         images = torch.stack([preprocess(Image.open(path).convert("RGB")) for path, _ in files])
         scores = F.normalize(model.encode_image(images), dim=-1) @ text.T
     return scores.numpy(), np.array([label for _, label in files])

@@ -94,9 +94,15 @@ def test_class_embedding_is_the_renormalised_mean_of_its_prompts(tiny_clip):
     cache = TextEmbeddingCache()
     plain = class_embeddings(tiny_clip, ["florp", "zanthe"], templates, "cpu", cache=cache)
     described = class_embeddings(tiny_clip, ["florp", "zanthe"], templates, "cpu", descriptors, cache=cache)
-    expected_plain = F.normalize(torch.stack([_encode_one(tiny_clip, t.format("zanthe")) for t in templates]).mean(0), dim=0)
-    sentences = ["a photo of a florp, which has red crest", "a photo of a florp, which has wings",
-                 "a drawing of a florp, which has red crest", "a drawing of a florp, which has wings"]
+    expected_plain = F.normalize(
+        torch.stack([_encode_one(tiny_clip, t.format("zanthe")) for t in templates]).mean(0), dim=0
+    )
+    sentences = [
+        "a photo of a florp, which has red crest",
+        "a photo of a florp, which has wings",
+        "a drawing of a florp, which has red crest",
+        "a drawing of a florp, which has wings",
+    ]
     expected_described = F.normalize(torch.stack([_encode_one(tiny_clip, s) for s in sentences]).mean(0), dim=0)
     assert torch.allclose(plain[1], expected_plain, atol=1e-5)
     assert torch.allclose(described[0], expected_described, atol=1e-5)

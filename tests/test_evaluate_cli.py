@@ -43,17 +43,29 @@ def _write_config(path, data) -> str:
 def test_evaluate_command_writes_the_report(models, partsworld_small, tmp_path):
     out = tmp_path / "report"
     datasets = [
-        {"name": split, "source": {"kind": "partsworld", "path": str(partsworld_small), "split": f"test_{split}"},
-         "tasks": ["classification", "retrieval", "grounding"]}
+        {
+            "name": split,
+            "source": {"kind": "partsworld", "path": str(partsworld_small), "split": f"test_{split}"},
+            "tasks": ["classification", "retrieval", "grounding"],
+        }
         for split in ("seen", "novel")
     ]
-    config = _write_config(tmp_path / "eval.yaml", {
-        "out": str(tmp_path / "ignored"),
-        "models": [{"label": "GRAIN", "type": "checkpoint", "path": str(models["grain"])},
-                   {"label": "CLIP", "type": "open_clip", "name": str(models["clip"])}],
-        "datasets": datasets, "batch_size": 16, "num_workers": 1, "grid_images": 4, "progress": False,
-        "scoring": {"alpha_sweep": [0.0, 0.5, 1.0]},
-    })
+    config = _write_config(
+        tmp_path / "eval.yaml",
+        {
+            "out": str(tmp_path / "ignored"),
+            "models": [
+                {"label": "GRAIN", "type": "checkpoint", "path": str(models["grain"])},
+                {"label": "CLIP", "type": "open_clip", "name": str(models["clip"])},
+            ],
+            "datasets": datasets,
+            "batch_size": 16,
+            "num_workers": 1,
+            "grid_images": 4,
+            "progress": False,
+            "scoring": {"alpha_sweep": [0.0, 0.5, 1.0]},
+        },
+    )
     result = CliRunner().invoke(app, ["evaluate", config, "--out", str(out), "--set", "batch_size=8"])
     assert result.exit_code == 0, result.output
 
@@ -88,10 +100,31 @@ def test_user_mistakes_are_one_line_errors(models, tmp_path):
     (tmp_path / "descriptors.json").write_text(json.dumps({"eagle": ["sharp beak"]}))
     clip = [{"label": "c", "type": "open_clip", "name": str(models["clip"])}]
     cases = {
-        "classes of descriptor file": {"models": clip, "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": str(tmp_path / "images")}, "descriptors": str(tmp_path / "descriptors.json")}]},
-        "checkpoint not found": {"models": [{"label": "g", "type": "checkpoint", "path": str(tmp_path / "nope")}], "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": str(tmp_path / "images")}}]},
-        "expected tags: 'open_clip', 'checkpoint'": {"models": [{"label": "x", "type": "timm", "name": "y"}], "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": "."}}]},
-        "each dataset name must be unique": {"models": clip, "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": "a"}}, {"name": "d", "source": {"kind": "image_folder", "path": "b"}}]},
+        "classes of descriptor file": {
+            "models": clip,
+            "datasets": [
+                {
+                    "name": "d",
+                    "source": {"kind": "image_folder", "path": str(tmp_path / "images")},
+                    "descriptors": str(tmp_path / "descriptors.json"),
+                }
+            ],
+        },
+        "checkpoint not found": {
+            "models": [{"label": "g", "type": "checkpoint", "path": str(tmp_path / "nope")}],
+            "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": str(tmp_path / "images")}}],
+        },
+        "expected tags: 'open_clip', 'checkpoint'": {
+            "models": [{"label": "x", "type": "timm", "name": "y"}],
+            "datasets": [{"name": "d", "source": {"kind": "image_folder", "path": "."}}],
+        },
+        "each dataset name must be unique": {
+            "models": clip,
+            "datasets": [
+                {"name": "d", "source": {"kind": "image_folder", "path": "a"}},
+                {"name": "d", "source": {"kind": "image_folder", "path": "b"}},
+            ],
+        },
     }
     for expected, data in cases.items():
         data["out"] = str(tmp_path / "out")

@@ -39,14 +39,20 @@ def folder(tmp_path):
 
 def _rows(items):
     """Drain a split's torch dataset through a DataLoader: {index: sample}."""
-    return {int(i): (label, size) for batch in items for i, label, size in zip(batch["index"], batch["label"], batch["size"])}
+    return {
+        int(i): (label, size)
+        for batch in items
+        for i, label, size in zip(batch["index"], batch["label"], batch["size"])
+    }
 
 
 def test_imagefolder_default_classes_and_labels(folder):
     split = load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}))
     assert split.classnames == ["black footed albatross", "cardinal"]
     assert split.size == 6
-    loader = torch.utils.data.DataLoader(split.dataset(PREPROCESS, ["classification"]), batch_size=4, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(
+        split.dataset(PREPROCESS, ["classification"]), batch_size=4, collate_fn=collate
+    )
     rows = _rows(loader)
     assert sorted(rows) == list(range(6))
     assert [rows[i][0] for i in range(6)] == [0, 0, 0, 1, 1, 1]
@@ -58,7 +64,13 @@ def test_class_file_sets_order_and_names(folder, tmp_path):
     classes.write_text("cardinal\tnorthern cardinal\nblack_footed_albatross\n")
     split = load_split(EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, classnames=classes))
     assert split.classnames == ["northern cardinal", "black footed albatross"]
-    labels = [label for batch in torch.utils.data.DataLoader(split.dataset(PREPROCESS, ["classification"]), batch_size=6, collate_fn=collate) for label in batch["label"]]
+    labels = [
+        label
+        for batch in torch.utils.data.DataLoader(
+            split.dataset(PREPROCESS, ["classification"]), batch_size=6, collate_fn=collate
+        )
+        for label in batch["label"]
+    ]
     assert labels == [0, 0, 0, 1, 1, 1]  # cardinal images come first now
 
 
@@ -100,9 +112,19 @@ def _annotation_rows(tmp_path, labels, broken=()):
     rows = []
     for i, label in enumerate(labels):
         image = b"\x89PNG broken" if i in broken else encode_image(_image("white" if i % 2 else "black"))
-        rows.append({"image_id": f"img-{i}", "image": image, "caption": f"a photo of a {label}", "width": 20, "height": 12,
-                     "class_name": label, "descriptions": ["dot"], "status": "ok",
-                     "regions": [{"text": "dot", "box": [0.1, 0.1, 0.5, 0.5], "score": 1.0}]})
+        rows.append(
+            {
+                "image_id": f"img-{i}",
+                "image": image,
+                "caption": f"a photo of a {label}",
+                "width": 20,
+                "height": 12,
+                "class_name": label,
+                "descriptions": ["dot"],
+                "status": "ok",
+                "regions": [{"text": "dot", "box": [0.1, 0.1, 0.5, 0.5], "score": 1.0}],
+            }
+        )
     path = tmp_path / "shards"
     table = pa.Table.from_pylist(rows)
     write_shard(table.slice(0, 3), path / "part-0.parquet", "annotations")
@@ -113,14 +135,20 @@ def _annotation_rows(tmp_path, labels, broken=()):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_parquet_stream_covers_every_row_once_and_reports_bad_images(tmp_path, workers):
     path = _annotation_rows(tmp_path, ["b", "a", "b", "c", "a"], broken={3})
-    split = load_split(EvalDataset(name="p", source={"kind": "parquet", "path": path}, tasks=["classification", "retrieval", "grounding"]))
+    split = load_split(
+        EvalDataset(
+            name="p", source={"kind": "parquet", "path": path}, tasks=["classification", "retrieval", "grounding"]
+        )
+    )
     assert split.classnames == ["a", "b", "c"] and split.size == 5
     dataset = split.dataset(PREPROCESS, ["classification", "retrieval", "grounding"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate)
     seen, errors = {}, []
     for batch in loader:
         errors += batch["errors"]
-        for i, label, caption, regions in zip(batch["index"].tolist(), batch["label"], batch["caption"], batch["regions"]):
+        for i, label, caption, regions in zip(
+            batch["index"].tolist(), batch["label"], batch["caption"], batch["regions"]
+        ):
             assert i not in seen
             seen[i] = (label, caption, regions)
     assert sorted(seen) == [0, 1, 2, 4]
@@ -135,7 +163,13 @@ def test_one_row_group_is_shared_between_workers(tmp_path):
     from grainclip.schema import list_row_groups
 
     path = tmp_path / "one.parquet"
-    write_shard(pa.Table.from_pylist([{"image_id": f"i{i}", "image": encode_image(_image("red")), "width": 20, "height": 12} for i in range(5)]), path, "images")
+    write_shard(
+        pa.Table.from_pylist(
+            [{"image_id": f"i{i}", "image": encode_image(_image("red")), "width": 20, "height": 12} for i in range(5)]
+        ),
+        path,
+        "images",
+    )
     assert len(list_row_groups(path)) == 1
     dataset = ParquetImages(list_row_groups(path), PREPROCESS, None, None, None, False, batch_rows=2)
     # DataLoader takes one sample from each worker in turn: worker 0 has rows 0,1,4 and worker 1 rows 2,3.
@@ -154,19 +188,32 @@ def test_parquet_labels_outside_the_class_file_rejected(tmp_path):
 def test_parquet_limit(tmp_path):
     path = _annotation_rows(tmp_path, ["a", "b", "a", "b", "a"])
     split = load_split(EvalDataset(name="p", source={"kind": "parquet", "path": path}, limit=4))
-    indices = [i for batch in torch.utils.data.DataLoader(split.dataset(PREPROCESS, ["classification"]), batch_size=8, collate_fn=collate) for i in batch["index"].tolist()]
+    indices = [
+        i
+        for batch in torch.utils.data.DataLoader(
+            split.dataset(PREPROCESS, ["classification"]), batch_size=8, collate_fn=collate
+        )
+        for i in batch["index"].tolist()
+    ]
     assert split.size == 4 and indices == [0, 1, 2, 3]
 
 
 def test_partsworld_split(partsworld_small):
-    split = load_split(EvalDataset(name="novel", source={"kind": "partsworld", "path": partsworld_small, "split": "test_novel"},
-                                   tasks=["classification", "retrieval", "grounding"]))
+    split = load_split(
+        EvalDataset(
+            name="novel",
+            source={"kind": "partsworld", "path": partsworld_small, "split": "test_novel"},
+            tasks=["classification", "retrieval", "grounding"],
+        )
+    )
     novel = load_classes(partsworld_small)["novel"]
     assert split.classnames == novel
     assert split.descriptors == {name: load_descriptors(partsworld_small)[name] for name in novel}
     assert split.has_regions and split.has_captions and split.size == 32
     with pytest.raises(ConfigError, match="no split 'test_unseen'"):
-        load_split(EvalDataset(name="x", source={"kind": "partsworld", "path": partsworld_small, "split": "test_unseen"}))
+        load_split(
+            EvalDataset(name="x", source={"kind": "partsworld", "path": partsworld_small, "split": "test_unseen"})
+        )
 
 
 def test_input_window_of_common_preprocess_pipelines():

@@ -32,12 +32,21 @@ class ChatCompletions(BaseHTTPRequestHandler):
         if name == "unknowable":
             content = "I cannot help with that."
         else:
-            content = json.dumps({"caption": f"a {name} on grass", "descriptions": [f"{name} head", f"long {name} tail"]})
-        body = json.dumps({
-            "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": request["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-        }).encode()
+            content = json.dumps(
+                {"caption": f"a {name} on grass", "descriptions": [f"{name} head", f"long {name} tail"]}
+            )
+        body = json.dumps(
+            {
+                "id": "cmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": request["model"],
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -60,10 +69,16 @@ def endpoint():
 
 def _describer_config(tmp_path, base_url) -> str:
     path = tmp_path / "describer.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "openai", "model": "served-model", "multimodal": False,
-        "options": {"base_url": base_url, "api_key_env": None, "max_retries": 0},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "openai",
+                "model": "served-model",
+                "multimodal": False,
+                "options": {"base_url": base_url, "api_key_env": None, "max_retries": 0},
+            }
+        )
+    )
     return str(path)
 
 
@@ -71,7 +86,9 @@ def test_describe_classes_writes_descriptors_the_evaluator_reads(tmp_path, endpo
     classes = tmp_path / "classes.txt"
     classes.write_text("black_footed_albatross\ncardinal\tnorthern cardinal\n")
     out = tmp_path / "descriptors.json"
-    result = CliRunner().invoke(app, ["describe-classes", str(classes), "--describer", _describer_config(tmp_path, endpoint), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["describe-classes", str(classes), "--describer", _describer_config(tmp_path, endpoint), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     names = ["black footed albatross", "northern cardinal"]
     assert read_descriptors(out, names) == {
@@ -84,7 +101,9 @@ def test_classes_without_descriptors_fail_and_write_nothing(tmp_path, endpoint):
     classes = tmp_path / "classes.txt"
     classes.write_text("cardinal\nunknowable\n")
     out = tmp_path / "descriptors.json"
-    result = CliRunner().invoke(app, ["describe-classes", str(classes), "--describer", _describer_config(tmp_path, endpoint), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["describe-classes", str(classes), "--describer", _describer_config(tmp_path, endpoint), "--out", str(out)]
+    )
     assert result.exit_code == 1
     assert "1 of 2 classes got no descriptors ('unknowable': unusable LLM output" in result.output
     assert not out.exists()

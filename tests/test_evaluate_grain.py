@@ -38,7 +38,10 @@ TOP, BOTTOM, MIDDLE = [0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 1.0, 1.0], [0.25, 0.25, 0
 
 class BagOfWordsTokenizer:
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        ids = [[1 + zlib.crc32(word.encode()) % 4095 for word in text.lower().replace(",", " ").replace(".", " ").split()] for text in texts]
+        ids = [
+            [1 + zlib.crc32(word.encode()) % 4095 for word in text.lower().replace(",", " ").replace(".", " ").split()]
+            for text in texts
+        ]
         tokens = torch.zeros(len(texts), max(len(i) for i in ids), dtype=torch.long)
         for row, row_ids in enumerate(ids):
             tokens[row, : len(row_ids)] = torch.tensor(row_ids)
@@ -103,7 +106,13 @@ def creatures(tmp_path):
         for i in range(3):
             creature(crest, body).save(tmp_path / "data" / name / f"{i}.png")
     (tmp_path / "descriptors.json").write_text(json.dumps(DESCRIPTORS))
-    return load_split(EvalDataset(name="creatures", source={"kind": "image_folder", "path": tmp_path / "data"}, descriptors=tmp_path / "descriptors.json"))
+    return load_split(
+        EvalDataset(
+            name="creatures",
+            source={"kind": "image_folder", "path": tmp_path / "data"},
+            descriptors=tmp_path / "descriptors.json",
+        )
+    )
 
 
 def test_toy_model_satisfies_the_region_protocol():
@@ -145,7 +154,9 @@ def test_standardize_and_mix():
 
 
 def _settings(**scoring) -> PassSettings:
-    return PassSettings(templates=["a photo of a {}."], scoring=ScoringConfig(**scoring), batch_size=4, num_workers=0, grid_images=2)
+    return PassSettings(
+        templates=["a photo of a {}."], scoring=ScoringConfig(**scoring), batch_size=4, num_workers=0, grid_images=2
+    )
 
 
 def _top1(results) -> dict[str, float]:
@@ -169,9 +180,15 @@ def test_grain_picks_the_class_global_cannot(creatures):
 def test_unmatched_regions_pollute_the_max_without_objectness(creatures):
     # The swapped-binding queries match the WRONG class's descriptors exactly: with them in the max both
     # classes score 1.0 on regions and the tie counts as an error; the objectness threshold removes them.
-    polluted, _ = evaluate_split(loaded_model(with_objectness=False), creatures, ["classification"], _settings(), torch.device("cpu"))
-    ignored_objectness, _ = evaluate_split(loaded_model(), creatures, ["classification"], _settings(objectness_threshold=0.0), torch.device("cpu"))
-    filtered, _ = evaluate_split(loaded_model(), creatures, ["classification"], _settings(objectness_threshold=0.5), torch.device("cpu"))
+    polluted, _ = evaluate_split(
+        loaded_model(with_objectness=False), creatures, ["classification"], _settings(), torch.device("cpu")
+    )
+    ignored_objectness, _ = evaluate_split(
+        loaded_model(), creatures, ["classification"], _settings(objectness_threshold=0.0), torch.device("cpu")
+    )
+    filtered, _ = evaluate_split(
+        loaded_model(), creatures, ["classification"], _settings(objectness_threshold=0.5), torch.device("cpu")
+    )
     assert {s["alpha"]: s["top1"] for s in polluted["alpha_sweep"]}[0.0] == 0.0
     assert _top1(polluted)["grain"] <= 0.5 and _top1(ignored_objectness)["grain"] <= 0.5
     assert _top1(filtered)["grain"] == 1.0
@@ -193,18 +210,30 @@ def test_grounding_in_the_original_frame(tmp_path):
     for i in range(4):
         crest, body = ("red", "blue") if i % 2 == 0 else ("blue", "red")
         image = creature(crest, body, size=(128, 32))  # the model sees x in [0.375, 0.625] of it
-        rows.append({
-            "image_id": f"c{i}", "image": encode_image(image), "caption": f"{crest} crest", "width": 128, "height": 32,
-            "class_name": "alpha" if i % 2 == 0 else "beta", "descriptions": [], "status": "ok",
-            "regions": [
-                {"text": f"{crest} crest", "box": [0.375, 0.0, 0.625, 0.5], "score": 1.0},
-                {"text": f"{body} body", "box": [0.375, 0.5, 0.625, 1.0], "score": 1.0},
-                {"text": f"{body} body", "box": [0.0, 0.0, 0.1, 0.1], "score": 1.0},  # 2nd box, same text: any-box
-                {"text": "green tail", "box": [0.9, 0.9, 1.0, 1.0], "score": 1.0},  # not in the image
-            ],
-        })
+        rows.append(
+            {
+                "image_id": f"c{i}",
+                "image": encode_image(image),
+                "caption": f"{crest} crest",
+                "width": 128,
+                "height": 32,
+                "class_name": "alpha" if i % 2 == 0 else "beta",
+                "descriptions": [],
+                "status": "ok",
+                "regions": [
+                    {"text": f"{crest} crest", "box": [0.375, 0.0, 0.625, 0.5], "score": 1.0},
+                    {"text": f"{body} body", "box": [0.375, 0.5, 0.625, 1.0], "score": 1.0},
+                    {"text": f"{body} body", "box": [0.0, 0.0, 0.1, 0.1], "score": 1.0},  # 2nd box, same text: any-box
+                    {"text": "green tail", "box": [0.9, 0.9, 1.0, 1.0], "score": 1.0},  # not in the image
+                ],
+            }
+        )
     write_shard(pa.Table.from_pylist(rows), tmp_path / "truth" / "part-0.parquet", "annotations")
-    split = load_split(EvalDataset(name="truth", source={"kind": "parquet", "path": tmp_path / "truth"}, tasks=["grounding", "retrieval"]))
+    split = load_split(
+        EvalDataset(
+            name="truth", source={"kind": "parquet", "path": tmp_path / "truth"}, tasks=["grounding", "retrieval"]
+        )
+    )
     results, _ = evaluate_split(loaded_model(crop), split, ["grounding", "retrieval"], _settings(), torch.device("cpu"))
     grounding = results["grounding"]
     assert grounding["n_descriptions"] == 12  # 3 distinct descriptions x 4 images

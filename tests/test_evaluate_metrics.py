@@ -112,7 +112,9 @@ def test_retrieval_is_the_same_in_chunks():
     images, texts = rng.normal(size=(50, 8)), rng.normal(size=(20, 8))
     image_text = rng.integers(0, 20, size=50)
     image_text[:20] = np.arange(20)  # every text has an image
-    assert retrieval_metrics(images, texts, image_text, chunk=7) == retrieval_metrics(images, texts, image_text, chunk=1000)
+    assert retrieval_metrics(images, texts, image_text, chunk=7) == retrieval_metrics(
+        images, texts, image_text, chunk=1000
+    )
 
 
 def test_grounding_metrics():

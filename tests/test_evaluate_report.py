@@ -9,8 +9,13 @@ from PIL import Image
 
 from grainclip.evaluate.report import plot_region_grid, region_grid_figure
 
-DESCRIPTORS = ["red crest", "blue wings", "orange tail", "spotted body",
-               "a long curved bright red crest on top of the small round head of the creature"]
+DESCRIPTORS = [
+    "red crest",
+    "blue wings",
+    "orange tail",
+    "spotted body",
+    "a long curved bright red crest on top of the small round head of the creature",
+]
 
 
 def grid_items(n: int, regions: int) -> list[dict]:
@@ -45,8 +50,9 @@ def test_region_grid_text_never_overlaps(n, regions):
     boxes = text_boxes(region_grid_figure(grid_items(n, regions), "grain on test_seen: predicted regions"))
     # suptitle + a title per image (+ a descriptor list per image with regions)
     assert len(boxes) == 1 + n + (n if regions else 0)
-    overlapping = [(a[:40], b[:40]) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2)
-                   if box_a.overlaps(box_b)]
+    overlapping = [
+        (a[:40], b[:40]) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)
+    ]
     assert not overlapping
 
 

@@ -95,8 +95,11 @@ def refused_in_process(args: list[str]) -> str:
 
 def train_config(tmp_path: Path, partsworld: Path, **values) -> Path:
     path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "train"),
-                                    "data": {"train": str(partsworld / "train" / "truth")}, **values}))
+    path.write_text(
+        yaml.safe_dump(
+            {"output_dir": str(tmp_path / "train"), "data": {"train": str(partsworld / "train" / "truth")}, **values}
+        )
+    )
     return path
 
 
@@ -111,8 +114,11 @@ def test_train_negative_batch_size_and_gpu_on_a_cpu_machine(partsworld_small, tm
 
 def test_evaluate_cuda_on_a_cpu_machine_and_negative_batch_size(partsworld_small, tmp_path):
     path = tmp_path / "eval.yaml"
-    base = {"out": str(tmp_path / "eval"), "models": [{"label": "c", "type": "open_clip", "name": "ViT-B-32"}],
-            "datasets": [{"name": "d", "source": {"kind": "partsworld", "path": str(partsworld_small)}}]}
+    base = {
+        "out": str(tmp_path / "eval"),
+        "models": [{"label": "c", "type": "open_clip", "name": "ViT-B-32"}],
+        "datasets": [{"name": "d", "source": {"kind": "partsworld", "path": str(partsworld_small)}}],
+    }
     path.write_text(yaml.safe_dump({**base, "batch_size": -1}))
     stderr = refused_in_process(["evaluate", str(path)])
     assert "batch_size" in stderr

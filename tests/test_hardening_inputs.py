@@ -59,4 +59,8 @@ def test_the_evaluator_accounts_for_every_corpus_row(corpus, tmp_path):
     table = pq.read_table(corpus["annotations"])
     assert annotations["n_rows"] == table.num_rows
     assert annotations["n_evaluated"] + annotations["skipped_images"]["count"] == table.num_rows
-    assert {e["image_id"] for e in annotations["skipped_images"]["examples"]} == {"truncated", "zero_bytes", "missing_image"}
+    assert {e["image_id"] for e in annotations["skipped_images"]["examples"]} == {
+        "truncated",
+        "zero_bytes",
+        "missing_image",
+    }

@@ -52,7 +52,11 @@ def test_no_unsafe_deserialisation_in_the_source_tree():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                bad = [n for n in names if n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal")]
+                bad = [
+                    n
+                    for n in names
+                    if n and n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal")
+                ]
                 if bad:
                     problems.append(f"{rel}:{node.lineno} imports {bad}")
         for call, name in calls(tree):
@@ -77,7 +81,11 @@ def test_no_unsafe_deserialisation_in_the_source_tree():
             if name in ("eval", "exec"):
                 problems.append(f"{where}: eval/exec")
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and ast.unparse(node) in ("yaml.Loader", "yaml.UnsafeLoader", "yaml.FullLoader"):
+            if isinstance(node, ast.Attribute) and ast.unparse(node) in (
+                "yaml.Loader",
+                "yaml.UnsafeLoader",
+                "yaml.FullLoader",
+            ):
                 problems.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
     assert not problems, "\n".join(problems)
 

@@ -8,8 +8,13 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAPPING = {"grainclip": "grainclip", "grainclip.annotate": "annotate", "grainclip.pipelines": "pipelines",
-           "grainclip.train": "train", "grainclip.evaluate": "evaluate"}
+MAPPING = {
+    "grainclip": "grainclip",
+    "grainclip.annotate": "annotate",
+    "grainclip.pipelines": "pipelines",
+    "grainclip.train": "train",
+    "grainclip.evaluate": "evaluate",
+}
 
 
 def test_every_package_folder_is_listed_in_pyproject():

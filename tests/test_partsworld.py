@@ -250,7 +250,9 @@ def test_cli_synth_writes_a_dataset(tmp_path):
     from grainclip.cli import app
 
     out = tmp_path / "pw"
-    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--n", "6", "--n-test", "3", "--seed", "2", "--image-size", "40"])
+    result = CliRunner().invoke(
+        app, ["synth", "--out", str(out), "--n", "6", "--n-test", "3", "--seed", "2", "--image-size", "40"]
+    )
     assert result.exit_code == 0, result.output
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     assert counts == {"train": 6, "test_seen": 3, "test_novel": 3, "val_seen": 3, "val_novel": 3}

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
@@ -46,8 +45,12 @@ def cluster():
     dashboard_port, agent_port = free_port(), free_port()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": dashboard_port,
-                        "dashboard_agent_listen_port": agent_port},
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_port": dashboard_port,
+            "dashboard_agent_listen_port": agent_port,
+        },
     )
     try:
         cluster.add_node(num_cpus=1, resources={LLM_NODE: 1})
@@ -140,35 +143,61 @@ def test_vllm_and_groundingdino_py_stages_run_on_separate_nodes_in_their_own_env
     assert result.manifest.throughput.describe.output_tokens > 0
 
 
-def test_submitted_job_goes_from_images_to_a_trained_and_evaluated_model(cluster, tiny_models, partsworld_small,
-                                                                          tmp_path):
+def test_submitted_job_goes_from_images_to_a_trained_and_evaluated_model(
+    cluster, tiny_models, partsworld_small, tmp_path
+):
     """`pipeline submit` through the head's Jobs API, with train (Ray Train) and evaluate steps in the same job."""
     dashboard = f"http://{cluster.webui_url}"
     train_yaml, evaluate_yaml, config = tmp_path / "train.yaml", tmp_path / "evaluate.yaml", tmp_path / "pipeline.yaml"
-    train_yaml.write_text(yaml.safe_dump({
-        "backbone": {"model": str(tiny_models["clip"])},
-        "decoder": {"layers": 2, "d_model": 64, "heads": 4, "ffn_dim": 128, "dropout": 0.0},
-        "data": {"num_workers": 0},
-        "batch_size": 8, "steps": 3, "log_every": 1,
-    }))
-    evaluate_yaml.write_text(yaml.safe_dump({
-        "datasets": [{"name": "novel", "source": {"kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"},
-                      "tasks": ["classification"], "limit": 16}],
-        "batch_size": 16, "num_workers": 0, "device": "cpu", "progress": False, "grid_images": 0,
-    }))
+    train_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "backbone": {"model": str(tiny_models["clip"])},
+                "decoder": {"layers": 2, "d_model": 64, "heads": 4, "ffn_dim": 128, "dropout": 0.0},
+                "data": {"num_workers": 0},
+                "batch_size": 8,
+                "steps": 3,
+                "log_every": 1,
+            }
+        )
+    )
+    evaluate_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": [
+                    {
+                        "name": "novel",
+                        "source": {"kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"},
+                        "tasks": ["classification"],
+                        "limit": 16,
+                    }
+                ],
+                "batch_size": 16,
+                "num_workers": 0,
+                "device": "cpu",
+                "progress": False,
+                "grid_images": 0,
+            }
+        )
+    )
     out = tmp_path / "submitted"
-    config.write_text(yaml.safe_dump({
-        "output": str(out),
-        "source": {"kind": "partsworld", "path": str(partsworld_small)},
-        "describe": {"num_cpus": 0.25},
-        "ground": {"num_cpus": 0.25},
-        "sink": {"rows_per_shard": 32},
-        "train": {"config": str(train_yaml)},
-        "evaluate": {"config": str(evaluate_yaml), "num_cpus": 0.5},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "output": str(out),
+                "source": {"kind": "partsworld", "path": str(partsworld_small)},
+                "describe": {"num_cpus": 0.25},
+                "ground": {"num_cpus": 0.25},
+                "sink": {"rows_per_shard": 32},
+                "train": {"config": str(train_yaml)},
+                "evaluate": {"config": str(evaluate_yaml), "num_cpus": 0.5},
+            }
+        )
+    )
     cli = [sys.executable, "-m", "grainclip.cli", "pipeline"]
-    submitted = subprocess.run([*cli, "submit", str(config), "--address", dashboard, "--wait"],
-                               capture_output=True, text=True, timeout=540)
+    submitted = subprocess.run(
+        [*cli, "submit", str(config), "--address", dashboard, "--wait"], capture_output=True, text=True, timeout=540
+    )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     job_id = submitted.stdout.splitlines()[0].strip()
     assert job_id.startswith("raysubmit_")
@@ -192,7 +221,8 @@ def test_submitted_job_goes_from_images_to_a_trained_and_evaluated_model(cluster
     assert [m["label"] for m in results["models"]] == ["pipeline-grain"]
     assert results["runs"] and results["runs"][0]["dataset"] == "novel"
 
-    missing = subprocess.run([*cli, "submit", str(tmp_path / "nope.yaml"), "--address", dashboard],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [*cli, "submit", str(tmp_path / "nope.yaml"), "--address", dashboard], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "config file not found" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1

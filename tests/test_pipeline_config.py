@@ -15,9 +15,9 @@ from grainclip.annotate.registry import describer_class, grounder_class
 from grainclip.config.base import ConfigError, load_config, parse_config
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.manifest import RunManifest
+from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
 from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
-from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
 from grainclip.pipelines.steps import plan_steps, run_steps
 from grainclip.schema import read_table, write_shard
 
@@ -59,21 +59,28 @@ def test_config_errors_name_the_field(tmp_path: Path):
         load_config(path, PipelineConfig)
     assert "describe.batchsize: unknown key" in str(error.value)
     with pytest.raises(ConfigError, match="max_actors"):
-        parse_config({"output": "x", "source": {"kind": "parquet", "path": "x"},
-                      "describe": {"min_actors": 2, "max_actors": 1}}, PipelineConfig)
+        parse_config(
+            {"output": "x", "source": {"kind": "parquet", "path": "x"}, "describe": {"min_actors": 2, "max_actors": 1}},
+            PipelineConfig,
+        )
     with pytest.raises(ConfigError, match="source"):
         parse_config({"output": "x", "source": {"kind": "s3bucket", "path": "x"}}, PipelineConfig)
     with pytest.raises(ConfigError, match="needs a `train` step"):
-        parse_config({"output": "x", "source": {"kind": "parquet", "path": "x"}, "evaluate": {"config": "e.yaml"}},
-                     PipelineConfig)
+        parse_config(
+            {"output": "x", "source": {"kind": "parquet", "path": "x"}, "evaluate": {"config": "e.yaml"}},
+            PipelineConfig,
+        )
 
 
 def test_partsworld_annotators_default_to_the_source_truth_and_paths_become_absolute(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pw" / "train" / "truth").mkdir(parents=True)
     config = parse_config(
-        {"output": "out", "source": {"kind": "partsworld", "path": "pw"},
-         "describe": {"describer": {"name": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}}},
+        {
+            "output": "out",
+            "source": {"kind": "partsworld", "path": "pw"},
+            "describe": {"describer": {"name": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}},
+        },
         PipelineConfig,
     )
     assert config.ground.grounder.options["truth"] == "pw/train/truth"
@@ -93,8 +100,11 @@ def test_a_rerun_resumes_only_with_the_same_output_deciding_config(tmp_path: Pat
     run.write_manifest(RunManifest(run_id=run_id, config_hash=config_hash(view), resume_config=view))
 
     # Resources and shard size may change between attempts.
-    faster = minimal(tmp_path, describe={"min_actors": 4, "batch_size": 256, "describer": {"batch_size": 64}},
-                     sink={"rows_per_shard": 10})
+    faster = minimal(
+        tmp_path,
+        describe={"min_actors": 4, "batch_size": 256, "describer": {"batch_size": 64}},
+        sink={"rows_per_shard": 10},
+    )
     assert run.open(faster, force_new_run=False)[0] == run_id
 
     changed = minimal(tmp_path, ground={"grounder": {"box_threshold": 0.5}})
@@ -126,14 +136,26 @@ def test_a_manifest_written_by_earlier_versions_resumes_and_keeps_its_keys(tmp_p
     run = RunDir(Path(config.output))
     view = resume_view(config)
     old = {
-        "format": "grainclip.pipeline.manifest/1", "run_id": "20261201T101603Z-18cbf651", "status": "running",
-        "message": None, "created_at": "2026-12-01T10:16:03+00:00", "completed_at": None,
-        "config_hash": config_hash(view), "resume_config": view, "config": config.model_dump(mode="json"),
+        "format": "grainclip.pipeline.manifest/1",
+        "run_id": "20261201T101603Z-18cbf651",
+        "status": "running",
+        "message": None,
+        "created_at": "2026-12-01T10:16:03+00:00",
+        "completed_at": None,
+        "config_hash": config_hash(view),
+        "resume_config": view,
+        "config": config.model_dump(mode="json"),
         "attempts": [
             {"started_at": "2026-12-01T10:16:03+00:00", "status": "running", "rows": 0, "ray_address": "local"}
         ],
-        "versions": {"python": "3.11.7", "ray": "2.60.0"}, "annotators": {}, "simulated": None, "rows": 0,
-        "counts": {}, "duplicates_dropped": 0, "throughput": {}, "steps": {},
+        "versions": {"python": "3.11.7", "ray": "2.60.0"},
+        "annotators": {},
+        "simulated": None,
+        "rows": 0,
+        "counts": {},
+        "duplicates_dropped": 0,
+        "throughput": {},
+        "steps": {},
     }
     run.root.mkdir(parents=True)
     run.manifest_path.write_text(json.dumps(old, indent=2))
@@ -141,8 +163,17 @@ def test_a_manifest_written_by_earlier_versions_resumes_and_keeps_its_keys(tmp_p
     run_id, previous = run.open(config, force_new_run=False)
     assert run_id == old["run_id"] and previous.attempts[0].ray_address == "local" and previous.throughput is None
     attempt = previous.start_attempt(config, "local")
-    stats = [{"rows": 3, "describe_seconds": 1.5, "ground_seconds": 0.5, "prompt_tokens": 30, "output_tokens": 12,
-              "describer": {"name": "partsworld", "simulated": True}, "grounder": None}]
+    stats = [
+        {
+            "rows": 3,
+            "describe_seconds": 1.5,
+            "ground_seconds": 0.5,
+            "prompt_tokens": 30,
+            "output_tokens": 12,
+            "describer": {"name": "partsworld", "simulated": True},
+            "grounder": None,
+        }
+    ]
     previous.close_attempt(attempt, "complete", None, rows=3, seconds=1.5, counts={"ok": 3}, stats=stats, config=config)
     run.write_manifest(previous)
 
@@ -160,8 +191,11 @@ def test_an_unreadable_manifest_is_one_line_and_force_new_run_moves_it_aside(tmp
     config = minimal(tmp_path)
     run = RunDir(Path(config.output))
     run.root.mkdir(parents=True)
-    for text, problem in (("{not json", "not valid JSON"), ('{"run_id": "r", "rows": "many"}', "rows: Input should"),
-                          ("[]", "not a run manifest")):
+    for text, problem in (
+        ("{not json", "not valid JSON"),
+        ('{"run_id": "r", "rows": "many"}', "rows: Input should"),
+        ("[]", "not a run manifest"),
+    ):
         run.manifest_path.write_text(text)
         with pytest.raises(ConfigError, match=problem) as error:
             run.open(config, force_new_run=False)
@@ -180,13 +214,15 @@ def test_contains_sorted_matches_exact_ids_only():
 
 
 def test_prepare_marks_broken_rows_and_skips_committed_ones():
-    batch = pa.Table.from_pylist([
-        {"image_id": "a", "image": b"x", "caption": "one", "class_name": "k1"},
-        {"image_id": None, "image": b"y", "caption": "two", "class_name": "k2"},
-        {"image_id": "", "image": b"y", "caption": None, "class_name": "k3"},
-        {"image_id": "c", "image": None, "caption": "four", "class_name": "k4"},
-        {"image_id": "d", "image": b"z", "caption": "five", "class_name": "k5"},
-    ])
+    batch = pa.Table.from_pylist(
+        [
+            {"image_id": "a", "image": b"x", "caption": "one", "class_name": "k1"},
+            {"image_id": None, "image": b"y", "caption": "two", "class_name": "k2"},
+            {"image_id": "", "image": b"y", "caption": None, "class_name": "k3"},
+            {"image_id": "c", "image": None, "caption": "four", "class_name": "k4"},
+            {"image_id": "d", "image": b"z", "caption": "five", "class_name": "k5"},
+        ]
+    )
     out = prepare_images(batch, np.sort(np.array([b"d"])))
     rows = {r["class_name"]: r for r in out.to_pylist()}
     assert set(rows) == {"k1", "k2", "k3", "k4"}  # d was committed before
@@ -203,11 +239,20 @@ def test_the_pipeline_and_annotate_rows_mark_the_same_rows_invalid(partsworld_sm
     from grainclip.annotate import annotate_rows, build_describer, build_grounder
     from grainclip.config.annotate import DescriberConfig, GrounderConfig
 
-    rows = [{"image_id": "a", "image": b"x"}, {"image_id": None, "image": b"y"}, {"image_id": " ", "image": b"y"},
-            {"image_id": "c", "image": None}, {"image_id": None, "image": None}, {"image_id": "e", "image": b""}]
+    rows = [
+        {"image_id": "a", "image": b"x"},
+        {"image_id": None, "image": b"y"},
+        {"image_id": " ", "image": b"y"},
+        {"image_id": "c", "image": None},
+        {"image_id": None, "image": None},
+        {"image_id": "e", "image": b""},
+    ]
     truth = {"truth": str(partsworld_small)}
-    plain = annotate_rows(rows, build_describer(DescriberConfig(name="partsworld", options=truth)),
-                          build_grounder(GrounderConfig(name="partsworld", options=truth)))
+    plain = annotate_rows(
+        rows,
+        build_describer(DescriberConfig(name="partsworld", options=truth)),
+        build_grounder(GrounderConfig(name="partsworld", options=truth)),
+    )
     piped = prepare_images(pa.Table.from_pylist(rows)).to_pylist()
     invalid = [(r["status"] == "invalid_input", r["error"] if r["status"] == "invalid_input" else None) for r in plain]
     assert invalid == [(r["status"] == "invalid_input", r["error"]) for r in piped]
@@ -238,8 +283,13 @@ def test_duplicate_ids_keep_the_first_committed_row(tmp_path: Path):
 
 def test_error_fraction_stops_with_counts_and_an_example():
     progress = AttemptProgress()
-    progress.add({"rows": 50, "statuses": {"ok": 5, "describe_failed": 45},
-                  "error_examples": {"describe_failed": "connection refused"}})
+    progress.add(
+        {
+            "rows": 50,
+            "statuses": {"ok": 5, "describe_failed": 45},
+            "error_examples": {"describe_failed": "connection refused"},
+        }
+    )
     progress.check_errors(max_fraction=0.1, min_rows=100)  # too few rows to judge yet
     with pytest.raises(ErrorFractionExceeded) as error:
         progress.check_errors(max_fraction=0.1, min_rows=100, final=True)
@@ -269,14 +319,17 @@ def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: 
         "models: [{label: baseline, type: open_clip, name: ViT-B-16}]\n"
         "datasets: [{name: novel, source: {kind: partsworld, path: /pw}}]\n"
     )
-    config = minimal(tmp_path, train={"config": str(train_yaml), "overrides": {"steps": 7}},
-                     evaluate={"config": str(eval_yaml)})
+    config = minimal(
+        tmp_path, train={"config": str(train_yaml), "overrides": {"steps": 7}}, evaluate={"config": str(eval_yaml)}
+    )
     run = RunDir(Path(config.output))
     plan = plan_steps(config, run)
     assert plan.train.data.train == run.annotations  # always this run's annotations
     assert plan.train.output_dir == run.root / "train" and plan.train.steps == 7
     assert [(m.label, getattr(m, "path", None)) for m in plan.evaluate.models] == [
-        ("pipeline-grain", run.root / "train" / "model"), ("baseline", None)]
+        ("pipeline-grain", run.root / "train" / "model"),
+        ("baseline", None),
+    ]
     assert plan.evaluate.out == run.root / "evaluate"
 
     # Outputs present: nothing runs (no Ray needed), the manifest says why.
@@ -313,8 +366,9 @@ def test_source_kinds_resolve_by_name_and_a_plugin_kind_owns_its_paths(tmp_path:
     (dist / "entry_points.txt").write_text("[grainclip.sources]\nlines = lines_source:LinesSource\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    config = parse_config({"output": "out", "source": {"kind": "lines", "path": "a.txt", "index": "b.txt"}},
-                          PipelineConfig).with_absolute_paths()
+    config = parse_config(
+        {"output": "out", "source": {"kind": "lines", "path": "a.txt", "index": "b.txt"}}, PipelineConfig
+    ).with_absolute_paths()
     assert (config.source.path, config.source.index) == (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
     (tmp_path / "a.txt").write_text("x\n")
     with pytest.raises(FileNotFoundError, match=r"source path\(s\) not found: .*b\.txt$"):

@@ -40,7 +40,9 @@ class Run:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "grainclip.cli", "pipeline", "run", str(config)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self.seen: dict[int, psutil.Process] = {}
 
@@ -98,13 +100,17 @@ def test_sigkilled_driver_and_worker_actor_leave_every_image_exactly_once(tmp_pa
     out = tmp_path / "run"
     annotations = out / "annotations"
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({
-        "output": str(out),
-        "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
-        "describe": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD, "max_restarts": 2},
-        "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
-        "sink": {"rows_per_shard": ROWS_PER_SHARD},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "output": str(out),
+                "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
+                "describe": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD, "max_restarts": 2},
+                "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
+                "sink": {"rows_per_shard": ROWS_PER_SHARD},
+            }
+        )
+    )
 
     # Attempt 1: SIGKILL the driver once a few shards are committed.
     first = Run(config, tmp_path / "attempt1.log")

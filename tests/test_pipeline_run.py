@@ -115,14 +115,23 @@ def _saved_hugging_face_dataset(images: list[dict]):
     """A real `datasets` Dataset of PartsWorld images: Image() feature, captions and ids under their own names."""
     import datasets
 
-    features = datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string"),
-                                  "key": datasets.Value("string"), "class_name": datasets.Value("string")})
-    return datasets.Dataset.from_dict({
-        "picture": [{"bytes": r["image"], "path": None} for r in images],
-        "text": [r["caption"] for r in images],
-        "key": [r["image_id"] for r in images],
-        "class_name": [r["class_name"] for r in images],
-    }, features=features)
+    features = datasets.Features(
+        {
+            "picture": datasets.Image(),
+            "text": datasets.Value("string"),
+            "key": datasets.Value("string"),
+            "class_name": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "picture": [{"bytes": r["image"], "path": None} for r in images],
+            "text": [r["caption"] for r in images],
+            "key": [r["image_id"] for r in images],
+            "class_name": [r["class_name"] for r in images],
+        },
+        features=features,
+    )
 
 
 def test_a_dataset_saved_with_hugging_face_datasets(partsworld_small, tmp_path):
@@ -133,21 +142,40 @@ def test_a_dataset_saved_with_hugging_face_datasets(partsworld_small, tmp_path):
     images = read_table(partsworld_small / "train" / "images", "images").to_pylist()[:20]
     dataset = _saved_hugging_face_dataset(images)
     dataset.save_to_disk(str(tmp_path / "hf"), num_shards=3)
-    source = {"kind": "huggingface", "path": str(tmp_path / "hf"), "image_column": "picture", "caption_column": "text",
-              "id_column": "key", "keep_columns": ["class_name"]}
+    source = {
+        "kind": "huggingface",
+        "path": str(tmp_path / "hf"),
+        "image_column": "picture",
+        "caption_column": "text",
+        "id_column": "key",
+        "keep_columns": ["class_name"],
+    }
     result = run_pipeline(config_for(source, tmp_path / "run", partsworld_small))
-    rows = {row["image_id"]: row for row in validate(read_table(result.annotations, "annotations"), "annotations").to_pylist()}
+    rows = {
+        row["image_id"]: row
+        for row in validate(read_table(result.annotations, "annotations"), "annotations").to_pylist()
+    }
     assert sorted(rows) == sorted(r["image_id"] for r in images)
     for image in images:
         row = rows[image["image_id"]]
         assert row["status"] in ("ok", "no_regions") and row["descriptions"], row["error"]
-        assert (row["image"], row["caption"], row["class_name"]) == (image["image"], image["caption"], image["class_name"])
+        assert (row["image"], row["caption"], row["class_name"]) == (
+            image["image"],
+            image["caption"],
+            image["class_name"],
+        )
 
     # A DatasetDict folder: pick the split; without id_column a row's image_id is its index in the dataset.
     datasets.DatasetDict({"train": dataset.select(range(12)), "test": dataset.select(range(12, 20))}).save_to_disk(
-        str(tmp_path / "dict"))
-    source = {"kind": "huggingface", "path": str(tmp_path / "dict"), "split": "test", "image_column": "picture",
-              "caption_column": "text"}
+        str(tmp_path / "dict")
+    )
+    source = {
+        "kind": "huggingface",
+        "path": str(tmp_path / "dict"),
+        "split": "test",
+        "image_column": "picture",
+        "caption_column": "text",
+    }
     result = run_pipeline(config_for(source, tmp_path / "by_index", partsworld_small))
     rows = {row["image_id"]: row for row in read_table(result.annotations, "annotations").to_pylist()}
     assert sorted(rows, key=int) == [str(i) for i in range(8)]
@@ -161,8 +189,11 @@ def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path)
     images = read_table(partsworld_small / "train" / "images", "images").to_pylist()[:24]
     tar_path = tmp_path / "shard-000.tar"
     with tarfile.open(tar_path, "w") as tar:
-        members = [(f"{r['image_id']}.{ext}", data) for r in images
-                   for ext, data in (("png", r["image"]), ("txt", r["caption"].encode()))]
+        members = [
+            (f"{r['image_id']}.{ext}", data)
+            for r in images
+            for ext, data in (("png", r["image"]), ("txt", r["caption"].encode()))
+        ]
         members += [("broken-0001.jpg", b"\xff\xd8\xff\xe0 not a jpeg"), ("broken-0001.txt", b"a broken image")]
         for name, data in members:
             info = tarfile.TarInfo(name)
@@ -180,8 +211,13 @@ def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path)
     assert sum(len(r["regions"]) for r in rows.values()) > 0
 
     # The same tar against truth that knows none of its images: every row fails and the run stops early.
-    stopping = config_for({"kind": "webdataset", "path": str(tar_path)}, tmp_path / "stopped",
-                          partsworld_small / "test_novel" / "truth", max_error_fraction=0.2, error_check_min_rows=8)
+    stopping = config_for(
+        {"kind": "webdataset", "path": str(tar_path)},
+        tmp_path / "stopped",
+        partsworld_small / "test_novel" / "truth",
+        max_error_fraction=0.2,
+        error_check_min_rows=8,
+    )
     with pytest.raises(ErrorFractionExceeded) as error:
         run_pipeline(stopping)
     assert "describe_failed" in str(error.value) and "not in the PartsWorld truth" in str(error.value)
@@ -196,8 +232,17 @@ def test_cli_refuses_to_resume_a_run_made_with_another_config(partsworld_small, 
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     out.mkdir()
-    (out / "manifest.json").write_text(json.dumps({"run_id": "old-run", "config_hash": "0", "resume_config": {
-        "source": {"kind": "partsworld", "path": str(partsworld_small), "split": "test_seen"}}}))
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "run_id": "old-run",
+                "config_hash": "0",
+                "resume_config": {
+                    "source": {"kind": "partsworld", "path": str(partsworld_small), "split": "test_seen"}
+                },
+            }
+        )
+    )
     refused = subprocess.run([*CLI, "run", str(path)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert "refusing to resume" in refused.stderr and "source.split: 'test_seen' -> 'train'" in refused.stderr

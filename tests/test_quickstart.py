@@ -13,13 +13,17 @@ from grainclip.partsworld import load_classes
 
 
 def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "grainclip.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "grainclip.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
 def test_small_quickstart_writes_every_artefact(tmp_path):
     out = tmp_path / "qs"
-    result = run_cli("quickstart", "--out", str(out), "--n", "48", "--n-test", "18", "--steps", "3", "--batch-size", "16")
+    result = run_cli(
+        "quickstart", "--out", str(out), "--n", "48", "--n-test", "18", "--steps", "3", "--batch-size", "16"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"report: {out / 'report.md'}" in result.stdout
 
@@ -38,8 +42,12 @@ def test_small_quickstart_writes_every_artefact(tmp_path):
 
     report = json.loads((out / "report.json").read_text())
     n_classes = len(load_classes(out / "partsworld")["novel"])
-    expected_keys = {f"{model}/{split}/{mode}" for model in ("grain", "clip") for split in ("test_seen", "test_novel")
-                     for mode in ("global", "global+descriptors")} | {"grain/test_seen/grain", "grain/test_novel/grain"}
+    expected_keys = {
+        f"{model}/{split}/{mode}"
+        for model in ("grain", "clip")
+        for split in ("test_seen", "test_novel")
+        for mode in ("global", "global+descriptors")
+    } | {"grain/test_seen/grain", "grain/test_novel/grain"}
     assert expected_keys <= set(report["top1"])
     for value in report["top1"].values():
         assert 0.0 <= value <= 1.0
@@ -84,10 +92,17 @@ def results_with(top1: dict[str, float], recall: dict[str, float]) -> dict:
 def headline(grain_seen, clip_seen, grain_novel, clip_novel, clip_novel_descriptors=0.0, recall=0.62):
     from grainclip.pipelines.quickstart import Headline, grounding_table, top1_table
 
-    results = results_with({"grain/test_seen/grain": grain_seen, "clip/test_seen/global": clip_seen,
-                            "grain/test_novel/grain": grain_novel, "clip/test_novel/global": clip_novel,
-                            "clip/test_novel/global+descriptors": clip_novel_descriptors, "clip/test_seen/grain": 0.99},
-                           {"grain/test_seen": recall, "grain/test_novel": 0.1})
+    results = results_with(
+        {
+            "grain/test_seen/grain": grain_seen,
+            "clip/test_seen/global": clip_seen,
+            "grain/test_novel/grain": grain_novel,
+            "clip/test_novel/global": clip_novel,
+            "clip/test_novel/global+descriptors": clip_novel_descriptors,
+            "clip/test_seen/grain": 0.99,
+        },
+        {"grain/test_seen": recall, "grain/test_novel": 0.1},
+    )
     return Headline.of(top1_table(results), grounding_table(results))
 
 
@@ -95,9 +110,11 @@ def test_verdict_is_computed_from_the_numbers():
     from grainclip.pipelines.quickstart import targets, verdict
 
     win = headline(0.950, 0.961, 0.472, 0.050, clip_novel_descriptors=0.061)
-    assert verdict(win) == ("GRAIN wins: novel classes 47.2% (grain scoring) vs 6.1% for CLIP global+descriptors, seen "
-                            "classes 95.0% vs 96.1% for CLIP global (1.1 points behind, within the 3-point margin); "
-                            "grounding recall@IoU0.5 of GRAIN's boxes on test_seen 0.62.")
+    assert verdict(win) == (
+        "GRAIN wins: novel classes 47.2% (grain scoring) vs 6.1% for CLIP global+descriptors, seen "
+        "classes 95.0% vs 96.1% for CLIP global (1.1 points behind, within the 3-point margin); "
+        "grounding recall@IoU0.5 of GRAIN's boxes on test_seen 0.62."
+    )
     assert [t.holds for t in targets(win)] == [True, True, True]
 
     # the measured default run: GRAIN far behind on seen classes, barely ahead on novel ones
@@ -129,6 +146,8 @@ def test_targets_bars_and_edges():
 def test_grounding_table_keeps_zero_and_drops_unmeasured():
     from grainclip.pipelines.quickstart import grounding_table
 
-    results = results_with({"grain/test_seen/grain": 0.5, "grain/test_novel/grain": 0.5},
-                           {"grain/test_seen": 0.0, "grain/test_novel": float("nan")})
+    results = results_with(
+        {"grain/test_seen/grain": 0.5, "grain/test_novel/grain": 0.5},
+        {"grain/test_seen": 0.0, "grain/test_novel": float("nan")},
+    )
     assert grounding_table(results) == {("grain", "test_seen"): 0.0}

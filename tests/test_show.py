@@ -36,7 +36,9 @@ def check_cell(canvas: np.ndarray, rect: tuple[int, int, int, int], image_bytes:
     left, top, width, height = rect
     cell = canvas[top : top + height, left : left + width]
     # The image itself sits in this rectangle (nearest upscaling by an integer factor keeps its pixels) ...
-    source = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((width, height), Image.Resampling.NEAREST))
+    source = np.asarray(
+        Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((width, height), Image.Resampling.NEAREST)
+    )
     assert np.all(cell == source, axis=-1).mean() > 0.6
     # ... and every box is outlined in its own colour exactly where the Parquet box says.
     for k, region in enumerate(regions):
@@ -73,7 +75,9 @@ def test_show_maps_boxes_in_non_square_frames_and_survives_bad_rows(tmp_path):
             }
         )
     rows[1]["regions"].append({"text": "broken box", "box": [0.1, 0.1, 1.5, 0.9], "score": 0.9})
-    rows.append({"image_id": "garbage", "image": b"not an image", "width": 10, "height": 10, "regions": [], "status": "ok"})
+    rows.append(
+        {"image_id": "garbage", "image": b"not an image", "width": 10, "height": 10, "regions": [], "status": "ok"}
+    )
     # Written around the validator on purpose: `show` must cope with files that break the contract.
     table = schema.conform(pa.Table.from_pylist(rows), "annotations")
     pq.write_table(table, tmp_path / "odd.parquet")
@@ -96,7 +100,9 @@ def test_cli_show_writes_png(partsworld_small, tmp_path):
     from grainclip.cli import app
 
     out = tmp_path / "sub" / "show.png"
-    result = CliRunner().invoke(app, ["show", str(partsworld_small / "test_novel" / "truth"), "--out", str(out), "--max-images", "2"])
+    result = CliRunner().invoke(
+        app, ["show", str(partsworld_small / "test_novel" / "truth"), "--out", str(out), "--max-images", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == layout_for(2, 256).canvas_size(2)
 

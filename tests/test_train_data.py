@@ -142,7 +142,9 @@ def test_bad_annotation_rows_are_skipped_by_status_and_reason(tokenizer, tmp_pat
     batches = list(itertools.islice(loader, 5))
     for batch in batches:
         position.advance(batch)
-    skipped = sum(int(batch[key].sum()) for batch in batches for key in ("skipped_status", "skipped_image", "skipped_caption"))
+    skipped = sum(
+        int(batch[key].sum()) for batch in batches for key in ("skipped_status", "skipped_image", "skipped_caption")
+    )
     assert skipped == position.cursors[0] - 20
     assert sum(int(b["skipped_status"].sum()) for b in batches) >= 3  # 20 samples span > 3 epochs of 5
     assert sum(int(b["skipped_image"].sum()) for b in batches) >= 9

@@ -18,7 +18,6 @@ import torch
 import yaml
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
-
 from typer.testing import CliRunner
 
 from grainclip.cli import app
@@ -29,8 +28,8 @@ from grainclip.model_api import RegionModel, ZeroShotModel
 from grainclip.testing.corpus import write_bad_input_corpus
 from grainclip.train import load_model, train
 from grainclip.train.backbone import build_backbone
-from grainclip.train.model import build_model
 from grainclip.train.metrics import read_metrics
+from grainclip.train.model import build_model
 from grainclip.train.optim import WarmupCosine, build_optimizer
 from grainclip.train.trainer import Trainer, WorkerContext
 
@@ -145,10 +144,15 @@ def test_resume_after_a_kill_gives_the_uninterrupted_losses(clip_folder, partswo
         optim={"grad_accum_steps": 2, "warmup_steps": 3},
         steps=20, checkpoint_every=10,
     )  # fmt: skip
-    reference = train(tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "reference", **overrides))
+    reference = train(
+        tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "reference", **overrides)
+    )
     expected = read_metrics(reference.output_dir)
 
-    config = write_yaml(tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "run", **overrides), tmp_path / "c.yaml")
+    config = write_yaml(
+        tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "run", **overrides),
+        tmp_path / "c.yaml",
+    )
     checkpoint = tmp_path / "run" / "checkpoints" / "step_000010" / "trainer_state.json"
     process = subprocess.Popen(cli("train", str(config)), env=single_thread_env(), cwd=REPO, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -180,7 +184,9 @@ def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_fold
         eval={"every": 2, "datasets": [{"name": "novel", "limit": 8, "source": {
             "kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"}}]},
     )  # fmt: skip
-    result = train(cfg, eval_hook=zero_shot_hook(cfg.eval))  # the caller builds the hook: train does not import evaluate
+    result = train(
+        cfg, eval_hook=zero_shot_hook(cfg.eval)
+    )  # the caller builds the hook: train does not import evaluate
     metrics = read_metrics(result.output_dir)
     assert set(k for k in metrics[-1] if k.startswith("loss/")) == {"loss/caption", "loss/total"}
     assert 0.0 <= metrics[-1]["eval/novel/global/top1"] <= 1.0
@@ -193,7 +199,9 @@ def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_fold
 def test_train_step_returns_detached_losses_and_the_host_reads_them_only_when_logged(
     clip_folder, partsworld_small, tmp_path, monkeypatch
 ):
-    cfg = tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "step", optim={"grad_accum_steps": 2})
+    cfg = tiny_config(
+        clip_folder, partsworld_small / "train" / "truth", tmp_path / "step", optim={"grad_accum_steps": 2}
+    )
     trainer = Trainer(cfg, WorkerContext())
     reads = []  # host reads of loss values: tensors still in the autograd graph, or the float64 step losses
     real_item, real_tolist = torch.Tensor.item, torch.Tensor.tolist
@@ -222,7 +230,9 @@ def test_train_step_returns_detached_losses_and_the_host_reads_them_only_when_lo
 
 
 def test_objectness_head_trains_and_scores_regions(clip_folder, partsworld_small, tmp_path):
-    cfg = tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "obj", decoder={"objectness": True}, steps=2)
+    cfg = tiny_config(
+        clip_folder, partsworld_small / "train" / "truth", tmp_path / "obj", decoder={"objectness": True}, steps=2
+    )
     result = train(cfg)
     assert "loss/objectness" in read_metrics(result.output_dir)[-1]
     loaded = load_model(result.model_dir)
@@ -251,7 +261,9 @@ def test_gradient_checkpointing_changes_memory_not_results(clip_folder, partswor
 
 def test_bf16_autocast_path_trains(clip_folder, partsworld_small, tmp_path):
     """The GPU default (bf16 autocast), exercised on the CPU: losses stay finite and the model exports."""
-    result = train(tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "bf16", steps=2, precision="bf16"))
+    result = train(
+        tiny_config(clip_folder, partsworld_small / "train" / "truth", tmp_path / "bf16", steps=2, precision="bf16")
+    )
     assert all(np.isfinite(v) for k, v in read_metrics(result.output_dir)[-1].items() if k.startswith("loss/"))
     assert load_model(result.model_dir).kind == "grain"
 
@@ -273,7 +285,9 @@ def test_cli_errors_are_one_line(clip_folder, tmp_path):
     corpus = write_bad_input_corpus(tmp_path / "corpus")
     failed_only = tmp_path / "failed.parquet"
     table = pq.read_table(corpus["annotations"])
-    pq.write_table(table.filter(table.column("status").to_numpy(zero_copy_only=False) == "describe_failed"), failed_only)
+    pq.write_table(
+        table.filter(table.column("status").to_numpy(zero_copy_only=False) == "describe_failed"), failed_only
+    )
     cases = {
         "unknown key": ({"data": {"train": str(corpus["annotations"])}, "stepz": 3}, "stepz"),
         "regions vs queries": ({"data": {"train": "x", "max_regions": 9}}, "max_regions"),

@@ -61,7 +61,8 @@ def test_identical_captions_are_shared_positives():
 
     def positive_mass_loss(rows):  # -log(probability on the row's positives), averaged
         return sum(
-            -math.log(sum(math.exp(row[j]) for j in pos) / sum(math.exp(v) for v in row)) for row, pos in zip(rows, positives)
+            -math.log(sum(math.exp(row[j]) for j in pos) / sum(math.exp(v) for v in row))
+            for row, pos in zip(rows, positives)
         ) / len(rows)
 
     columns = [list(col) for col in zip(*logits)]
@@ -84,7 +85,9 @@ def test_matcher_finds_the_optimal_assignment(seed):
     size = rng.uniform(0.05, 0.4, (2, queries, 2))
     pred = torch.tensor(np.concatenate([centre, size], axis=-1), dtype=torch.float32)
     corner = rng.uniform(0.0, 0.5, (2, slots, 2))
-    target = torch.tensor(np.concatenate([corner, corner + rng.uniform(0.05, 0.5, (2, slots, 2))], -1), dtype=torch.float32)
+    target = torch.tensor(
+        np.concatenate([corner, corner + rng.uniform(0.05, 0.5, (2, slots, 2))], -1), dtype=torch.float32
+    )
     mask = torch.tensor(rng.random((2, slots)) < 0.7)
     mask[0, 0] = True
     matcher = HungarianMatcher(l1_cost=5.0, giou_cost=2.0)
@@ -103,7 +106,9 @@ def random_boxes(rng: np.random.Generator, batch: int, queries: int, slots: int)
     centre, size = rng.uniform(0.2, 0.8, (batch, queries, 2)), rng.uniform(0.05, 0.4, (batch, queries, 2))
     corner = rng.uniform(0.0, 0.5, (batch, slots, 2))
     target = np.concatenate([corner, corner + rng.uniform(0.05, 0.5, (batch, slots, 2))], -1)
-    return torch.tensor(np.concatenate([centre, size], -1), dtype=torch.float32), torch.tensor(target, dtype=torch.float32)
+    return torch.tensor(np.concatenate([centre, size], -1), dtype=torch.float32), torch.tensor(
+        target, dtype=torch.float32
+    )
 
 
 @pytest.mark.parametrize(("queries", "slots"), [(5, 5), (5, 3), (8, 8), (6, 4), (1, 1)])
@@ -199,7 +204,9 @@ def test_region_description_loss_by_hand():
         num_targets=global_target_count(mask),
     )  # fmt: skip
     # region (1, 0) vs red: logits (3, 0) -> label 0; region (0.6, 0.8) vs blue: logits (1.8, 2.4) -> label 1
-    expected = (-math.log(math.exp(3) / (math.exp(3) + 1)) - math.log(math.exp(2.4) / (math.exp(1.8) + math.exp(2.4)))) / 3
+    expected = (
+        -math.log(math.exp(3) / (math.exp(3) + 1)) - math.log(math.exp(2.4) / (math.exp(1.8) + math.exp(2.4)))
+    ) / 3
     assert loss.item() == pytest.approx(expected, abs=1e-6)  # divided by 3 target boxes, not 2 matches
 
 

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from grainclip.config.train import BackboneConfig, DecoderConfig, LossConfig, TrainConfig
 from grainclip.train import load_model, train
 from grainclip.train.backbone import build_backbone
-from grainclip.train.model import build_model
 from grainclip.train.losses import GrainCriterion, matched_region_embeds
 from grainclip.train.metrics import read_metrics
-from grainclip.train.model import GrainModel
+from grainclip.train.model import GrainModel, build_model
 
 TINY = {"layers": 1, "d_model": 32, "heads": 2, "ffn_dim": 64, "dropout": 0.0}
 
@@ -118,7 +117,12 @@ def test_separate_region_temperature_drives_l_rd_only():
     "decoder",
     [
         {"region_embedding": "roi", "roi_train_boxes": "target", "region_temperature": "separate"},
-        {"region_embedding": "roi+query", "roi_train_boxes": "predicted", "global_embedding": "query", "objectness": True},
+        {
+            "region_embedding": "roi+query",
+            "roi_train_boxes": "predicted",
+            "global_embedding": "query",
+            "objectness": True,
+        },
     ],
 )
 def test_recipe_options_train_export_and_load_back(tiny_models, partsworld_small, tmp_path, decoder):

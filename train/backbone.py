@@ -82,9 +82,7 @@ def build_backbone(config: BackboneConfig, image_size: int | None = None, load_w
         if not config.pretrained.is_file():
             raise ConfigError(f"backbone.pretrained: weights file not found: {config.pretrained}")
         pretrained = str(config.pretrained)
-    model = open_clip.create_model(
-        name, pretrained=pretrained, load_weights=load_weights, force_image_size=image_size
-    )
+    model = open_clip.create_model(name, pretrained=pretrained, load_weights=load_weights, force_image_size=image_size)
     model_cfg = model_config(name)
     if image_size is not None:
         model_cfg["vision_cfg"]["image_size"] = image_size

@@ -94,7 +94,9 @@ class EpochOrder:
             table = file.read_row_group(group.index, columns=present)
             for name in READ_COLUMNS:
                 if name not in present:
-                    table = table.append_column(ANNOTATIONS_SCHEMA.field(name), pa.nulls(table.num_rows, ANNOTATIONS_SCHEMA.field(name).type))
+                    table = table.append_column(
+                        ANNOTATIONS_SCHEMA.field(name), pa.nulls(table.num_rows, ANNOTATIONS_SCHEMA.field(name).type)
+                    )
             tables.append(table.select(list(READ_COLUMNS)))
         return pa.concat_tables(tables, promote_options="permissive")
 
@@ -152,7 +154,11 @@ class StreamPosition:
         self.batches += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_shards": self.num_shards, "batches": self.batches, "cursors": {str(k): v for k, v in self.cursors.items()}}
+        return {
+            "num_shards": self.num_shards,
+            "batches": self.batches,
+            "cursors": {str(k): v for k, v in self.cursors.items()},
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], num_shards: int) -> StreamPosition:

@@ -105,7 +105,9 @@ def load_weights(model: ClipModel, path: str | Path, backbone_loaded: bool = Fal
         missing, unexpected = model.load_state_dict(load_file(path / HEADS_WEIGHTS), strict=False)
         missing = [key for key in missing if not key.startswith("backbone.")]
         if missing or unexpected:
-            raise ValueError(f"{path / HEADS_WEIGHTS} does not fit the model: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"{path / HEADS_WEIGHTS} does not fit the model: missing {missing}, unexpected {unexpected}"
+            )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -123,7 +125,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model = build_model(spec["kind"], backbone_model, decoder, spec["embed_dim"])
     load_weights(model, path, backbone_loaded=True)
     model.to(device).eval()
-    return loaded_model(model, preprocess_cfg, open_clip.get_tokenizer(source), spec["kind"], spec.get("name") or path.name)
+    return loaded_model(
+        model, preprocess_cfg, open_clip.get_tokenizer(source), spec["kind"], spec.get("name") or path.name
+    )
 
 
 def loaded_model(model: ClipModel, preprocess_cfg: dict[str, Any], tokenizer: Any, kind: str, name: str) -> LoadedModel:

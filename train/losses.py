@@ -103,7 +103,9 @@ def region_description_loss(
     anchor = 0.0 * region_embeds.sum()
 
     count = description_ids.shape[0]
-    padded = torch.cat([description_embeds, description_embeds.new_zeros(capacity - count, description_embeds.shape[1])])
+    padded = torch.cat(
+        [description_embeds, description_embeds.new_zeros(capacity - count, description_embeds.shape[1])]
+    )
     valid = (torch.arange(capacity, device=padded.device) < count).to(torch.int64)  # gloo gathers no bools
     ids = torch.cat([description_ids, description_ids.new_zeros(capacity - count)])
     all_embeds = distributed.gather_with_grad(padded)
@@ -161,7 +163,9 @@ class GrainCriterion:
     def __call__(self, out: dict[str, torch.Tensor], batch: TrainBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
         caption_ids = batch["caption_ids"] if cfg.multi_positive_captions else None
-        losses = {"caption": contrastive_loss(out["image_embeds"], out["caption_embeds"], out["logit_scale"], caption_ids)}
+        losses = {
+            "caption": contrastive_loss(out["image_embeds"], out["caption_embeds"], out["logit_scale"], caption_ids)
+        }
         total = cfg.caption_weight * losses["caption"]
         if self.mode == "grain":
             mask = batch["box_mask"]

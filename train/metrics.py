@@ -23,7 +23,9 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None)
+            self.tensorboard = SummaryWriter(
+                str(Path(output_dir) / "tensorboard"), purge_step=resumed_step + 1 if resumed_step else None
+            )
         except ImportError:
             log.info("tensorboard is not installed; metrics go to %s only", self.path)
 

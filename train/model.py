@@ -202,7 +202,9 @@ class GrainModel(ClipModel):
             "boxes": boxes,
             "logit_scale": self.logit_scale.exp(),
         }
-        teacher_forced = self.roi_proj is not None and self.config.roi_train_boxes == "target" and target_boxes is not None
+        teacher_forced = (
+            self.roi_proj is not None and self.config.roi_train_boxes == "target" and target_boxes is not None
+        )
         if teacher_forced:
             # The criterion pairs each target's pooled embedding with its matched query's projection (roi+query).
             out["target_roi_embeds"] = self.roi_embeddings(tokens, target_boxes)

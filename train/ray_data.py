@@ -37,11 +37,18 @@ class PrepareSamples:
 
     def __init__(self, builder: SampleBuilder) -> None:
         self.builder = builder
-        blank = {"image_id": "template", "image": encode_image(Image.new("RGB", (8, 8))), "caption": "x", "status": "ok"}
+        blank = {
+            "image_id": "template",
+            "image": encode_image(Image.new("RGB", (8, 8))),
+            "caption": "x",
+            "status": "ok",
+        }
         template = builder(blank, 0)
         assert not isinstance(template, Skipped), template
         SkipTally().stamp(template)  # the skip columns, at zero
-        self.empty = {key: np.zeros((0, *np.shape(value)), dtype=np.asarray(value).dtype) for key, value in template.items()}
+        self.empty = {
+            key: np.zeros((0, *np.shape(value)), dtype=np.asarray(value).dtype) for key, value in template.items()
+        }
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         samples, skips = [], SkipTally()
@@ -52,7 +59,9 @@ class PrepareSamples:
                 continue
             samples.append(skips.stamp(sample))
         if not samples:
-            log.warning("a block of %d annotation rows had no trainable row (skipped: %s)", table.num_rows, skips.counts)
+            log.warning(
+                "a block of %d annotation rows had no trainable row (skipped: %s)", table.num_rows, skips.counts
+            )
             return dict(self.empty)
         skips.stamp(samples[-1])
         return {key: np.stack([sample[key] for sample in samples]) for key in self.empty}

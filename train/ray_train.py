@@ -26,13 +26,13 @@ from ray.train.torch import TorchTrainer
 from grainclip.config.train import TrainConfig
 from grainclip.schema import list_row_groups
 from grainclip.train.backbone import Backbone, build_backbone
+from grainclip.train.batch import HostBatch
 from grainclip.train.checkpoint import STATE_JSON, find_checkpoint
 from grainclip.train.data import check_trainable
+from grainclip.train.layout import exported_model_dir
 from grainclip.train.metrics import read_metrics
 from grainclip.train.ray_data import epochs_needed, training_dataset
 from grainclip.train.samples import TRAINABLE_STATUSES
-from grainclip.train.batch import HostBatch
-from grainclip.train.layout import exported_model_dir
 from grainclip.train.trainer import EvalHook, TrainResult, WorkerContext, fit, sample_builder
 
 log = logging.getLogger(__name__)
@@ -132,5 +132,8 @@ def train_with_ray(cfg: TrainConfig, resume: str | None, eval_hook: EvalHook | N
             ray.shutdown()
     logged = read_metrics(cfg.output_dir)  # what rank 0 logged: the same as every worker reported
     return TrainResult(
-        output_dir=cfg.output_dir, model_dir=exported_model_dir(cfg.output_dir), metrics=logged[-1] if logged else {}, steps=cfg.steps
+        output_dir=cfg.output_dir,
+        model_dir=exported_model_dir(cfg.output_dir),
+        metrics=logged[-1] if logged else {},
+        steps=cfg.steps,
     )

@@ -26,11 +26,11 @@ from grainclip.config.base import dump_config
 from grainclip.config.train import TrainConfig
 from grainclip.devices import autocast
 from grainclip.model_api import LoadedModel
+from grainclip.schema import list_row_groups
 from grainclip.train import distributed
 from grainclip.train.backbone import Backbone, build_backbone
 from grainclip.train.batch import COUNTER_KEYS, HostBatch
 from grainclip.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from grainclip.schema import list_row_groups
 from grainclip.train.data import EpochOrder, StreamPosition, check_trainable, make_loader
 from grainclip.train.export import export_model, loaded_model
 from grainclip.train.layout import exported_model_dir
@@ -78,7 +78,9 @@ class WorkerContext:
 class LocalBatches:
     """The DataLoader stream of data.py plus the position of the batches actually consumed."""
 
-    def __init__(self, cfg: TrainConfig, backbone: Backbone, state: dict[str, Any] | None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, cfg: TrainConfig, backbone: Backbone, state: dict[str, Any] | None, rank: int = 0, world_size: int = 1
+    ) -> None:
         groups = list_row_groups(cfg.data.train)
         num_shards = world_size * max(cfg.data.num_workers, 1)
         check_trainable(groups, num_shards)
@@ -161,7 +163,9 @@ class Telemetry:
 class Trainer:
     """One worker's run: the model, optimizer and batch stream of `cfg`, restored from `resume` if given."""
 
-    def __init__(self, cfg: TrainConfig, ctx: WorkerContext, resume: str | None = None, eval_hook: EvalHook | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, ctx: WorkerContext, resume: str | None = None, eval_hook: EvalHook | None = None
+    ) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.is_main = ctx.rank == 0
         self.output_dir = Path(cfg.output_dir)
@@ -178,7 +182,9 @@ class Trainer:
         self.step, data_state, totals = 0, None, None
         if resume:
             path = find_checkpoint(self.output_dir, resume)
-            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)  # optimizer state lands on the params' device
+            state = load_checkpoint(
+                path, self.model, self.optimizer, self.scheduler
+            )  # optimizer state lands on the params' device
             self.step, data_state, totals = state["step"], state["data"]["stream"], state["data"]["totals"]
             log.info("resumed from %s at step %d", path, self.step)
         self.train_model = ctx.prepare_model(self.model)
@@ -186,13 +192,19 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
         self.criterion = GrainCriterion(cfg.loss, cfg.mode)
-        self.batches = ctx.make_batches(cfg, self.backbone, data_state) if ctx.make_batches else LocalBatches(cfg, self.backbone, data_state)
+        self.batches = (
+            ctx.make_batches(cfg, self.backbone, data_state)
+            if ctx.make_batches
+            else LocalBatches(cfg, self.backbone, data_state)
+        )
         self.mean = torch.tensor(self.backbone.preprocess_cfg["mean"], device=ctx.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.backbone.preprocess_cfg["std"], device=ctx.device).view(1, 3, 1, 1)
         self.telemetry = Telemetry(totals)
         self.eval_hook = eval_hook if self.is_main and cfg.eval.every else None
         if self.is_main and cfg.eval.every and eval_hook is None:
-            log.warning("eval.every is %d but no eval hook was passed to train(): zero-shot evaluation is off", cfg.eval.every)
+            log.warning(
+                "eval.every is %d but no eval hook was passed to train(): zero-shot evaluation is off", cfg.eval.every
+            )
         self.metrics_log = MetricsLog(self.output_dir, resumed_step=self.step) if self.is_main else None
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +223,10 @@ class Trainer:
             with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
                 with autocast(self.ctx.device, self.cfg.precision):
                     out = self.train_model(
-                        batch["images"], batch["caption_tokens"], batch.get("unique_description_tokens"), batch.get("boxes")
+                        batch["images"],
+                        batch["caption_tokens"],
+                        batch.get("unique_description_tokens"),
+                        batch.get("boxes"),
                     )
                     parts = self.criterion(out, batch)
                 (parts["total"] / accum).backward()
@@ -252,7 +267,9 @@ class Trainer:
 
     def as_loaded(self) -> LoadedModel:
         """The model being trained, as inference code sees it."""
-        return loaded_model(self.model, self.backbone.preprocess_cfg, self.backbone.tokenizer, self.cfg.mode, self.cfg.mode)
+        return loaded_model(
+            self.model, self.backbone.preprocess_cfg, self.backbone.tokenizer, self.cfg.mode, self.cfg.mode
+        )
 
     def save_checkpoint(self, metrics: dict[str, float]) -> None:
         data = {"stream": self.batches.state_dict(), "totals": self.telemetry.totals}

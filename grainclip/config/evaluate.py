@@ -100,8 +100,12 @@ class EvalDataset(ConfigModel):
         if kind == "partsworld":
             source["split"] = data.pop("split", "test_novel")  # the old default split
         spelled = ", ".join(f"{key}: {value}" for key, value in source.items())
-        log.warning("dataset %r: `type: %s` with `root`/`path` is the old spelling; write `source: {%s}` "
-                    "(docs/sources.md)", data.get("name"), kind, spelled)
+        log.warning(
+            "dataset %r: `type: %s` with `root`/`path` is the old spelling; write `source: {%s}` (docs/sources.md)",
+            data.get("name"),
+            kind,
+            spelled,
+        )
         return {**data, "source": source}
 
 
@@ -149,7 +153,10 @@ class EvaluateConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvaluateConfig:
-        for what, names in (("model label", [m.label for m in self.models]), ("dataset name", [d.name for d in self.datasets])):
+        for what, names in (
+            ("model label", [m.label for m in self.models]),
+            ("dataset name", [d.name for d in self.datasets]),
+        ):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"each {what} must be unique; repeated: {duplicates}")

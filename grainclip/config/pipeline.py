@@ -127,7 +127,9 @@ class PipelineConfig(ConfigModel):
         None, gt=0, description="Decode limit per image; None: grainclip.images.DEFAULT_MAX_PIXELS."
     )
     max_error_fraction: float = Field(
-        0.1, ge=0.0, le=1.0,
+        0.1,
+        ge=0.0,
+        le=1.0,
         description="Stop when more than this fraction of rows failed (any *_failed/invalid status).",
     )
     error_check_min_rows: int = Field(

@@ -191,7 +191,9 @@ class _Frame:
     flip: bool
 
     def __call__(self, points: list[Point]) -> tuple[Point, ...]:
-        return tuple((self.left + self.size * ((1.0 - x) if self.flip else x), self.top + self.size * y) for x, y in points)
+        return tuple(
+            (self.left + self.size * ((1.0 - x) if self.flip else x), self.top + self.size * y) for x, y in points
+        )
 
     def ellipse(self, cx: float, cy: float, rx: float, ry: float) -> tuple[Point, Point]:
         (x0, y0), (x1, y1) = self([(cx - rx, cy - ry), (cx + rx, cy + ry)])
@@ -261,7 +263,9 @@ def _body_pattern(
     if pattern == "spotted":
         count = int(rng.integers(5, 9))
         radius = 0.035
-        centres = zip(rng.uniform(cx - rx * 0.7, cx + rx * 0.7, count), rng.uniform(cy - ry * 0.6, cy + ry * 0.6, count))
+        centres = zip(
+            rng.uniform(cx - rx * 0.7, cx + rx * 0.7, count), rng.uniform(cy - ry * 0.6, cy + ry * 0.6, count)
+        )
         return tuple(Shape("ellipse", frame.ellipse(x, y, radius, radius), colour) for x, y in centres)
     return ()
 
@@ -304,6 +308,3 @@ def _hsv(h: float, s: float, v: float) -> RGB:
 
 def _shade(colour: RGB, factor: float) -> RGB:
     return tuple(round(c * factor) for c in colour)  # type: ignore[return-value]
-
-
-

@@ -70,8 +70,10 @@ class Source(ConfigModel):
         def text(value: Any) -> Any:
             return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-        return {k: ([text(v) for v in value] if isinstance(value, list) else text(value)) if k in cls.path_fields
-                else value for k, value in data.items()}
+        return {
+            k: ([text(v) for v in value] if isinstance(value, list) else text(value)) if k in cls.path_fields else value
+            for k, value in data.items()
+        }
 
     def paths(self) -> list[str]:
         """Every path this source reads, as written in the config."""

@@ -50,7 +50,9 @@ class HuggingFaceSource(Source):
                 raise ConfigError(f"{root} holds a DatasetDict: set `split` to one of {splits} (got {self.split!r})")
             root = root / self.split
         elif self.split is not None:
-            raise ConfigError(f"`split: {self.split}` is set but {root} is not a DatasetDict folder (no dataset_dict.json)")
+            raise ConfigError(
+                f"`split: {self.split}` is set but {root} is not a DatasetDict folder (no dataset_dict.json)"
+            )
         if (root / "state.json").is_file():
             return [root / entry["filename"] for entry in json.loads((root / "state.json").read_text())["_data_files"]]
         arrow = sorted(p for p in root.rglob("*.arrow") if not p.name.startswith((".", "_")))
@@ -77,8 +79,12 @@ class HuggingFaceSource(Source):
 
     def columns(self) -> dict[str, str | None]:
         """Which dataset column becomes which images-contract column (extra columns keep their names)."""
-        return {"image": self.image_column, "caption": self.caption_column, "image_id": self.id_column,
-                **{name: name for name in self.keep_columns}}
+        return {
+            "image": self.image_column,
+            "caption": self.caption_column,
+            "image_id": self.id_column,
+            **{name: name for name in self.keep_columns},
+        }
 
     def check(self) -> None:
         super().check()

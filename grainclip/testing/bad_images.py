@@ -25,6 +25,7 @@ def _gradient(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 def png_with_claimed_size(width: int, height: int) -> bytes:
     """A tiny valid PNG whose header claims width x height pixels (a decompression-bomb header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -65,9 +65,12 @@ def write_bad_input_corpus(out: str | Path) -> dict[str, Path]:
         rows.append({"image_id": image_id, "image": None, "image_uri": f"file://{path}", "caption": image_id})
         expected[image_id] = outcome
 
-    images = pa.Table.from_pylist(rows, schema=pa.schema(
-        [("image_id", pa.string()), ("image", pa.binary()), ("image_uri", pa.string()), ("caption", pa.string())]
-    ))
+    images = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [("image_id", pa.string()), ("image", pa.binary()), ("image_uri", pa.string()), ("caption", pa.string())]
+        ),
+    )
     pq.write_table(images, out / "images.parquet")
 
     # Caption CSV as a crawl produces it: one line is Latin-1, not UTF-8.
@@ -98,18 +101,47 @@ def _annotation_rows(corpus: dict[str, tuple[bytes, str]]) -> pa.Table:
         {"image_id": "good", "image": good, "descriptions": ["red crest"], "regions": [region], "status": "ok"},
         {"image_id": "no_regions", "image": good, "descriptions": ["red crest"], "regions": [], "status": "no_regions"},
         {"image_id": "empty_descriptions", "image": good, "descriptions": [], "regions": [], "status": "ok"},
-        {"image_id": "describe_failed", "image": good, "descriptions": [], "regions": [], "status": "describe_failed",
-         "error": "LLM returned nothing"},
-        {"image_id": "truncated", "image": corpus["truncated_jpeg"][0], "descriptions": ["red crest"],
-         "regions": [region], "status": "ok"},
+        {
+            "image_id": "describe_failed",
+            "image": good,
+            "descriptions": [],
+            "regions": [],
+            "status": "describe_failed",
+            "error": "LLM returned nothing",
+        },
+        {
+            "image_id": "truncated",
+            "image": corpus["truncated_jpeg"][0],
+            "descriptions": ["red crest"],
+            "regions": [region],
+            "status": "ok",
+        },
         {"image_id": "zero_bytes", "image": b"", "descriptions": ["red crest"], "regions": [region], "status": "ok"},
-        {"image_id": "degenerate_box", "image": good, "descriptions": ["red crest", "blue wings"],
-         "regions": [{"text": "red crest", "box": [0.3, 0.3, 0.3, 0.6], "score": 0.9},
-                     {"text": "blue wings", "box": [0.2, 0.2, 0.6, 0.7], "score": 0.8}], "status": "ok"},
-        {"image_id": "nan_box", "image": good, "descriptions": ["red crest"],
-         "regions": [{"text": "red crest", "box": [float("nan"), 0.1, 0.5, 0.5], "score": 0.9}], "status": "ok"},
-        {"image_id": "missing_image", "image": None, "image_uri": "file:///no/such/image.png",
-         "descriptions": ["red crest"], "regions": [region], "status": "ok"},
+        {
+            "image_id": "degenerate_box",
+            "image": good,
+            "descriptions": ["red crest", "blue wings"],
+            "regions": [
+                {"text": "red crest", "box": [0.3, 0.3, 0.3, 0.6], "score": 0.9},
+                {"text": "blue wings", "box": [0.2, 0.2, 0.6, 0.7], "score": 0.8},
+            ],
+            "status": "ok",
+        },
+        {
+            "image_id": "nan_box",
+            "image": good,
+            "descriptions": ["red crest"],
+            "regions": [{"text": "red crest", "box": [float("nan"), 0.1, 0.5, 0.5], "score": 0.9}],
+            "status": "ok",
+        },
+        {
+            "image_id": "missing_image",
+            "image": None,
+            "image_uri": "file:///no/such/image.png",
+            "descriptions": ["red crest"],
+            "regions": [region],
+            "status": "ok",
+        },
     ]
     # conform (types) but not validate (values): this file stands for a producer that wrote bad values.
     return conform(pa.Table.from_pylist([{**base, **row} for row in rows]), "annotations")

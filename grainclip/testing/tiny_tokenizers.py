@@ -33,7 +33,7 @@ CORPUS: tuple[str, ...] = (
     '{"caption": "a purple creature with a pointed horn", "descriptions": ["purple body", "pointed horn"]}',
     '{"caption": "a bird", "descriptions": ["red crest", "blue wings", "striped tail"]}',
     '[{"text": "red head", "box": [0.1, 0.2, 0.5, 0.6], "score": 0.9}]',
-    "Return JSON only: {\"caption\": string, \"descriptions\": [string, ...]}.",
+    'Return JSON only: {"caption": string, "descriptions": [string, ...]}.',
     "You are a helpful assistant that describes images. Answer in English.",
     "What is in this picture? Which parts does it have? Where is the tail?",
     "0 1 2 3 4 5 6 7 8 9 10 100 0.5 0.25 - _ ( ) ! ? ; ' / \\ * # @ & % = + < >",
