@@ -31,7 +31,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,22 +120,21 @@ def contains_sorted(sorted_ids: np.ndarray, ids: list[str]) -> np.ndarray:
 @dataclass(frozen=True)
 class RunDir:
     root: Path
+    # The layout under root, derived from it: committed shards, the manifest, per-shard stats, the report.
+    annotations: Path = field(init=False)
+    manifest_path: Path = field(init=False)
+    stats_dir: Path = field(init=False)
+    report_dir: Path = field(init=False)
 
-    @property
-    def annotations(self) -> Path:
-        return self.root / "annotations"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def stats_dir(self) -> Path:
-        return self.root / "stats"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
+    def __post_init__(self) -> None:
+        layout = {
+            "annotations": "annotations",
+            "manifest_path": "manifest.json",
+            "stats_dir": "stats",
+            "report_dir": "report",
+        }
+        for name, leaf in layout.items():
+            object.__setattr__(self, name, self.root / leaf)  # frozen: set once, here
 
     # --- manifest -------------------------------------------------------------------------------------------
 

@@ -232,22 +232,13 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
     # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make
     # blocks of up to 128 MiB, i.e. thousands of images that would all commit at the very end.)
     dataset = dataset.repartition(target_num_rows_per_block=config.sink.rows_per_shard)
-    dataset = _actor_stage(
-        dataset,
-        DescribeStage,
-        {"config": config.describe.describer},
-        config,
-        config.describe,
-        describer_class(config.describe.describer.name).runtime_env,
+    stages = (
+        (DescribeStage, config.describe, config.describe.describer, describer_class),
+        (GroundStage, config.ground, config.ground.grounder, grounder_class),
     )
-    dataset = _actor_stage(
-        dataset,
-        GroundStage,
-        {"config": config.ground.grounder},
-        config,
-        config.ground,
-        grounder_class(config.ground.grounder.name).runtime_env,
-    )
+    for stage, stage_config, annotator, annotator_class in stages:
+        runtime_env = annotator_class(annotator.name).runtime_env
+        dataset = _actor_stage(dataset, stage, {"config": annotator}, config, stage_config, runtime_env)
     return dataset.map_batches(
         commit_shard,
         batch_format="pyarrow",

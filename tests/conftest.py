@@ -36,3 +36,28 @@ def partsworld_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("partsworld")
     generate(out, n=64, n_test=32, seed=0, image_size=64)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices on 2 shared cores: one intra-op thread is several times faster than two spinning ones."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def two_image_targets() -> dict:
+    """Loss targets for two images: one box in the first, two in the second; description ids 5 and 6."""
+    import torch
+
+    return {
+        "caption_ids": torch.tensor([1, 2]),
+        "boxes": torch.tensor([[[0.1, 0.1, 0.5, 0.5], [0, 0, 0, 0]], [[0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 0.3, 0.3]]]),
+        "box_mask": torch.tensor([[True, False], [True, True]]),
+        "description_ids": torch.tensor([[5, 0], [6, 5]]),
+        "unique_description_ids": torch.tensor([5, 6]),
+    }

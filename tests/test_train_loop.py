@@ -37,13 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DECODER = {"layers": 2, "d_model": 64, "heads": 4, "ffn_dim": 128, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices on 2 shared cores: one intra-op thread is several times faster than two spinning ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,7 @@ def test_region_description_loss_by_hand():
     assert loss.item() == pytest.approx(expected, abs=1e-6)  # divided by 3 target boxes, not 2 matches
 
 
-def test_objectness_and_weights_in_the_criterion():
+def test_objectness_and_weights_in_the_criterion(two_image_targets):
     config = LossConfig(caption_weight=2.0, box_weight=0.5, region_weight=0.25, objectness_weight=3.0)
     g = torch.Generator().manual_seed(0)
     out = {
@@ -222,13 +222,7 @@ def test_objectness_and_weights_in_the_criterion():
         "objectness_logits": torch.randn(2, 3, generator=g),
         "logit_scale": torch.tensor(10.0),
     }
-    batch = {
-        "caption_ids": torch.tensor([1, 2]),
-        "boxes": torch.tensor([[[0.1, 0.1, 0.5, 0.5], [0, 0, 0, 0]], [[0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 0.3, 0.3]]]),
-        "box_mask": torch.tensor([[True, False], [True, True]]),
-        "description_ids": torch.tensor([[5, 0], [6, 5]]),
-        "unique_description_ids": torch.tensor([5, 6]),
-    }
+    batch = two_image_targets
     parts = GrainCriterion(config, "grain")(out, batch)
     matched = torch.zeros(2, 3)
     for b, (rows, _) in enumerate(HungarianMatcher()(out["boxes"], batch["boxes"], batch["box_mask"])):

@@ -17,12 +17,7 @@ from grainclip.train.model import GrainModel, build_model
 TINY = {"layers": 1, "d_model": 32, "heads": 2, "ffn_dim": 64, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def test_teacher_forced_region_embeddings_pair_each_target_with_its_matched_quer
     assert same is plain["region_embeds"] and same_matches is matches
 
 
-def test_separate_region_temperature_drives_l_rd_only():
+def test_separate_region_temperature_drives_l_rd_only(two_image_targets):
     g = torch.Generator().manual_seed(1)
     out = {
         "image_embeds": F.normalize(torch.randn(2, 8, generator=g), dim=-1),
@@ -97,13 +92,7 @@ def test_separate_region_temperature_drives_l_rd_only():
         "description_embeds": F.normalize(torch.randn(2, 8, generator=g), dim=-1),
         "logit_scale": torch.tensor(10.0),
     }
-    batch = {
-        "caption_ids": torch.tensor([1, 2]),
-        "boxes": torch.tensor([[[0.1, 0.1, 0.5, 0.5], [0, 0, 0, 0]], [[0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 0.3, 0.3]]]),
-        "box_mask": torch.tensor([[True, False], [True, True]]),
-        "description_ids": torch.tensor([[5, 0], [6, 5]]),
-        "unique_description_ids": torch.tensor([5, 6]),
-    }
+    batch = two_image_targets
     criterion = GrainCriterion(LossConfig(), "grain")
     shared = criterion(out, batch)
     separate = criterion({**out, "region_logit_scale": torch.tensor(30.0)}, batch)

@@ -17,6 +17,7 @@ synchronises gradients of work done inside `forward`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +57,9 @@ class ClipModel(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     def forward(
-        self,
-        images: torch.Tensor,
-        caption_tokens: torch.Tensor,
-        description_tokens: torch.Tensor | None = None,
-        target_boxes: torch.Tensor | None = None,
+        self, images: torch.Tensor, caption_tokens: torch.Tensor, *region_inputs: Any
     ) -> dict[str, torch.Tensor]:
+        """Only the caption loss's inputs; GrainModel's region inputs (descriptions, target boxes) are ignored."""
         return {
             "image_embeds": self.encode_image(images, normalize=True),
             "caption_embeds": self.encode_text(caption_tokens, normalize=True),
