@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -197,8 +196,7 @@ class Stepper:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0.0, math.log(self.cfg.loss.max_logit_scale))
+        self.model.clamp_logit_scales(self.cfg.loss.max_logit_scale)
         self.mark("optimizer", t)
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:

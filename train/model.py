@@ -31,8 +31,6 @@ from grainclip.config.train import DecoderConfig
 from grainclip.model_api import RegionOutput
 from grainclip.train.backbone import visual_token_width
 
-MAX_REGION_LOGIT_SCALE = 100.0  # the separate L_rd temperature is bounded like CLIP's (1 / 0.01)
-
 
 class ClipModel(nn.Module):
     """The plain open_clip model (the baseline); its image embedding is open_clip's pooled projection."""
@@ -55,6 +53,11 @@ class ClipModel(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
+
+    @torch.no_grad()
+    def clamp_logit_scales(self, max_scale: float) -> None:
+        """After each optimizer step: exp(scale) stays in [1, max_scale] (loss.max_logit_scale)."""
+        self.logit_scale.clamp_(0.0, math.log(max_scale))
 
     def forward(
         self, images: torch.Tensor, caption_tokens: torch.Tensor, *region_inputs: Any
@@ -129,6 +132,12 @@ class GrainModel(ClipModel):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         super().set_grad_checkpointing(enable)
         self.grad_checkpointing = enable
+
+    @torch.no_grad()
+    def clamp_logit_scales(self, max_scale: float) -> None:
+        super().clamp_logit_scales(max_scale)
+        if self.region_logit_scale is not None:  # L_rd's own temperature, bounded like the caption loss's
+            self.region_logit_scale.clamp_(0.0, math.log(max_scale))
 
     def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(region query outputs (B, Q, d), image embedding (B, D) unnormalised, patch tokens (B, N, width))."""
@@ -212,7 +221,7 @@ class GrainModel(ClipModel):
             embeds = self.region_embeddings(regions, tokens, box_convert(boxes, "cxcywh", "xyxy"))
             out["region_embeds"] = F.normalize(embeds, dim=-1)
         if self.region_logit_scale is not None:
-            out["region_logit_scale"] = self.region_logit_scale.exp().clamp(max=MAX_REGION_LOGIT_SCALE)
+            out["region_logit_scale"] = self.region_logit_scale.exp()
         if description_tokens is not None:
             out["description_embeds"] = text_embeds[len(caption_tokens) :]
         if self.objectness_head is not None:

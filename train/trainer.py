@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -241,8 +240,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0.0, math.log(self.cfg.loss.max_logit_scale))
+        self.model.clamp_logit_scales(self.cfg.loss.max_logit_scale)
         return StepResult(losses, grad_norm.detach(), lr)
 
     def log(self, result: StepResult, last: bool) -> dict[str, float]:
