@@ -55,6 +55,12 @@ def positives_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(logits.masked_fill(~positive, -torch.inf), dim=1)).mean()
 
 
+def matched_indices(matches: list[Match]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image matches flattened to (image index, query index, target slot) of every matched pair."""
+    images = torch.cat([torch.full_like(pred, b) for b, (pred, _) in enumerate(matches)])
+    return images, torch.cat([pred for pred, _ in matches]), torch.cat([target for _, target in matches])
+
+
 def global_target_count(target_mask: torch.Tensor) -> torch.Tensor:
     """Number of target boxes in the global batch, at least 1 (images without boxes must not divide by 0)."""
     count = distributed.all_reduce_sum(target_mask.sum().to(torch.float32))
@@ -68,9 +74,7 @@ def box_loss(
     num_targets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1 on cxcywh, 1 − GIoU) summed over matched pairs, as this rank's share of the global-batch mean."""
-    images = torch.cat([torch.full_like(pred, b) for b, (pred, _) in enumerate(matches)])
-    pred_idx = torch.cat([pred for pred, _ in matches])
-    target_idx = torch.cat([target for _, target in matches])
+    images, pred_idx, target_idx = matched_indices(matches)
     pred = pred_cxcywh[images, pred_idx]
     target = target_xyxy[images, target_idx].to(pred.dtype)
     scale = distributed.world_size() / num_targets
@@ -97,9 +101,9 @@ def region_description_loss(
     description_embeds (U, D) / description_ids (U,) this rank's distinct descriptions, padded to `capacity`
     rows (the same on every rank) before gathering so every rank contributes an equal-shape tensor.
     """
-    images = torch.cat([torch.full_like(pred, b) for b, (pred, _) in enumerate(matches)])
-    regions = region_embeds[images, torch.cat([pred for pred, _ in matches])]
-    wanted = target_ids[images, torch.cat([target for _, target in matches])]
+    images, pred_idx, target_idx = matched_indices(matches)
+    regions = region_embeds[images, pred_idx]
+    wanted = target_ids[images, target_idx]
     anchor = 0.0 * region_embeds.sum()
 
     count = description_ids.shape[0]
@@ -135,9 +139,7 @@ def matched_region_embeds(out: dict[str, torch.Tensor], matches: list[Match]) ->
     embeds = out["target_roi_embeds"]
     query = out.get("region_query_embeds")
     if query is not None:
-        images = torch.cat([torch.full_like(pred, b) for b, (pred, _) in enumerate(matches)])
-        pred_idx = torch.cat([pred for pred, _ in matches])
-        target_idx = torch.cat([target for _, target in matches])
+        images, pred_idx, target_idx = matched_indices(matches)
         aligned = torch.zeros_like(embeds).index_put((images, target_idx), query[images, pred_idx])
         embeds = embeds + aligned
     return F.normalize(embeds, dim=-1), [(target, target) for _, target in matches]
