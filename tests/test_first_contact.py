@@ -82,7 +82,9 @@ class Case:
 def parquet_without_image_id(env: Env) -> list[list[str]]:
     rows = [{"id": r["image_id"], "image": r["image"], "caption": r["caption"]} for r in env.images()]
     pq.write_table(pa.Table.from_pylist(rows), env.tmp / "no_id.parquet")
-    return [["pipeline", "run", env.write(env.pipeline(source={"kind": "parquet", "path": str(env.tmp / "no_id.parquet")}))]]
+    return [
+        ["pipeline", "run", env.write(env.pipeline(source={"kind": "parquet", "path": str(env.tmp / "no_id.parquet")}))]
+    ]
 
 
 def captions_csv_with_a_wrong_column(env: Env) -> list[list[str]]:
@@ -161,7 +163,9 @@ CASES = [
         "parquet without image_id",
         parquet_without_image_id,
         2,
-        [r"parquet source .*no_id\.parquet: required column 'image_id' is missing \(have \['id', 'image', 'caption'\]\)"],
+        [
+            r"parquet source .*no_id\.parquet: required column 'image_id' is missing \(have \['id', 'image', 'caption'\]\)"
+        ],
         nothing_written,
     ),
     Case(
@@ -186,7 +190,9 @@ CASES = [
         "vllm max_model_len above the model's limit",
         vllm_context_above_the_model_limit,
         2,
-        [r"engine\.max_model_len 4096 is above the model's limit of 1024 \(max_position_embeddings in .*config\.json\)"],
+        [
+            r"engine\.max_model_len 4096 is above the model's limit of 1024 \(max_position_embeddings in .*config\.json\)"
+        ],
         nothing_written,
     ),
     Case(

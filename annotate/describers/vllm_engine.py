@@ -204,7 +204,9 @@ class VLLMDescriber(ChatDescriber):
         engine = config.engine
         facts = ModelFacts.read(str(config.model), engine.dtype)
         if facts is None:
-            log.info("no local config.json for %s: its engine arguments are checked by vLLM when it starts", config.model)
+            log.info(
+                "no local config.json for %s: its engine arguments are checked by vLLM when it starts", config.model
+            )
             return []
         found = []
         if engine.max_model_len is not None and facts.context is not None and engine.max_model_len > facts.context:
@@ -243,8 +245,10 @@ def _cpu_memory_problems(engine: EngineConfig, facts: ModelFacts) -> list[str]:
         )
     context = max_model_len(engine, facts)
     if facts.kv_bytes_per_token and context and size < context * facts.kv_bytes_per_token:
-        where = "set by describe.describer.engine.kv_cache_memory_bytes" if chosen_by == "config" else (
-            f"a quarter of the {available / gib:.1f} GiB available"
+        where = (
+            "set by describe.describer.engine.kv_cache_memory_bytes"
+            if chosen_by == "config"
+            else (f"a quarter of the {available / gib:.1f} GiB available")
         )
         found.append(
             f"the vLLM KV cache ({size / gib:.2f} GiB, {where}) holds {size // facts.kv_bytes_per_token} tokens, "

@@ -39,7 +39,8 @@ def contract_problems(paths: list[str]) -> list[Exception]:
             where.setdefault(problem, []).append(file)
     return [
         ConfigError(
-            f"parquet source {found[0]}" + (f" (and {len(found) - 1} more file(s))" if len(found) > 1 else "")
+            f"parquet source {found[0]}"
+            + (f" (and {len(found) - 1} more file(s))" if len(found) > 1 else "")
             + f": {problem}; the images contract is image_id (string), image (bytes) or image_uri, caption "
             "(docs/sources.md)"
         )
