@@ -164,7 +164,8 @@ CASES = [
         parquet_without_image_id,
         2,
         [
-            r"parquet source .*no_id\.parquet: required column 'image_id' is missing \(have \['id', 'image', 'caption'\]\)"
+            r"parquet source .*no_id\.parquet: required column 'image_id' is missing "
+            r"\(have \['id', 'image', 'caption'\]\)"
         ],
         nothing_written,
     ),
@@ -191,7 +192,8 @@ CASES = [
         vllm_context_above_the_model_limit,
         2,
         [
-            r"engine\.max_model_len 4096 is above the model's limit of 1024 \(max_position_embeddings in .*config\.json\)"
+            r"engine\.max_model_len 4096 is above the model's limit of 1024 "
+            r"\(max_position_embeddings in .*config\.json\)"
         ],
         nothing_written,
     ),
