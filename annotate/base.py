@@ -69,6 +69,15 @@ class Annotator(ABC):
     def __init__(self, config: DescriberConfig | GrounderConfig) -> None:
         self.config = config
 
+    @classmethod
+    def problems(cls, config: DescriberConfig | GrounderConfig, workers_on_cpu: bool) -> list[str]:
+        """What is certainly wrong with `config` for this backend, known without loading the model.
+
+        Preflight calls it before Ray starts, so e.g. an engine argument above the model's limit is one line
+        instead of an actor crash minutes later. `workers_on_cpu`: the stage's actors get no GPU.
+        """
+        return []
+
     def info(self) -> dict[str, Any]:
         """What the run manifest records about this annotator (never secrets)."""
         return {

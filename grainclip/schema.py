@@ -115,6 +115,34 @@ def conform(table: pa.Table, kind: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=with_metadata(pa.schema(fields), kind))
 
 
+def schema_problems(schema: pa.Schema, kind: str) -> list[str]:
+    """What keeps a file with `schema` from `conform`ing to contract `kind`, known from its schema alone.
+
+    Preflight reads only the files' footers, so a missing `image_id` or a text `width` is refused before Ray
+    starts instead of failing inside a read task. A column whose cast could only fail on some values (text to
+    integer) counts as a problem: a crawl's Parquet would then fail half-way.
+    """
+    problems = []
+    for field in schema_for(kind):
+        if field.name not in schema.names:
+            if not field.nullable:
+                problems.append(f"required column {field.name!r} is missing (have {schema.names})")
+            continue
+        have = schema.field(field.name).type
+        if have.equals(field.type):
+            continue
+        text_to_other = (pa.types.is_string(have) or pa.types.is_large_string(have)) and not (
+            pa.types.is_string(field.type) or pa.types.is_binary(field.type)
+        )
+        try:
+            pa.array([], type=have).cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            text_to_other = True
+        if text_to_other:
+            problems.append(f"column {field.name!r} has type {have}, expected {field.type}")
+    return problems
+
+
 def validate(table: pa.Table, kind: str) -> pa.Table:
     """Conform `table` and check the value rules the types cannot express; returns the conformed table."""
     table = conform(table, kind)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP
+from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP, describer_class, grounder_class
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig
 from grainclip.registry import available
@@ -18,20 +18,36 @@ from grainclip.registry import available
 log = logging.getLogger(__name__)
 
 
+class PreflightError(ConfigError):
+    """Every problem preflight found; str() has one problem per line, each printed by the CLI as `error: ...`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
 def preflight(config: PipelineConfig, address: str | None = None) -> None:
-    """Raise ConfigError / FileNotFoundError (one readable line) for what can be known wrong up front."""
-    for kind, group, name in (
-        ("describer", DESCRIBERS_GROUP, config.describe.describer.name),
-        ("grounder", GROUNDERS_GROUP, config.ground.grounder.name),
-    ):
+    """Raise PreflightError listing every problem that can be known up front: annotators, source, engine args.
+
+    All checks run, so a config with three mistakes needs one fix-and-rerun, not three.
+    """
+    problems: list[str] = []
+    stages = (
+        ("describer", DESCRIBERS_GROUP, config.describe.describer, config.describe, describer_class),
+        ("grounder", GROUNDERS_GROUP, config.ground.grounder, config.ground, grounder_class),
+    )
+    for kind, group, annotator, stage, annotator_class in stages:
         names = available(group)
-        if name not in names:
-            raise ConfigError(
-                f"unknown {kind} {name!r}; available: {', '.join(names) or '(none installed)'} "
+        if annotator.name not in names:
+            problems.append(
+                f"unknown {kind} {annotator.name!r}; available: {', '.join(names) or '(none installed)'} "
                 f"(entry-point group {group!r})"
             )
-
-    config.source.check()
+            continue
+        problems += annotator_class(annotator.name).problems(annotator, workers_on_cpu=not stage.num_gpus)
+    problems += [str(problem) for problem in config.source.problems()]
+    if problems:
+        raise PreflightError(problems)
 
 
 def preflight_resources(config: PipelineConfig, address: str | None = None) -> None:

@@ -371,7 +371,7 @@ def test_source_kinds_resolve_by_name_and_a_plugin_kind_owns_its_paths(tmp_path:
     ).with_absolute_paths()
     assert (config.source.path, config.source.index) == (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
     (tmp_path / "a.txt").write_text("x\n")
-    with pytest.raises(FileNotFoundError, match=r"source path\(s\) not found: .*b\.txt$"):
+    with pytest.raises(ConfigError, match=r"source path\(s\) not found: .*b\.txt$"):
         preflight(config)
     with pytest.raises(ConfigError, match=r"source\.indx: unknown key"):
         parse_config({"output": "out", "source": {"kind": "lines", "path": "a", "indx": "b"}}, PipelineConfig)

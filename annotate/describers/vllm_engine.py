@@ -8,12 +8,107 @@ With `structured_output` the decoder is constrained to the bounded JSON schema o
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
-from grainclip.config.annotate import DescriberConfig
+from grainclip.config.annotate import DEFAULT_MAX_MODEL_LEN, DescriberConfig, EngineConfig
 from grainclip.config.base import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Keys of a Hugging Face config.json that bound the context (the ones vLLM reads), and the vision-tower keys
+#: that make a model multimodal.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "visual")
+#: vLLM's default sequences per engine step on CPU (EngineArgs, LLM class), and the share of the available RAM a
+#: CPU engine's KV cache may take by default.
+CPU_DEFAULT_MAX_NUM_SEQS = 256
+CPU_KV_CACHE_SHARE = 0.25
+#: vLLM's own CPU setting (GiB); when set it wins over the engine arguments.
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+DTYPE_BYTES = {"float32": 4, "float": 4, "float64": 8}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model's local config.json says about its limits, read without vLLM or the hub."""
+
+    path: Path
+    context: int | None  # None: unbounded or scaled (rope_scaling) -- left to vLLM
+    context_key: str | None
+    multimodal: bool
+    model_type: str | None
+    kv_bytes_per_token: int | None
+
+    @classmethod
+    def read(cls, model: str, dtype: str) -> ModelFacts | None:
+        """The facts of a local folder or an already downloaded hub model; None when neither is here."""
+        path = Path(model) / "config.json"
+        if not path.is_file():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(model, "config.json")
+            except Exception:  # noqa: BLE001 -- not a hub id either: vLLM will say what it is
+                return None
+            if not isinstance(cached, str):
+                return None
+            path = Path(cached)
+        config = json.loads(path.read_text())
+        text = config.get("text_config") or config.get("llm_config") or config
+        context_key = next((k for k in CONTEXT_KEYS if isinstance(text.get(k), int)), None)
+        scaled = bool(text.get("rope_scaling") or config.get("rope_scaling"))
+        layers, heads = text.get("num_hidden_layers"), text.get("num_attention_heads")
+        hidden = text.get("hidden_size")
+        head_dim = text.get("head_dim") or (hidden // heads if hidden and heads else None)
+        kv_heads = text.get("num_key_value_heads") or heads
+        torch_dtype = str(config.get("torch_dtype") or config.get("dtype") or text.get("dtype") or "bfloat16")
+        width = DTYPE_BYTES.get(torch_dtype if dtype == "auto" else dtype, 2)
+        return cls(
+            path=path,
+            context=None if scaled or context_key is None else int(text[context_key]),
+            context_key=context_key,
+            multimodal=any(key in config for key in VISION_KEYS),
+            model_type=config.get("model_type"),
+            kv_bytes_per_token=2 * layers * kv_heads * head_dim * width if layers and kv_heads and head_dim else None,
+        )
+
+
+def max_model_len(engine: EngineConfig, facts: ModelFacts | None) -> int | None:
+    """The context to ask vLLM for: the configured one, else the model's own limit capped at the default."""
+    if engine.max_model_len is not None:
+        return engine.max_model_len
+    if facts is None or facts.context is None:
+        return None if facts is not None else DEFAULT_MAX_MODEL_LEN
+    return min(facts.context, DEFAULT_MAX_MODEL_LEN)
+
+
+def cpu_kv_cache_bytes(engine: EngineConfig, facts: ModelFacts | None, available: int) -> tuple[int, str]:
+    """KV-cache bytes of an engine on CPU and how they were chosen ("config" or "machine").
+
+    vLLM on CPU otherwise reserves `gpu_memory_utilization` (0.9) of ALL the RAM, which fails on any machine
+    that runs something else, and buries the reason in hundreds of lines.
+    """
+    if engine.kv_cache_memory_bytes is not None:
+        return engine.kv_cache_memory_bytes, "config"
+    cap = int(available * CPU_KV_CACHE_SHARE)
+    context = max_model_len(engine, facts)
+    if facts is None or facts.kv_bytes_per_token is None or context is None:
+        return cap, "machine"
+    wanted = (engine.max_num_seqs or CPU_DEFAULT_MAX_NUM_SEQS) * context * facts.kv_bytes_per_token
+    return min(wanted, cap), "machine"
+
+
+def available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 class VLLMDescriber(ChatDescriber):
@@ -26,14 +121,17 @@ class VLLMDescriber(ChatDescriber):
         # A dead engine cannot serve any later row: raise it so the process (a Ray actor) dies and is
         # restarted with a fresh engine, instead of marking every following row as failed (or hanging).
         self.fatal_errors = (*ChatDescriber.fatal_errors, EngineDeadError)
+        from vllm.platforms import current_platform
+
         engine = config.engine
+        facts = ModelFacts.read(str(config.model), engine.dtype)
         engine_args = {
             "model": config.model,
             "tensor_parallel_size": engine.tensor_parallel_size,
-            "max_model_len": engine.max_model_len,
+            "max_model_len": max_model_len(engine, facts),
             "gpu_memory_utilization": engine.gpu_memory_utilization,
             "dtype": engine.dtype,
-            "enforce_eager": engine.enforce_eager,
+            "enforce_eager": current_platform.is_cpu() if engine.enforce_eager is None else engine.enforce_eager,
             "trust_remote_code": engine.trust_remote_code,
             "seed": engine.seed,
             "limit_mm_per_prompt": {"image": 1},  # one image per request; also bounds the memory profiling
@@ -42,6 +140,18 @@ class VLLMDescriber(ChatDescriber):
         }
         if engine.max_num_seqs:
             engine_args["max_num_seqs"] = engine.max_num_seqs
+        # Recorded by info() in the manifest: how big the KV cache is and who chose it.
+        self.kv_cache = {"bytes": engine.kv_cache_memory_bytes, "chosen_by": "config"}
+        if current_platform.is_cpu() and os.environ.get(KV_CACHE_ENV):
+            self.kv_cache = {"bytes": int(os.environ[KV_CACHE_ENV]) * 2**30, "chosen_by": KV_CACHE_ENV}
+        elif current_platform.is_cpu():
+            size, chosen_by = cpu_kv_cache_bytes(engine, facts, available_memory())
+            self.kv_cache = {"bytes": size, "chosen_by": chosen_by}
+        elif engine.kv_cache_memory_bytes is None:
+            self.kv_cache = {"bytes": None, "chosen_by": f"gpu_memory_utilization {engine.gpu_memory_utilization}"}
+        if self.kv_cache["bytes"] is not None:
+            engine_args["kv_cache_memory_bytes"] = self.kv_cache["bytes"]
+        log.info("vLLM KV cache: %s bytes (chosen by %s)", self.kv_cache["bytes"], self.kv_cache["chosen_by"])
         self.llm = LLM(**{**engine_args, **engine.extra})  # `extra`: any vLLM engine argument, overriding ours
         detected = bool(self.llm.model_config.is_multimodal_model)
         if config.multimodal and not detected:
@@ -80,10 +190,69 @@ class VLLMDescriber(ChatDescriber):
     def info(self) -> dict[str, Any]:
         import vllm
 
-        return {**super().info(), "engine": self.config.engine.model_dump(), "vllm_version": vllm.__version__}
+        return {
+            **super().info(),
+            "engine": self.config.engine.model_dump(),
+            "max_model_len": self.llm.model_config.max_model_len,
+            "kv_cache": self.kv_cache,
+            "vllm_version": vllm.__version__,
+        }
+
+    @classmethod
+    def problems(cls, config: DescriberConfig, workers_on_cpu: bool) -> list[str]:
+        """Engine arguments against the model's local config.json, and the CPU KV cache against this machine."""
+        engine = config.engine
+        facts = ModelFacts.read(str(config.model), engine.dtype)
+        if facts is None:
+            log.info(
+                "no local config.json for %s: its engine arguments are checked by vLLM when it starts", config.model
+            )
+            return []
+        found = []
+        if engine.max_model_len is not None and facts.context is not None and engine.max_model_len > facts.context:
+            found.append(
+                f"describe.describer.engine.max_model_len {engine.max_model_len} is above the model's limit of "
+                f"{facts.context} ({facts.context_key} in {facts.path}); set it to at most {facts.context}, or "
+                f"leave it unset for the model's own limit (at most {DEFAULT_MAX_MODEL_LEN})"
+            )
+        if config.multimodal and not facts.multimodal:
+            found.append(
+                f"describe.describer.multimodal is true but {config.model} is a text-only model (model_type "
+                f"{facts.model_type!r}, no vision config in {facts.path}); unset it, or pick a vision-language model"
+            )
+        if workers_on_cpu:
+            found += _cpu_memory_problems(engine, facts)
+        return found
 
     def close(self) -> None:
         """Shut the engine core down (its worker processes and memory) so a test or notebook can go on."""
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
+
+
+def _cpu_memory_problems(engine: EngineConfig, facts: ModelFacts) -> list[str]:
+    """The KV cache a CPU engine will reserve: does it fit this machine, does it hold one full-length sequence."""
+    available = available_memory()
+    size, chosen_by = cpu_kv_cache_bytes(engine, facts, available)
+    gib = 2**30
+    found = []
+    if size > available:
+        found.append(
+            f"describe.describer.engine.kv_cache_memory_bytes {size} ({size / gib:.1f} GiB) is more than the "
+            f"{available / gib:.1f} GiB of memory available on this machine; lower it or leave it unset "
+            "(sized from the machine)"
+        )
+    context = max_model_len(engine, facts)
+    if facts.kv_bytes_per_token and context and size < context * facts.kv_bytes_per_token:
+        where = (
+            "set by describe.describer.engine.kv_cache_memory_bytes"
+            if chosen_by == "config"
+            else (f"a quarter of the {available / gib:.1f} GiB available")
+        )
+        found.append(
+            f"the vLLM KV cache ({size / gib:.2f} GiB, {where}) holds {size // facts.kv_bytes_per_token} tokens, "
+            f"fewer than one sequence of max_model_len {context}; lower describe.describer.engine.max_model_len "
+            "or raise kv_cache_memory_bytes"
+        )
+    return found

@@ -25,14 +25,42 @@ class SamplingConfig(ConfigModel):
     seed: int | None = 0
 
 
+#: The context an engine gets by default: GRAIN's prompts and answers are far shorter, and a longer context only
+#: costs KV-cache memory.
+DEFAULT_MAX_MODEL_LEN = 4096
+
+
 class EngineConfig(ConfigModel):
-    """vLLM engine arguments (the `vllm` describer only). `extra` is passed through to `vllm.LLM` verbatim."""
+    """vLLM engine arguments (the `vllm` describer only). `extra` is passed through to `vllm.LLM` verbatim.
+
+    The defaults start on a GPU node and on a CPU-only machine alike: the context is capped at the model's own
+    limit and, on CPU, the KV cache is sized from the machine (see `kv_cache_memory_bytes`).
+    """
 
     tensor_parallel_size: int = Field(1, gt=0)
-    max_model_len: int | None = Field(4096, gt=0)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    dtype: str = "auto"
-    enforce_eager: bool = False
+    max_model_len: int | None = Field(
+        None,
+        gt=0,
+        description=f"Context length in tokens. None: the model's own limit, at most {DEFAULT_MAX_MODEL_LEN}. A value "
+        "above the model's limit (max_position_embeddings in its config.json) is refused before the run starts.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Fraction of the GPU's memory for weights and KV cache (GPU only)."
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="KV-cache size in bytes. None: on a GPU, what gpu_memory_utilization leaves; on a CPU-only "
+        "machine, room for max_num_seqs (vLLM's default 256) sequences of max_model_len tokens, at most a quarter of "
+        "the memory available when the engine starts (vLLM on CPU would otherwise ask for 0.9 of all RAM). The "
+        "choice is recorded in the run manifest. The VLLM_CPU_KVCACHE_SPACE variable (GiB) still overrides it.",
+    )
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip torch.compile / CUDA graphs. None: eager on a CPU-only machine (compiling takes many "
+        "minutes on a few cores and gains little there), compiled on a GPU.",
+    )
     max_num_seqs: int | None = Field(None, gt=0)
     trust_remote_code: bool = False
     seed: int = 0

@@ -30,6 +30,7 @@ RESUME_IGNORED: tuple[str, ...] = (
     "describe.describer.batch_size",
     "describe.describer.engine.tensor_parallel_size",
     "describe.describer.engine.gpu_memory_utilization",
+    "describe.describer.engine.kv_cache_memory_bytes",
     "describe.describer.engine.enforce_eager",
     "describe.describer.engine.max_num_seqs",
     "ground.grounder.batch_size",

@@ -87,14 +87,21 @@ class Source(ConfigModel):
         """The local paths that do not exist (URLs and globs are left to the reader)."""
         return [p for p in self.paths() if is_local(p) and not Path(p).exists()]
 
-    def check(self) -> None:
-        """Refuse in one line what can be known wrong before anything is read (preflight, before Ray starts).
+    def problems(self) -> list[Exception]:
+        """Everything that can be known wrong before anything is read, each as the error `check` would raise.
 
-        The base checks that every local path exists (FileNotFoundError naming them all); kinds add their own.
+        Preflight reports all of them, one line each, before Ray starts. The base reports the local paths that
+        do not exist (FileNotFoundError naming them all); kinds add what they know once their paths exist
+        (columns, types, splits).
         """
         missing = self.missing_paths()
-        if missing:
-            raise FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")
+        return [FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")] if missing else []
+
+    def check(self) -> None:
+        """Refuse in one line what can be known wrong before anything is read (the first of `problems`)."""
+        problems = self.problems()
+        if problems:
+            raise problems[0]
 
     def with_base(self, base: Path) -> Source:
         """This source with relative local paths resolved against `base` (runs record absolute paths)."""

@@ -86,12 +86,18 @@ class HuggingFaceSource(Source):
             **{name: name for name in self.keep_columns},
         }
 
-    def check(self) -> None:
-        super().check()
-        names = _schema(self.data_files()[0]).names
+    def problems(self) -> list[Exception]:
+        found = super().problems()
+        if found:
+            return found
+        try:
+            names = _schema(self.data_files()[0]).names
+        except (ConfigError, FileNotFoundError) as exc:
+            return [exc]
         missing = [c for c in self.columns().values() if c is not None and c not in names]
         if missing:
-            raise ConfigError(f"huggingface source {self.path}: no column(s) {missing}; the dataset has {names}")
+            return [ConfigError(f"huggingface source {self.path}: no column(s) {missing}; the dataset has {names}")]
+        return []
 
     def read(self) -> ray.data.Dataset:
         import ray.data

@@ -42,9 +42,15 @@ class PartsWorldSource(Source):
     def annotator_truth(self) -> str:
         return str(self.layout.truth(self.split)) if self.split in SPLITS else str(Path(self.path) / self.split)
 
-    def check(self) -> None:
-        super().check()
-        self._split_dir()
+    def problems(self) -> list[Exception]:
+        found = super().problems()
+        if found:
+            return found
+        try:
+            self._split_dir()
+        except ConfigError as exc:
+            return [exc]
+        return []
 
     def read(self) -> ray.data.Dataset:
         self.check()

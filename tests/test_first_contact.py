@@ -1,0 +1,265 @@
+"""First contact: the mistakes a new user makes, each run through the real CLI.
+
+Every case is a row of `CASES`: a builder that writes the inputs and returns the CLI arguments, the exit code,
+the `error:` lines expected (one regex each, in order; nothing else may start with `error:`, and there is never
+a traceback), and a check of what the records on disk say. Add a case by adding a row.
+
+Preflight cases need no Ray. The cases that run a pipeline share one embedded Ray for the module (run_pipeline
+reuses an initialised Ray), and one of them starts a real vLLM engine on CPU with the default engine config and
+no environment variable set by the test: the describer sizes its own KV cache from the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from grainclip.schema import read_table
+
+
+@dataclass
+class Env:
+    """What a case's builder gets: a fresh folder and the session's shared inputs."""
+
+    tmp: Path
+    partsworld: Path
+    tiny_models: dict[str, Path]
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    def pipeline(self, **changes: Any) -> dict:
+        """A pipeline config on the small PartsWorld set with the simulated annotators; dotted-key changes."""
+        truth = {"truth": str(self.partsworld / "train" / "truth")}
+        config: dict[str, Any] = {
+            "output": str(self.out),
+            "source": {"kind": "partsworld", "path": str(self.partsworld)},
+            "describe": {"describer": {"name": "partsworld", "options": truth}, "num_cpus": 0.25},
+            "ground": {"grounder": {"name": "partsworld", "options": truth}, "num_cpus": 0.25},
+            "sink": {"rows_per_shard": 16},
+        }
+        for dotted, value in changes.items():
+            *parents, leaf = dotted.split(".")
+            node = config
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        return config
+
+    def write(self, config: dict, name: str = "pipeline.yaml") -> str:
+        path = self.tmp / name
+        path.write_text(yaml.safe_dump(config))
+        return str(path)
+
+    def images(self, n: int = 8) -> list[dict]:
+        return read_table(self.partsworld / "train" / "images", "images").to_pylist()[:n]
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[Env], list[list[str]]]  # CLI argument lists, run in order; the last one is checked
+    exit_code: int
+    errors: list[str]  # regexes, one per expected `error:` line of the last command
+    check: Callable[[Env], None] | None = None  # what the records say
+    ray: bool = False  # needs the module's embedded Ray
+    marks: list[Any] = field(default_factory=list)
+
+
+# --- builders -------------------------------------------------------------------------------------------------
+
+
+def parquet_without_image_id(env: Env) -> list[list[str]]:
+    rows = [{"id": r["image_id"], "image": r["image"], "caption": r["caption"]} for r in env.images()]
+    pq.write_table(pa.Table.from_pylist(rows), env.tmp / "no_id.parquet")
+    return [
+        ["pipeline", "run", env.write(env.pipeline(source={"kind": "parquet", "path": str(env.tmp / "no_id.parquet")}))]
+    ]
+
+
+def captions_csv_with_a_wrong_column(env: Env) -> list[list[str]]:
+    folder = env.tmp / "folder"
+    folder.mkdir()
+    for row in env.images(4):
+        (folder / f"{row['image_id']}.png").write_bytes(row["image"])
+    (env.tmp / "captions.csv").write_text(
+        "path,caption\n" + "".join(f"{p.name},a photo\n" for p in sorted(folder.iterdir()))
+    )
+    source = {"kind": "image_folder", "path": str(folder), "captions_csv": str(env.tmp / "captions.csv")}
+    return [["pipeline", "run", env.write(env.pipeline(source=source))]]
+
+
+def three_mistakes_at_once(env: Env) -> list[list[str]]:
+    config = env.pipeline(**{"ground.grounder.name": "yolo", "source.path": str(env.tmp / "nowhere")})
+    config["describe"]["describer"] = {"name": "vllm", "model": str(env.tiny_models["llm"]), "multimodal": True}
+    return [["pipeline", "run", env.write(config)]]
+
+
+def vllm_context_above_the_model_limit(env: Env) -> list[list[str]]:
+    config = env.pipeline()
+    config["describe"]["describer"] = {
+        "name": "vllm",
+        "model": str(env.tiny_models["llm"]),
+        "engine": {"max_model_len": 4096},
+    }
+    return [["pipeline", "run", env.write(config)]]
+
+
+def vllm_kv_cache_larger_than_the_machine(env: Env) -> list[list[str]]:
+    config = env.pipeline()
+    config["describe"]["describer"] = {
+        "name": "vllm",
+        "model": str(env.tiny_models["llm"]),
+        "engine": {"kv_cache_memory_bytes": 2**50},
+    }
+    return [["pipeline", "run", env.write(config)]]
+
+
+def vllm_with_the_default_engine_on_cpu(env: Env) -> list[list[str]]:
+    config = env.pipeline(**{"sink.rows_per_shard": 4, "max_error_fraction": 1.0})
+    rows = env.images(4)
+    pq.write_table(pa.Table.from_pylist(rows), env.tmp / "images.parquet")
+    config["source"] = {"kind": "parquet", "path": str(env.tmp / "images.parquet")}
+    config["describe"]["describer"] = {
+        "name": "vllm",
+        "model": str(env.tiny_models["llm"]),
+        "batch_size": 4,
+        "sampling": {"max_tokens": 48},
+    }
+    config["describe"]["num_cpus"] = 1
+    return [["pipeline", "run", env.write(config)]]
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+
+
+def nothing_written(env: Env) -> None:
+    assert not env.out.exists(), "a run directory was created for a config that cannot run"
+
+
+def vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine(env: Env) -> None:
+    rows = read_table(env.out / "annotations", "annotations").to_pylist()
+    assert sorted(r["image_id"] for r in rows) == sorted(r["image_id"] for r in env.images(4))  # nothing lost
+    assert all(r["status"] in ("ok", "no_regions", "describe_failed") for r in rows), [r["error"] for r in rows]
+    manifest = json.loads((env.out / "manifest.json").read_text())
+    describer = manifest["annotators"]["describer"]
+    assert describer["kv_cache"]["chosen_by"] == "machine" and 0 < describer["kv_cache"]["bytes"] < 2**31
+    assert describer["max_model_len"] == 1024  # the tiny model's own limit, below the default cap
+    assert manifest["status"] == "complete"
+
+
+CASES = [
+    Case(
+        "parquet without image_id",
+        parquet_without_image_id,
+        2,
+        [
+            r"parquet source .*no_id\.parquet: required column 'image_id' is missing "
+            r"\(have \['id', 'image', 'caption'\]\)"
+        ],
+        nothing_written,
+    ),
+    Case(
+        "captions csv with path instead of file_name",
+        captions_csv_with_a_wrong_column,
+        2,
+        [r"captions CSV .*captions\.csv lacks column\(s\) \['file_name'\] \(has \['path', 'caption'\]\)"],
+        nothing_written,
+    ),
+    Case(
+        "three mistakes, three lines",
+        three_mistakes_at_once,
+        2,
+        [
+            r"describe\.describer\.multimodal is true but .*llm is a text-only model \(model_type 'llama'",
+            r"unknown grounder 'yolo'; available: .*partsworld",
+            r"source path\(s\) not found: .*nowhere",
+        ],
+        nothing_written,
+    ),
+    Case(
+        "vllm max_model_len above the model's limit",
+        vllm_context_above_the_model_limit,
+        2,
+        [
+            r"engine\.max_model_len 4096 is above the model's limit of 1024 "
+            r"\(max_position_embeddings in .*config\.json\)"
+        ],
+        nothing_written,
+    ),
+    Case(
+        "vllm kv cache larger than the machine",
+        vllm_kv_cache_larger_than_the_machine,
+        2,
+        [r"kv_cache_memory_bytes \d+ \(1048576\.0 GiB\) is more than the [\d.]+ GiB of memory available"],
+        nothing_written,
+    ),
+    Case(
+        "vllm default engine on cpu",
+        vllm_with_the_default_engine_on_cpu,
+        0,
+        [],
+        vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine,
+        ray=True,
+        marks=[pytest.mark.slow],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def module_ray(request):
+    """One embedded Ray for every case that runs a pipeline (started by the first of them)."""
+    started = []
+
+    def start() -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+            started.append(True)
+
+    yield start
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from grainclip.cli import app
+
+    result = CliRunner().invoke(app, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{args}: uncaught {result.exception!r}\n{result.output}") from result.exception
+    return result.exit_code, result.stderr
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
+def test_first_contact(case: Case, tmp_path, partsworld_small, tiny_models, module_ray):
+    env = Env(tmp_path, partsworld_small, tiny_models)
+    if case.ray:
+        module_ray()
+    commands = case.build(env)
+    for args in commands[:-1]:
+        run_cli(args)
+    code, stderr = run_cli(commands[-1])
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(case.errors), stderr
+    for line, pattern in zip(errors, case.errors):
+        assert re.search(pattern, line), (pattern, line)
+    assert code == case.exit_code, stderr
+    if case.check is not None:
+        case.check(env)
