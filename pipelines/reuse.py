@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import pyarrow as pa
 
 from grainclip.config.base import ConfigError
 from grainclip.pipelines.manifest import DescriptionsFrom, RunManifest
-from grainclip.pipelines.rundir import RunDir
+from grainclip.pipelines.rundir import RunDir, existing_run
 from grainclip.pipelines.stages import DESCRIBER_INFO, DESCRIPTIONS_FROM, STATS_PREFIX, constant, set_column
 from grainclip.schema import Status
 from grainclip.sources import parse_source
@@ -54,16 +53,7 @@ class AnnotationsRunSource(Source):
 
     def earlier(self) -> tuple[RunDir, RunManifest]:
         """The earlier run; ConfigError (one line) when `path` is not a run directory with committed rows."""
-        run = RunDir(Path(self.path))
-        manifest = run.read_manifest()
-        if manifest is None:
-            raise ConfigError(
-                f"{self.path} is not a pipeline run directory (no {run.manifest_path.name}); source kind "
-                "annotations_run reads the `output` of an earlier `grainclip pipeline run`"
-            )
-        if not run.committed_files():
-            raise ConfigError(f"run {manifest.run_id} at {self.path} has no committed annotation shards to reuse")
-        return run, manifest
+        return existing_run(self.path)
 
     def check(self) -> None:
         super().check()
