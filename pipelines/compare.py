@@ -206,6 +206,7 @@ def score_against_truth(rows: dict[str, Row], truth: Truth) -> dict[str, Any]:
         "run_ids_not_in_truth": len(set(rows) - set(truth.descriptions)),
         "description_precision": _ratio(correct, predicted),
         "description_recall": _ratio(correct, true_total),
+        "true_descriptions": true_total,
         "true_parts": parts,
         "box_recall_at_0.5": _ratio(found, parts),
         "mean_iou_matched": _mean(matched_ious),
