@@ -112,7 +112,8 @@ class RunManifest(_Record):
     duplicates_dropped: int = 0
     throughput: Throughput | None = None  # None until an attempt has ended
     steps: dict[str, str] = Field(default_factory=dict)  # train/evaluate step -> outcome
-    descriptions_from: DescriptionsFrom | None = None  # set when the describe stage was reused, not run
+    # Set when the describe stage was reused, not run; written only then, so other manifests keep their keys.
+    descriptions_from: DescriptionsFrom | None = Field(None, exclude_if=lambda value: value is None)
 
     @field_validator("throughput", mode="before")
     @classmethod
