@@ -46,7 +46,7 @@ from grainclip.schema import parquet_files, region_problem
 log = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5
-#: Fewer shared image_ids than this fraction of the smaller run is worth a warning (the figures may mislead).
+#: Fewer shared image_ids than this fraction of the larger run is worth a warning: most of it goes uncompared.
 FEW_SHARED = 0.5
 GRID_IMAGES = 8
 ROW_COLUMNS = ["image_id", "status", "descriptions", "regions"]
@@ -322,7 +322,7 @@ def compare(paths: list[str | Path], out: str | Path, truth: str | Path | None =
         if not ids:
             raise ConfigError(f"{a.run.root} and {b.run.root} share no image_id ({sizes}); nothing to compare")
         result["shared"].update(only_a=len(a.rows) - len(ids), only_b=len(b.rows) - len(ids))
-        if len(ids) < FEW_SHARED * min(len(a.rows), len(b.rows)):
+        if len(ids) < FEW_SHARED * max(len(a.rows), len(b.rows)):
             warnings.append(f"the runs share only {len(ids)} image_id(s) ({sizes}); every figure is over those")
         result["agreement"] = agreement(a.rows, b.rows, ids)
     result["runs"] = {run.label: run_figures(run, ids) for run in runs}
