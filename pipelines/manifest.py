@@ -82,6 +82,15 @@ class Throughput(_Record):
     ground: StageThroughput
 
 
+class DescriptionsFrom(_Record):
+    """The earlier run whose llm_caption and descriptions a run kept (source kind annotations_run)."""
+
+    run_id: str
+    path: str
+    config_hash: str | None = None
+    origin_run_id: str  # the run whose describer wrote them (differs from run_id when that run reused too)
+
+
 class RunManifest(_Record):
     """OUT/manifest.json: what ran (config, resume hash, versions, annotators), what it produced, how fast."""
 
@@ -103,6 +112,8 @@ class RunManifest(_Record):
     duplicates_dropped: int = 0
     throughput: Throughput | None = None  # None until an attempt has ended
     steps: dict[str, str] = Field(default_factory=dict)  # train/evaluate step -> outcome
+    # Set when the describe stage was reused, not run; written only then, so other manifests keep their keys.
+    descriptions_from: DescriptionsFrom | None = Field(None, exclude_if=lambda value: value is None)
 
     @field_validator("throughput", mode="before")
     @classmethod

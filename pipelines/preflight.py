@@ -81,7 +81,7 @@ def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscali
     On an attached cluster this is only a warning, since an autoscaler may add the missing nodes once the
     actors ask for them; an embedded local Ray never grows, so there it is an error.
     """
-    stages = (("describe", config.describe), ("ground", config.ground))
+    stages = (("describe", config.describe), ("ground", config.ground))[config.source.carries_descriptions :]
     for resource, per_actor in (("CPU", lambda s: s.num_cpus), ("GPU", lambda s: s.num_gpus)):
         needed = sum(stage.min_actors * per_actor(stage) for _, stage in stages) + (1 if resource == "CPU" else 0)
         have = cluster.get(resource, 0.0)

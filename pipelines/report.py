@@ -129,6 +129,9 @@ def summary_rows(manifest: RunManifest) -> list[tuple[str, str]]:
         out.append((f"  {status}", f"{n} ({n / rows:.1%})" if rows else str(n)))
     if manifest.duplicates_dropped:
         out.append(("duplicate ids dropped", str(manifest.duplicates_dropped)))
+    if manifest.descriptions_from is not None:
+        reused = manifest.descriptions_from
+        out.append(("descriptions from", f"run {reused.origin_run_id}, reused via {reused.run_id} ({reused.path})"))
     for kind, info in manifest.annotators.items():
         label = info.get("model") or info.get("name")
         out.append((kind, f"{info.get('name')} ({label})" + (" SIMULATED" if info.get("simulated") else "")))

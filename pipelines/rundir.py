@@ -298,3 +298,17 @@ class RunDir:
             )
         self.supersede(previous.run_id)
         return new_run_id(), None
+
+
+def existing_run(path: str | Path) -> tuple[RunDir, RunManifest]:
+    """A run to read back (compare, stage reuse); ConfigError (one line) unless it is one with committed rows."""
+    run = RunDir(Path(path))
+    try:
+        manifest = run.read_manifest()
+    except ManifestUnreadable:
+        manifest = None
+    if manifest is None:
+        raise ConfigError(f"{path} is not a pipeline run directory (no run manifest at {run.manifest_path})")
+    if not run.committed_files():
+        raise ConfigError(f"run {manifest.run_id} at {path} has no committed annotation shards")
+    return run, manifest

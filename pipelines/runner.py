@@ -5,6 +5,8 @@ The plan is one streaming Ray Data pipeline:
     read source -> prepare_images (tasks) -> DescribeStage (actor pool) -> GroundStage (actor pool)
                 -> commit_shard (tasks) -> one summary row per shard, streamed to this driver
 
+(A source that carries an earlier run's descriptions replaces DescribeStage by `reuse.keep_descriptions`.)
+
 The driver consumes the summaries as shards commit: it logs progress and stops the run when the failed
 fraction of this attempt's rows exceeds `max_error_fraction`. Ray Data's own progress bars show each stage
 while it runs. When the stream ends, duplicates are removed
@@ -139,6 +141,12 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     preflight_resources(config, address)
     view = resume_view(config)
     manifest = previous or RunManifest.new(run_id, view, config_hash(view))
+    if config.source.carries_descriptions:  # an earlier run's descriptions are kept (grainclip.pipelines.reuse)
+        from grainclip.pipelines.reuse import check_unchanged
+
+        if previous is not None:
+            check_unchanged(config.source, previous)
+        manifest.descriptions_from = config.source.provenance()
     log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
     steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
     if steps is not None:
@@ -228,14 +236,20 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
 
     dataset = config.source.read()
     dataset = dataset.map_batches(_prepare, batch_format="pyarrow", fn_kwargs={"done_ids": done_ids})
-    # Blocks of one shard's rows: each flows through the stages as a unit and is committed as soon as it is
-    # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make
-    # blocks of up to 128 MiB, i.e. thousands of images that would all commit at the very end.)
-    dataset = dataset.repartition(target_num_rows_per_block=config.sink.rows_per_shard)
     stages = (
         (DescribeStage, config.describe, config.describe.describer, describer_class),
         (GroundStage, config.ground, config.ground.grounder, grounder_class),
     )
+    if config.source.carries_descriptions:  # no describer is built: the rows keep an earlier run's descriptions
+        from grainclip.pipelines.reuse import keep_descriptions, reuse_kwargs
+
+        kwargs = reuse_kwargs(config.source)
+        dataset = dataset.map_batches(keep_descriptions, batch_format="pyarrow", fn_kwargs=kwargs)
+        stages = stages[1:]
+    # Blocks of one shard's rows: each flows through the stages as a unit and is committed as soon as it is
+    # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make
+    # blocks of up to 128 MiB, i.e. thousands of images that would all commit at the very end.)
+    dataset = dataset.repartition(target_num_rows_per_block=config.sink.rows_per_shard)
     for stage, stage_config, annotator, annotator_class in stages:
         runtime_env = annotator_class(annotator.name).runtime_env
         dataset = _actor_stage(dataset, stage, {"config": annotator}, config, stage_config, runtime_env)

@@ -25,6 +25,7 @@ from grainclip.pipelines.rundir import RunDir
 from grainclip.pipelines.stages import (
     DESCRIBE_SECONDS,
     DESCRIBER_INFO,
+    DESCRIPTIONS_FROM,
     GROUND_SECONDS,
     GROUNDER_INFO,
     OUTPUT_TOKENS,
@@ -68,6 +69,7 @@ def commit_shard(batch: pa.Table, output: str, run_id: str, compression: str) ->
         "output_tokens": int(_sum(batch, OUTPUT_TOKENS)),
         "describer": _info(batch, DESCRIBER_INFO),
         "grounder": _info(batch, GROUNDER_INFO),
+        "descriptions_from": _info(batch, DESCRIPTIONS_FROM),  # an earlier run's, when the describer was reused
     }
     run.write_shard_stats(path.name, stats)
     return pa.table({"stats": [json.dumps(stats)]})

@@ -55,6 +55,7 @@ OUTPUT_TOKENS = STATS_PREFIX + "output_tokens"
 DESCRIBER_INFO = STATS_PREFIX + "describer"
 GROUND_SECONDS = STATS_PREFIX + "ground_seconds"
 GROUNDER_INFO = STATS_PREFIX + "grounder"
+DESCRIPTIONS_FROM = STATS_PREFIX + "descriptions_from"  # set instead of running a describer (pipelines.reuse)
 
 
 def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:

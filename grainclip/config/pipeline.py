@@ -141,11 +141,22 @@ class PipelineConfig(ConfigModel):
     evaluate: EvaluateStep | None = None
 
     @model_validator(mode="after")
+    def _reused_descriptions_need_no_describer(self) -> PipelineConfig:
+        """A source that carries descriptions (annotations_run) runs no describer: one set in YAML is a mistake."""
+        if self.source.carries_descriptions and self.describe.describer != DescriberConfig():
+            raise ValueError(
+                f"source kind {self.source.kind!r} keeps that run's descriptions, so no describer runs: remove "
+                "`describe.describer` (a describer change re-runs both stages: use that run's own source)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _partsworld_annotators_read_the_source_truth(self) -> PipelineConfig:
         """The simulated annotators need the generator's truth; default it to the one the source comes with."""
         truth = self.source.annotator_truth()
         if truth is not None:
-            for annotator in (self.describe.describer, self.ground.grounder):
+            annotators = (self.ground.grounder,) if self.source.carries_descriptions else ()
+            for annotator in annotators or (self.describe.describer, self.ground.grounder):
                 if annotator.name == "partsworld" and "truth" not in annotator.options:
                     annotator.options = {**annotator.options, "truth": truth}
         return self

@@ -59,6 +59,8 @@ class Source(ConfigModel):
     kind: str
     #: Fields holding paths (str or a list of str; Path objects are accepted); None values are skipped.
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    #: The rows already hold an earlier run's descriptions, which the pipeline keeps: it runs no describe stage.
+    carries_descriptions: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
