@@ -8,7 +8,7 @@ A dataset's source (grainclip.sources) gives its rows in one of two shapes, and 
   descriptors itself (PartsWorld's classes.json and descriptors.json).
 
 Class order is always explicit and checked: class files must match the folders or labels present, and a
-descriptor file must cover exactly the split's classes; a mismatch is an error that names the classes.
+descriptor file must cover every class of the split (more is fine); a mismatch is an error that names the classes.
 
 Images are streamed: a torch DataLoader with worker processes reads, decodes and preprocesses them, so
 memory does not grow with the split. Every sample carries its row index; a row whose image cannot be
@@ -65,22 +65,30 @@ def read_class_file(path: Path) -> list[tuple[str, str]]:
     return entries
 
 
+def some_names(names: Sequence[str], shown: int = 5) -> str:
+    """The first `shown` names and how many more: a mismatch over 500 classes stays one readable line."""
+    listed = ", ".join(repr(name) for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def check_same_classes(expected: Sequence[str], found: Sequence[str], expected_from: str, found_from: str) -> None:
-    """Raise ConfigError naming the classes one side has and the other lacks."""
+    """Raise ConfigError naming (compactly) the classes one side has and the other lacks."""
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing from {found_from}: {missing}")
+            parts.append(f"{len(missing)} missing from {found_from}: {some_names(missing)}")
         if extra:
-            parts.append(f"in {found_from} but not in {expected_from}: {extra}")
+            parts.append(f"{len(extra)} in {found_from} but not in {expected_from}: {some_names(extra)}")
         raise ConfigError(f"classes of {found_from} do not match {expected_from}; " + "; ".join(parts))
 
 
-def read_descriptors(path: Path, classnames: Sequence[str], subset: bool = False) -> dict[str, list[str]]:
-    """Menon & Vondrick JSON {class: [descriptor, ...]} for exactly `classnames`, in their order.
+def read_descriptors(path: Path, classnames: Sequence[str]) -> dict[str, list[str]]:
+    """Menon & Vondrick JSON {class: [descriptor, ...]} for `classnames`, in their order.
 
-    `subset=True` lets the file hold more classes than the split (PartsWorld writes one file for all splits).
+    The file may cover more classes than the split, as their own loader allows (a published file for a whole
+    dataset, PartsWorld's one file for all splits): the extra classes are counted in one log line. A class of
+    the split that the file lacks is an error naming it.
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -90,8 +98,15 @@ def read_descriptors(path: Path, classnames: Sequence[str], subset: bool = False
         raise ConfigError(f"descriptor file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"descriptor file {path} must map class names to lists of descriptors")
-    keys = [k for k in data if k in classnames] if subset else list(data)
-    check_same_classes(classnames, keys, "the dataset's classes", f"descriptor file {path}")
+    missing = [name for name in classnames if name not in data]
+    if missing:
+        raise ConfigError(
+            f"descriptor file {path} has no descriptors for {len(missing)} of the dataset's {len(classnames)} classes: "
+            f"{some_names(missing)}"
+        )
+    extra = len(data) - len(classnames)
+    if extra:
+        log.info("descriptor file %s: %d class(es) not in the dataset are ignored", path, extra)
     descriptors = {}
     for name in classnames:
         values = data[name]
@@ -318,8 +333,7 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
     if descriptors is not None:
         if classnames is None:
             raise ConfigError(f"dataset {name!r}: descriptors given but the data has no {label_column!r} column")
-        # A source's own descriptor file may cover more classes than this split (PartsWorld: one for all splits).
-        descriptor_map = read_descriptors(descriptors, classnames, subset=spec.descriptors is None)
+        descriptor_map = read_descriptors(descriptors, classnames)
 
     def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> ParquetImages:
         return ParquetImages(

@@ -100,7 +100,7 @@ def test_user_mistakes_are_one_line_errors(models, tmp_path):
     (tmp_path / "descriptors.json").write_text(json.dumps({"eagle": ["sharp beak"]}))
     clip = [{"label": "c", "type": "open_clip", "name": str(models["clip"])}]
     cases = {
-        "classes of descriptor file": {
+        "has no descriptors for 1 of the dataset's 1 classes: 'owl'": {
             "models": clip,
             "datasets": [
                 {

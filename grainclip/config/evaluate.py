@@ -79,7 +79,8 @@ class EvalDataset(ConfigModel):
         "folder, or the label column's value). Default: what the source defines (PartsWorld), else sorted keys.",
     )
     descriptors: Path | None = Field(
-        None, description="Menon & Vondrick JSON {class name: [descriptor, ...]} covering exactly the classes."
+        None,
+        description="Menon & Vondrick JSON {class: [descriptor, ...]} covering every class (extra classes ignored).",
     )
     label_column: str = Field("class_name", description="Column holding each image's class name (Parquet data).")
     caption_column: Literal["caption", "llm_caption"] = "caption"
