@@ -32,7 +32,7 @@ import torch.utils.data
 
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import EvalDataset
-from grainclip.images import ImageDecodeError, load_image
+from grainclip.images import AlphaMode, ImageDecodeError, load_image
 from grainclip.schema import RowGroup
 from grainclip.sources import ClassFolderRows, TableRows
 
@@ -123,11 +123,12 @@ def make_sample(
     uri: str | None,
     preprocess: Callable[[Image.Image], torch.Tensor],
     keep_image: bool,
+    alpha: AlphaMode,
     **fields: Any,
 ) -> dict[str, Any]:
     """Decode and preprocess one row; a bad image becomes {'index', 'error', ...} instead of an exception."""
     try:
-        image = load_image(data, uri)
+        image = load_image(data, uri, alpha=alpha)
     except ImageDecodeError as exc:
         return {"index": index, "error": str(exc), **fields}
     return {
@@ -155,8 +156,10 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 class FolderImages(torch.utils.data.Dataset):
     """Map-style torch dataset over (path, label) pairs; nothing is read until an item is asked for."""
 
-    def __init__(self, items: Sequence[tuple[Path, int]], preprocess: Callable, keep_images: int = 0) -> None:
-        self.items, self.preprocess, self.keep_images = list(items), preprocess, keep_images
+    def __init__(
+        self, items: Sequence[tuple[Path, int]], preprocess: Callable, keep_images: int = 0, alpha: AlphaMode = "white"
+    ) -> None:
+        self.items, self.preprocess, self.keep_images, self.alpha = list(items), preprocess, keep_images, alpha
 
     def __len__(self) -> int:
         return len(self.items)
@@ -168,7 +171,7 @@ class FolderImages(torch.utils.data.Dataset):
         except OSError as exc:
             return {"index": index, "error": f"cannot read {path}: {exc}", "image_id": str(path)}
         return make_sample(
-            index, data, None, self.preprocess, index < self.keep_images, label=label, image_id=str(path)
+            index, data, None, self.preprocess, index < self.keep_images, self.alpha, label=label, image_id=str(path)
         )
 
 
@@ -190,12 +193,13 @@ class ParquetImages(torch.utils.data.IterableDataset):
         with_regions: bool,
         keep_images: int = 0,
         batch_rows: int = 32,
+        alpha: AlphaMode = "white",
     ) -> None:
         self.groups = list(groups)
         self.preprocess = preprocess
         self.label_column, self.class_index = label_column, class_index
         self.caption_column, self.with_regions = caption_column, with_regions
-        self.keep_images, self.batch_rows = keep_images, batch_rows
+        self.keep_images, self.batch_rows, self.alpha = keep_images, batch_rows, alpha
 
     def __len__(self) -> int:
         return sum(g.rows for g in self.groups)
@@ -233,7 +237,13 @@ class ParquetImages(torch.utils.data.IterableDataset):
         if self.with_regions:
             fields["regions"] = [(r["text"], r["box"]) for r in row.get("regions") or []]
         return make_sample(
-            index, row.get("image"), row.get("image_uri"), self.preprocess, index < self.keep_images, **fields
+            index,
+            row.get("image"),
+            row.get("image_uri"),
+            self.preprocess,
+            index < self.keep_images,
+            self.alpha,
+            **fields,
         )
 
 
@@ -244,15 +254,17 @@ class EvalSplit:
 
     name: str
     size: int
-    make_dataset: Callable[[Callable, Sequence[str], int], torch.utils.data.Dataset] = field(repr=False)
+    make_dataset: Callable[[Callable, Sequence[str], int, AlphaMode], torch.utils.data.Dataset] = field(repr=False)
     classnames: list[str] | None = None
     descriptors: dict[str, list[str]] | None = None
     has_captions: bool = False
     has_regions: bool = False
 
-    def dataset(self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0) -> torch.utils.data.Dataset:
+    def dataset(
+        self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0, alpha: AlphaMode = "white"
+    ) -> torch.utils.data.Dataset:
         """A fresh streaming dataset yielding preprocessed samples (the first `keep_images` also keep the image)."""
-        return self.make_dataset(preprocess, tasks, keep_images)
+        return self.make_dataset(preprocess, tasks, keep_images, alpha)
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         needs = {
@@ -287,8 +299,8 @@ def folder_split(spec: EvalDataset, rows: ClassFolderRows) -> EvalSplit:
     classnames = [name for _, name in entries]
     descriptors = read_descriptors(spec.descriptors, classnames) if spec.descriptors else None
 
-    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> FolderImages:
-        return FolderImages(items, preprocess, keep_images)
+    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int, alpha: AlphaMode) -> FolderImages:
+        return FolderImages(items, preprocess, keep_images, alpha)
 
     return EvalSplit(spec.name, len(items), make, classnames, descriptors)
 
@@ -335,7 +347,7 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
             raise ConfigError(f"dataset {name!r}: descriptors given but the data has no {label_column!r} column")
         descriptor_map = read_descriptors(descriptors, classnames)
 
-    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> ParquetImages:
+    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int, alpha: AlphaMode) -> ParquetImages:
         return ParquetImages(
             groups,
             preprocess,
@@ -344,6 +356,7 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
             caption_column if "retrieval" in tasks else None,
             with_regions="grounding" in tasks,
             keep_images=keep_images,
+            alpha=alpha,
         )
 
     return EvalSplit(name, sum(g.rows for g in groups), make, classnames, descriptor_map, has_captions, has_regions)

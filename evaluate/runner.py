@@ -35,6 +35,7 @@ from grainclip.evaluate.accumulators import (
 from grainclip.evaluate.datasets import EvalSplit, collate, load_split
 from grainclip.evaluate.geometry import input_window
 from grainclip.evaluate.models import has_regions, load_model
+from grainclip.images import AlphaMode
 from grainclip.model_api import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class PassSettings:
     precision: str = "auto"
     grid_images: int = 0
     progress: bool = False
+    image_alpha: AlphaMode = "white"
 
 
 def prepare_class_text(
@@ -126,7 +128,9 @@ class SplitPass:
         )  # not tqdm.auto: its asyncio variant calls iter() in __init__, starting a second set of workers
 
         keep_images = self.grid.size if self.grid is not None else 0
-        dataset = self.split.dataset(self.loaded.preprocess, self.tasks, keep_images=keep_images)
+        dataset = self.split.dataset(
+            self.loaded.preprocess, self.tasks, keep_images=keep_images, alpha=self.settings.image_alpha
+        )
         workers = self.settings.num_workers
         loader = DataLoader(
             dataset,
@@ -219,11 +223,13 @@ def zero_shot_accuracy(
     scoring_config: ScoringConfig | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    image_alpha: AlphaMode = "white",
 ) -> dict[str, float]:
     """Light hook for periodic evaluation during training: {'<mode>/top1': ..., '<mode>/top5': ..., ...}.
 
     Runs on the model's own device in eval mode and puts the model back in the mode it was in. Modes the
     model or split cannot run are left out. Build `split` once with `grainclip.evaluate.load_split`.
+    `image_alpha` should be what the model trains on (the train config's data.image_alpha).
     """
     model = loaded.model
     device = next(model.parameters()).device
@@ -237,6 +243,7 @@ def zero_shot_accuracy(
             batch_size=batch_size,
             num_workers=num_workers,
             precision="fp32",
+            image_alpha=image_alpha,
         )
         results, _ = evaluate_split(loaded, split, ["classification"], settings, device)
     finally:
@@ -264,6 +271,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         precision=cfg.precision,
         grid_images=cfg.grid_images,
         progress=cfg.progress,
+        image_alpha=cfg.image_alpha,
     )
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "device": str(device), "models": [], "runs": []}
     grids: dict[tuple[str, str], list[dict]] = {}

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from grainclip.config.base import ConfigModel
+from grainclip.images import AlphaMode
 from grainclip.sources import SourceField
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 Mode = Literal["global", "global+descriptors", "grain"]
 Task = Literal["classification", "retrieval", "grounding"]
 MODES: tuple[Mode, ...] = ("global", "global+descriptors", "grain")
+
+#: The one data option for transparent images, read by the trainer (data.image_alpha) and the evaluator.
+ImageAlpha = Annotated[
+    AlphaMode,
+    Field(
+        description="Transparent images: `white` composites them on white; `drop` discards the alpha channel as "
+        "PIL's convert('RGB') does (open_clip's loaders, CLIP_benchmark). Evaluate with what the model trained on."
+    ),
+]
 
 
 class OpenClipModel(ConfigModel):
@@ -145,6 +155,7 @@ class EvaluateConfig(ConfigModel):
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     grid_images: int = Field(8, ge=0, description="Images drawn with their predicted regions, per region model.")
+    image_alpha: ImageAlpha = "white"
     progress: bool = True
 
     @field_validator("modes")

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from grainclip.config.base import ConfigModel
-from grainclip.config.evaluate import EvalDataset, Mode
+from grainclip.config.evaluate import EvalDataset, ImageAlpha, Mode
 
 MAX_ENUMERATED_QUERIES = 8  # 8! = 40320 assignments per image: the most the enumeration matcher scores
 
@@ -117,6 +117,7 @@ class DataConfig(ConfigModel):
     crop_scale: tuple[float, float] = (0.5, 1.0)
     hflip: bool = Field(False, description="Off by default: descriptions may say 'left'/'right'.")
     min_box_pixels: float = Field(2.0, ge=0.0, description="Boxes smaller than this after augmentation are dropped.")
+    image_alpha: ImageAlpha = "white"
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes (single-process runs).")
     shuffle_row_groups: int = Field(
         4, gt=0, description="Rows are shuffled within windows of this many Parquet row groups (memory bound)."
