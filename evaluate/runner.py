@@ -8,14 +8,16 @@ pixels. Class text is encoded once per model and text set (class_text's cache).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -197,12 +199,23 @@ class SplitPass:
 
 
 def evaluate_split(
-    loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device
+    loaded: LoadedModel,
+    split: EvalSplit,
+    tasks: Sequence[str],
+    settings: PassSettings,
+    device: torch.device,
+    keep_predictions: Callable[[pa.Table], int] | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
-    """All requested tasks of one model on one split: (results dict, grid items for the report)."""
+    """All requested tasks of one model on one split: (results dict, grid items for the report).
+
+    `keep_predictions` receives the per-image top-5 classes of every mode (predictions.parquet's rows) and
+    returns how many it kept, recorded as the run's `n_predictions`.
+    """
     evaluation = SplitPass(loaded, split, tasks, settings, device)
     images_per_second = evaluation.run()
     results = evaluation.results()
+    if keep_predictions is not None and evaluation.classification is not None:
+        results["n_predictions"] = keep_predictions(evaluation.classification.top_classes())
     results["images_per_second"] = images_per_second
     if evaluation.errors:
         log.warning(
@@ -275,6 +288,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     )
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "device": str(device), "models": [], "runs": []}
     grids: dict[tuple[str, str], list[dict]] = {}
+    predictions = report.PredictionsFile(cfg.out)
     for model_spec in cfg.models:
         loaded = load_model(model_spec, device)
         results["models"].append(
@@ -282,10 +296,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         )
         for spec, split in splits:
             log.info("evaluating %s on %s (%d images)", model_spec.label, spec.name, split.size)
-            run, grid = evaluate_split(loaded, split, spec.tasks, settings, device)
+            keep = functools.partial(predictions.write, model_spec.label, spec.name)
+            run, grid = evaluate_split(loaded, split, spec.tasks, settings, device, keep)
             results["runs"].append({"model": model_spec.label, "dataset": spec.name, "tasks": list(spec.tasks), **run})
             if grid:
                 grids[(model_spec.label, spec.name)] = grid
         del loaded
+    written = predictions.close()
+    results["predictions"] = written.name if written else None
     report.write_report(results, grids, cfg.out)
     return results
