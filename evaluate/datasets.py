@@ -83,12 +83,13 @@ def check_same_classes(expected: Sequence[str], found: Sequence[str], expected_f
         raise ConfigError(f"classes of {found_from} do not match {expected_from}; " + "; ".join(parts))
 
 
-def read_descriptors(path: Path, classnames: Sequence[str]) -> dict[str, list[str]]:
-    """Menon & Vondrick JSON {class: [descriptor, ...]} for `classnames`, in their order.
+def read_descriptors(path: Path, classnames: Sequence[str]) -> tuple[dict[str, list[str]], int]:
+    """Menon & Vondrick JSON {class: [descriptor, ...]} for `classnames`, in their order, and how many other
+    classes the file holds.
 
     The file may cover more classes than the split, as their own loader allows (a published file for a whole
-    dataset, PartsWorld's one file for all splits): the extra classes are counted in one log line. A class of
-    the split that the file lacks is an error naming it.
+    dataset, PartsWorld's one file for all splits): the extra classes are counted in one log line and in the
+    results. A class of the split that the file lacks is an error naming it.
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -113,7 +114,7 @@ def read_descriptors(path: Path, classnames: Sequence[str]) -> dict[str, list[st
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
             raise ConfigError(f"descriptor file {path}: class {name!r} needs a non-empty list of non-empty strings")
         descriptors[name] = [v.strip() for v in values]
-    return descriptors
+    return descriptors, extra
 
 
 # ----------------------------------------------------------------------------------------------- the samples
@@ -259,6 +260,7 @@ class EvalSplit:
     descriptors: dict[str, list[str]] | None = None
     has_captions: bool = False
     has_regions: bool = False
+    descriptor_classes_ignored: int = 0  # classes of the descriptor file that this split does not have
 
     def dataset(
         self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0, alpha: AlphaMode = "white"
@@ -297,12 +299,12 @@ def folder_split(spec: EvalDataset, rows: ClassFolderRows) -> EvalSplit:
     if not items:
         raise ConfigError(f"dataset {spec.name!r}: no image files in the class folders under {root}")
     classnames = [name for _, name in entries]
-    descriptors = read_descriptors(spec.descriptors, classnames) if spec.descriptors else None
+    descriptors, ignored = read_descriptors(spec.descriptors, classnames) if spec.descriptors else (None, 0)
 
     def make(preprocess: Callable, tasks: Sequence[str], keep_images: int, alpha: AlphaMode) -> FolderImages:
         return FolderImages(items, preprocess, keep_images, alpha)
 
-    return EvalSplit(spec.name, len(items), make, classnames, descriptors)
+    return EvalSplit(spec.name, len(items), make, classnames, descriptors, descriptor_classes_ignored=ignored)
 
 
 def _first_rows(groups: list[RowGroup], limit: int | None) -> list[RowGroup]:
@@ -341,11 +343,11 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
     has_captions = caption_column in schema.names
     has_regions = "regions" in schema.names
     descriptors = spec.descriptors or rows.descriptors
-    descriptor_map = None
+    descriptor_map, ignored = None, 0
     if descriptors is not None:
         if classnames is None:
             raise ConfigError(f"dataset {name!r}: descriptors given but the data has no {label_column!r} column")
-        descriptor_map = read_descriptors(descriptors, classnames)
+        descriptor_map, ignored = read_descriptors(descriptors, classnames)
 
     def make(preprocess: Callable, tasks: Sequence[str], keep_images: int, alpha: AlphaMode) -> ParquetImages:
         return ParquetImages(
@@ -359,7 +361,8 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
             alpha=alpha,
         )
 
-    return EvalSplit(name, sum(g.rows for g in groups), make, classnames, descriptor_map, has_captions, has_regions)
+    size = sum(g.rows for g in groups)
+    return EvalSplit(name, size, make, classnames, descriptor_map, has_captions, has_regions, ignored)
 
 
 def load_split(spec: EvalDataset) -> EvalSplit:

@@ -152,6 +152,11 @@ def markdown(results: dict[str, Any]) -> str:
         for r in runs
         for u in r["unavailable"]
     ]
+    notes += [
+        f"- {r['dataset']}: the descriptor file's {r['descriptor_classes_ignored']} other class(es) were ignored"
+        for r in runs
+        if r.get("descriptor_classes_ignored") and r["model"] == runs[0]["model"]
+    ]
     for r in runs:
         skipped = r["skipped_images"]
         if skipped["count"] and r["model"] == runs[0]["model"]:  # the same images fail for every model

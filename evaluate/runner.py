@@ -186,6 +186,8 @@ class SplitPass:
             "n_evaluated": int(self.done.sum()),
             "unavailable": self.unavailable,
         }
+        if self.split.descriptor_classes_ignored:
+            out["descriptor_classes_ignored"] = self.split.descriptor_classes_ignored
         out["skipped_images"] = {
             "count": len(self.errors),
             "examples": [

@@ -97,7 +97,7 @@ def test_descriptor_file_must_cover_every_class(folder, tmp_path, caplog):
         split = load_split(
             EvalDataset(name="f", source={"kind": "image_folder", "path": folder}, descriptors=descriptors)
         )
-    assert list(split.descriptors) == split.classnames
+    assert list(split.descriptors) == split.classnames and split.descriptor_classes_ignored == 1
     assert [r.getMessage() for r in caplog.records] == [
         f"descriptor file {descriptors}: 1 class(es) not in the dataset are ignored"
     ]
