@@ -138,7 +138,7 @@ def _train(cfg) -> str:
     from grainclip.train import train
 
     cfg = cfg.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address})
-    result = train(cfg, eval_hook=zero_shot_hook(cfg.eval))
+    result = train(cfg, eval_hook=zero_shot_hook(cfg))
     return f"trained {result.steps} steps with Ray Train; model at {result.model_dir}"
 
 

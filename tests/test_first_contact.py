@@ -7,6 +7,9 @@ a traceback), and a check of what the records on disk say. Add a case by adding 
 Preflight cases need no Ray. The cases that run a pipeline share one embedded Ray for the module (run_pipeline
 reuses an initialised Ray), and one of them starts a real vLLM engine on CPU with the default engine config and
 no environment variable set by the test: the describer sizes its own KV cache from the machine.
+
+The evaluator's cases run a tiny open_clip model on class folders of transparent images; the config reference's
+cases check docs/config.md against the models and that every printed example loads.
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from PIL import Image
 
+from grainclip.config.base import load_config, parse_config
+from grainclip.config.reference import CONFIG_KINDS, EXAMPLE_REQUIRED, config_class
 from grainclip.schema import read_table
+from grainclip.testing.clip import SMALLEST_CLIP_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+BIRDS = ["owl", "unicorn", "cardinal", "egret", "heron", "ibis", "kiwi", "osprey"]
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Env:
     tmp: Path
     partsworld: Path
     tiny_models: dict[str, Path]
+    notes: dict[str, Any] = field(default_factory=dict)  # what a builder saw, for its check
 
     @property
     def out(self) -> Path:
@@ -140,6 +152,114 @@ def vllm_with_the_default_engine_on_cpu(env: Env) -> list[list[str]]:
     return [["pipeline", "run", env.write(config)]]
 
 
+# --- evaluator and config reference: builders and checks -------------------------------------------------------
+
+
+def birds(env: Env) -> Path:
+    """Class folders of transparent images: red under alpha 0 (only `image_alpha: drop` sees it), a colour per class."""
+    for k, name in enumerate(BIRDS):
+        (env.tmp / "birds" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.zeros((24, 24, 4), dtype=np.uint8)
+            pixels[..., 0] = 255
+            pixels[6:18, 6:18] = (30 * k, 255 - 30 * k, 40 * i, 255)
+            Image.fromarray(pixels, "RGBA").save(env.tmp / "birds" / name / f"{i}.png")
+    return env.tmp / "birds"
+
+
+def evaluate(env: Env, descriptor_classes: list[str] | None = None, **changes: Any) -> list[str]:
+    """`grainclip evaluate` of a tiny open_clip model on the birds, with a descriptor file for the given classes."""
+    clip = env.tmp / "tiny-clip.json"
+    clip.write_text(json.dumps(SMALLEST_CLIP_CONFIG))
+    dataset: dict[str, Any] = {"name": "birds", "source": {"kind": "image_folder", "path": str(birds(env))}}
+    if descriptor_classes is not None:
+        dataset["descriptors"] = str(env.tmp / "descriptors.json")
+        (env.tmp / "descriptors.json").write_text(
+            json.dumps({name: [f"{name} feathers", "a long beak"] for name in descriptor_classes})
+        )
+    config = {
+        "out": str(env.out),
+        "models": [{"label": "clip", "type": "open_clip", "name": str(clip)}],
+        "datasets": [dataset],
+        "modes": ["global"] if descriptor_classes is None else ["global", "global+descriptors"],
+        "batch_size": 8,
+        "num_workers": 0,
+        "progress": False,
+        **changes,
+    }
+    return ["evaluate", env.write(config, "evaluate.yaml")]
+
+
+def descriptors_for_more_classes(env: Env) -> list[list[str]]:
+    return [evaluate(env, ["albatross", "penguin", "swan", *BIRDS])]  # a published file covering more classes
+
+
+def descriptors_for_fewer_classes(env: Env) -> list[list[str]]:
+    return [evaluate(env, ["owl"])]
+
+
+def evaluate_with_each_alpha(env: Env) -> list[list[str]]:
+    default = evaluate(env, BIRDS)
+    return [[*default, "--out", str(env.tmp / "white")], [*default, "--set", "image_alpha=drop"]]
+
+
+def stale_config_reference(env: Env) -> list[list[str]]:
+    stale = env.tmp / "config.md"
+    stale.write_text((REPO / "docs" / "config.md").read_text().replace("| `image_alpha` |", "| `alpha` |"))
+    return [["config", "docs", "--check", "--out", str(stale)]]
+
+
+def config_example(kind: str) -> Callable[[Env], list[list[str]]]:
+    def build(env: Env) -> list[list[str]]:
+        from typer.testing import CliRunner
+
+        from grainclip.cli import app
+
+        env.notes["kind"], env.notes["yaml"] = kind, CliRunner().invoke(app, ["config", "example", kind]).stdout
+        return [["config", "example", kind]]
+
+    return build
+
+
+def extra_descriptor_classes_counted(env: Env) -> None:
+    run = json.loads((env.out / "results.json").read_text())["runs"][0]
+    assert [c["mode"] for c in run["classification"]] == ["global", "global+descriptors"]
+    assert run["descriptor_classes_ignored"] == 3
+    assert "- birds: the descriptor file's 3 other class(es) were ignored" in (env.out / "results.md").read_text()
+
+
+def predictions_per_image_and_alpha_recorded(env: Env) -> None:
+    """predictions.parquet: every image once per mode, top-1 as reported; the alpha option changed the pixels."""
+    tables = {}
+    for folder, alpha in ((env.out, "drop"), (env.tmp / "white", "white")):
+        results = json.loads((folder / "results.json").read_text())
+        assert results["config"]["image_alpha"] == alpha and results["predictions"] == "predictions.parquet"
+        run, tables[alpha] = results["runs"][0], pq.read_table(folder / "predictions.parquet")
+        rows = tables[alpha].to_pylist()
+        assert run["n_predictions"] == len(rows) == 2 * 16
+        for record in run["classification"]:
+            mine = [r for r in rows if r["mode"] == record["mode"]]
+            assert {(r["model"], r["dataset"]) for r in mine} == {("clip", "birds")}
+            assert sorted(r["image_id"] for r in mine) == sorted(str(p) for p in (env.tmp / "birds").glob("*/*.png"))
+            assert all(r["label"] == Path(r["image_id"]).parent.name for r in mine)
+            assert all(len(r["top5_classes"]) == 5 and r["top5_scores"] == sorted(r["top5_scores"])[::-1] for r in mine)
+            assert sum(r["top5_classes"][0] == r["label"] for r in mine) / 16 == pytest.approx(record["top1"])
+    assert tables["drop"]["top5_scores"] != tables["white"]["top5_scores"]  # the hidden red, seen only with drop
+
+
+def reference_left_as_it_was(env: Env) -> None:
+    assert "| `alpha` |" in (env.tmp / "config.md").read_text(), "--check must not rewrite the file"
+
+
+def example_loads(env: Env) -> None:
+    kind, text = env.notes["kind"], env.notes["yaml"]
+    assert text.startswith(f"# An example `grainclip {kind}` config") and text.count("\n# ") > 10  # commented
+    path = env.tmp / "example.yaml"
+    path.write_text(text)
+    loaded = load_config(path, config_class(kind))  # the printed example loads as it is
+    assert loaded == parse_config(EXAMPLE_REQUIRED[kind], config_class(kind))  # defaults + the required keys
+
+
 # --- checks ---------------------------------------------------------------------------------------------------
 
 
@@ -212,6 +332,50 @@ CASES = [
         vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine,
         ray=True,
         marks=[pytest.mark.slow],
+    ),
+    Case(
+        "descriptor file covering more classes: read, the extra ones counted",
+        descriptors_for_more_classes,
+        0,
+        [],
+        extra_descriptor_classes_counted,
+    ),
+    Case(
+        "descriptor file missing classes: the first few named, and how many",
+        descriptors_for_fewer_classes,
+        2,
+        [
+            r"descriptor file .*descriptors\.json has no descriptors for 7 of the dataset's 8 classes: "
+            r"'cardinal', 'egret', 'heron', 'ibis', 'kiwi' and 2 more$"
+        ],
+        nothing_written,
+    ),
+    Case(
+        "evaluate: per-image predictions; image_alpha drop vs white, recorded",
+        evaluate_with_each_alpha,
+        0,
+        [],
+        predictions_per_image_and_alpha_recorded,
+    ),
+    Case(
+        "config reference is current",
+        lambda env: [["config", "docs", "--check", "--out", str(REPO / "docs" / "config.md")]],
+        0,
+        [],
+    ),
+    Case(
+        "stale config reference: one line, file untouched",
+        stale_config_reference,
+        1,
+        [r"^error: .*config\.md is stale: run `grainclip config docs --out .*config\.md`$"],
+        reference_left_as_it_was,
+    ),
+    *(Case(f"config example {kind} loads", config_example(kind), 0, [], example_loads) for kind in CONFIG_KINDS),
+    Case(
+        "config example of an unknown kind",
+        lambda env: [["config", "example", "model"]],
+        2,
+        [r"^error: unknown config kind 'model'; choose from pipeline, train, evaluate$"],
     ),
 ]
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: TrainConfig, resume: str | None = None, eval_hook: EvalHook | None = None) -> TrainResult:
     """Train per `cfg`; `resume` is "latest" or a checkpoint folder; `eval_hook` evaluates every `eval.every`
-    steps (grainclip.evaluate.hook.zero_shot_hook builds one from cfg.eval). Returns where the model went."""
+    steps (grainclip.evaluate.hook.zero_shot_hook builds one from cfg). Returns where the model went."""
     statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)  # bad data fails before any model
     log.info("annotation rows by status: %s (only %s train)", statuses, sorted(TRAINABLE_STATUSES))
     if cfg.workers > 1 or cfg.ray_address:

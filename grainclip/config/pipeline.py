@@ -48,7 +48,7 @@ class StageConfig(ConfigModel):
     it at a prebuilt environment, or `{}` for the main one.
     """
 
-    min_actors: int = Field(1, ge=1)
+    min_actors: int = Field(1, ge=1, description="Actors started (and kept) for this stage.")
     max_actors: int | None = Field(None, ge=1, description="Autoscale up to this many actors; None: min_actors.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor.")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs per actor.")
@@ -80,8 +80,10 @@ class GroundStageConfig(StageConfig):
 class SinkConfig(ConfigModel):
     """Output shards: at most `rows_per_shard` rows each, committed atomically one file at a time."""
 
-    rows_per_shard: int = Field(1000, gt=0)
-    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    rows_per_shard: int = Field(1000, gt=0, description="Most rows per output shard.")
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = Field(
+        "zstd", description="Parquet compression codec."
+    )
 
 
 class JobConfig(ConfigModel):
@@ -121,8 +123,12 @@ class PipelineConfig(ConfigModel):
 
     output: str = Field(..., description="Run directory: annotations/, manifest.json, report/.")
     source: SourceField = Field(..., description="Where the images come from: `kind` plus that kind's fields.")
-    describe: DescribeStageConfig = Field(default_factory=DescribeStageConfig)
-    ground: GroundStageConfig = Field(default_factory=GroundStageConfig)
+    describe: DescribeStageConfig = Field(
+        default_factory=DescribeStageConfig, description="The describe stage: its Ray actors and its describer (LLM)."
+    )
+    ground: GroundStageConfig = Field(
+        default_factory=GroundStageConfig, description="The ground stage: its Ray actors and its grounder (detector)."
+    )
     sink: SinkConfig = Field(default_factory=SinkConfig)
     max_pixels: int | None = Field(
         None, gt=0, description="Decode limit per image; None: grainclip.images.DEFAULT_MAX_PIXELS."

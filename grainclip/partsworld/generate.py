@@ -28,6 +28,7 @@ import pyarrow as pa
 from PIL import Image
 
 import grainclip
+from grainclip.articles import indefinite_article
 from grainclip.config.base import ConfigError
 from grainclip.partsworld.classes import CATALOGUE, COLOURED_PARTS, PATTERNED_PART, CreatureClass
 from grainclip.partsworld.scene import Scene, sample_scene
@@ -240,7 +241,7 @@ def rich_caption(creature: CreatureClass, scene: Scene) -> str:
 
 
 def _a(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+    return f"{indefinite_article(word)} {word}"
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -34,7 +34,7 @@ class HuggingFaceSource(Source):
     """A saved Hugging Face dataset: which folder, which split, and which columns hold what."""
 
     kind: Literal["huggingface"]
-    path: str
+    path: str = Field(description="A save_to_disk folder, or a folder of the dataset's Parquet or Arrow files.")
     split: str | None = Field(None, description="Split folder of a DatasetDict save_to_disk folder.")
     image_column: str = Field("image", description="Image() feature, bytes, or a string path/URI.")
     caption_column: str | None = Field("caption", description="String column used as the caption; None: none.")

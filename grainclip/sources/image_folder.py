@@ -34,9 +34,14 @@ class ImageFolderSource(Source):
     """
 
     kind: Literal["image_folder"]
-    path: str
-    captions_csv: str | None = None
-    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    path: str = Field(description="Folder of image files, read recursively (the evaluator: one folder per class).")
+    captions_csv: str | None = Field(
+        None,
+        description="CSV with file_name, caption and optional image_id columns; None: every image file, no captions.",
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: list(IMAGE_EXTENSIONS), description="File suffixes read as images."
+    )
 
     path_fields: ClassVar[tuple[str, ...]] = ("path", "captions_csv")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from grainclip.config.base import ConfigError
 from grainclip.schema import list_row_groups, parquet_files, schema_problems
@@ -52,7 +53,7 @@ class ParquetSource(Source):
     """One Parquet file, a folder of shards, or a list of either."""
 
     kind: Literal["parquet"]
-    path: str | list[str]
+    path: str | list[str] = Field(description="A Parquet file, a folder of shards, or a list of either.")
 
     def problems(self) -> list[Exception]:
         """Missing paths, then each file's columns and types against the images contract (footers only)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import Field
+
 from grainclip.config.base import ConfigError
 from grainclip.partsworld import SPLITS, PartsWorldPaths, load_classes
 from grainclip.schema import list_row_groups
@@ -24,8 +26,8 @@ class PartsWorldSource(Source):
     """A PartsWorld dataset directory and one of its splits."""
 
     kind: Literal["partsworld"]
-    path: str
-    split: str = "train"
+    path: str = Field(description="A folder written by `grainclip synth`.")
+    split: str = Field("train", description="train, val_seen, val_novel, test_seen or test_novel.")
 
     @property
     def layout(self) -> PartsWorldPaths:

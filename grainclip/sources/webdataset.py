@@ -21,9 +21,12 @@ class WebDatasetSource(Source):
     """WebDataset tar shards (a file, a folder, a brace/glob pattern or URL, or a list of them)."""
 
     kind: Literal["webdataset"]
-    path: str | list[str]
-    image_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
-    caption_extension: str = "txt"
+    path: str | list[str] = Field(description="A tar file, a folder of tars, a glob pattern, or a list of them.")
+    image_extensions: list[str] = Field(
+        default_factory=lambda: ["jpg", "jpeg", "png", "webp"],
+        description="Member extensions read as the image; the first present wins.",
+    )
+    caption_extension: str = Field("txt", description="Member extension read as the caption.")
 
     def read(self) -> ray.data.Dataset:
         import ray.data
