@@ -105,14 +105,14 @@ class ClassificationAccumulator:
         shown = next((mode for mode in ("grain", "global+descriptors", "global") if mode in self.text.modes), None)
         return self.mode_scores(shown).argmax(axis=1) if shown else np.zeros(len(self.labels), dtype=np.int64)
 
-    def top_classes(self, k: int = 5) -> pa.Table:
-        """Per mode and evaluated image: image_id, true class, the k best classes and their scores, best first.
+    def top_classes(self) -> pa.Table:
+        """Per mode and evaluated image: image_id, true class, the 5 best classes and their scores, best first.
 
         The rows of predictions.parquet; ties keep class order, as the scores alone cannot break them.
         """
         rows = np.flatnonzero(self.seen)
         names = np.asarray(self.classnames, dtype=object)
-        k = min(k, len(names))
+        k = min(5, len(names))
         tables = []
         for mode in self.text.modes:
             scores = self.mode_scores(mode)[rows]

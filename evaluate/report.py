@@ -322,7 +322,6 @@ class PredictionsFile:
         self.path = Path(out) / PREDICTIONS_FILE
         self.tmp = self.path.with_name(f".{PREDICTIONS_FILE}.tmp")
         self.writer: pq.ParquetWriter | None = None
-        self.rows = 0
 
     def write(self, model: str, dataset: str, table: pa.Table) -> int:
         """Add one (model, dataset)'s rows (ClassificationAccumulator.top_classes); returns how many."""
@@ -335,7 +334,6 @@ class PredictionsFile:
         named = table.add_column(0, "dataset", pa.array([dataset] * n, pa.string()))
         named = named.add_column(0, "model", pa.array([model] * n, pa.string()))
         self.writer.write_table(named.select(PREDICTIONS_SCHEMA.names).cast(PREDICTIONS_SCHEMA))
-        self.rows += n
         return n
 
     def close(self) -> Path | None:

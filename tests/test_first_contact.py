@@ -247,6 +247,11 @@ def predictions_per_image_and_alpha_recorded(env: Env) -> None:
     assert tables["drop"]["top5_scores"] != tables["white"]["top5_scores"]  # the hidden red, seen only with drop
 
 
+def every_key_described(env: Env) -> None:
+    rows = [line for line in (REPO / "docs" / "config.md").read_text().splitlines() if line.startswith("| `")]
+    assert len(rows) > 200 and not [row for row in rows if row.endswith("|  |")]  # key, type, default, description
+
+
 def reference_left_as_it_was(env: Env) -> None:
     assert "| `alpha` |" in (env.tmp / "config.md").read_text(), "--check must not rewrite the file"
 
@@ -362,6 +367,7 @@ CASES = [
         lambda env: [["config", "docs", "--check", "--out", str(REPO / "docs" / "config.md")]],
         0,
         [],
+        every_key_described,
     ),
     Case(
         "stale config reference: one line, file untouched",
