@@ -14,8 +14,9 @@ Exactly-once, in three rules:
 3. A shard's name is a hash of its image_ids, so a retried commit task (worker died after the rename)
    rewrites the same file instead of adding a second copy. Whatever duplicates remain possible -- the same
    image_id twice in the input, or an orphaned task racing a rerun -- are removed whenever an attempt ends
-   (complete, stopped or failed) and when the next one starts after a kill, by `drop_duplicate_ids`, which keeps the first occurrence (shard name order) and rewrites the affected shards
-   atomically. The number dropped is recorded in the manifest, never silent.
+   (complete, stopped or failed) and when the next one starts after a kill, by `drop_duplicate_ids`, which
+   keeps the first occurrence (shard name order) and rewrites the affected shards atomically. The number
+   dropped is recorded in the manifest, never silent.
 
 The identity of a run is the hash of the config parts that decide the output rows (`RESUME_FIELDS`);
 resources, shard size and steps may change between attempts.
