@@ -282,11 +282,13 @@ def run_attempt(
         if len(done):
             log.info("%d image(s) already committed; they are skipped", len(done))
         summaries = build_plan(config, run, manifest.run_id, ray.put(done))
-        for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for line in batch.column("stats").to_pylist():
-                progress.add(json.loads(line))
-                progress.log_progress()
-                progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
+        # Closed on the way out, so a stopped run's executor ends before its duplicates are dropped.
+        with contextlib.closing(iter(summaries.iter_batches(batch_size=None, batch_format="pyarrow"))) as batches:
+            for batch in batches:
+                for line in batch.column("stats").to_pylist():
+                    progress.add(json.loads(line))
+                    progress.log_progress()
+                    progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
         progress.log_progress(force=True)
     except ErrorFractionExceeded as exc:
         _close_attempt(manifest, attempt, progress, "stopped", str(exc), run, config)
