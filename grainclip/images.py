@@ -48,10 +48,16 @@ def decode_image(data: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS, alpha
             image.load()
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image is over the limit of {max_pixels} pixels: {exc}") from None
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"not a readable image: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # PIL's own message quotes PIL's limit, not ours; its header already says far more pixels than ours.
+        raise ImageDecodeError(
+            f"image is over the limit of {max_pixels} pixels (its header declares a decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        # PIL's message names the BytesIO object's memory address, which says nothing about the image.
+        raise ImageDecodeError(
+            f"not a readable image: no image format recognises its {len(data)} bytes (starting {data[:8]!r})"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     return to_rgb(ImageOps.exif_transpose(image), alpha)

@@ -165,4 +165,7 @@ def report(output: str | Path) -> tuple[list[tuple[str, str]], list[Path]]:
     manifest = run.read_manifest()
     if manifest is None:
         raise FileNotFoundError(f"no pipeline run at {output} (manifest.json missing)")
-    return summary_rows(manifest), write_plots(run)
+    if manifest.mark_interrupted():  # a `running` attempt whose driver is gone on this machine
+        run.write_manifest(manifest)
+    # A run killed before its first commit still gets its table (the plots need rows).
+    return summary_rows(manifest), write_plots(run) if run.committed_files() else []

@@ -13,9 +13,10 @@ Exactly-once, in three rules:
    stages (`committed_ids` + `contains_sorted`), so finished rows are never redone and unfinished ones are.
 3. A shard's name is a hash of its image_ids, so a retried commit task (worker died after the rename)
    rewrites the same file instead of adding a second copy. Whatever duplicates remain possible -- the same
-   image_id twice in the input, or an orphaned task racing a rerun -- are removed when a run completes by
-   `drop_duplicate_ids`, which keeps the first occurrence (shard name order) and rewrites the affected shards
-   atomically. The number dropped is recorded in the manifest, never silent.
+   image_id twice in the input, or an orphaned task racing a rerun -- are removed whenever an attempt ends
+   (complete, stopped or failed) and when the next one starts after a kill, by `drop_duplicate_ids`, which
+   keeps the first occurrence (shard name order) and rewrites the affected shards atomically. The number
+   dropped is recorded in the manifest, never silent.
 
 The identity of a run is the hash of the config parts that decide the output rows (`RESUME_FIELDS`);
 resources, shard size and steps may change between attempts.
@@ -125,6 +126,7 @@ class RunDir:
     manifest_path: Path = field(init=False)
     stats_dir: Path = field(init=False)
     report_dir: Path = field(init=False)
+    ray_processes_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
         layout = {
@@ -132,6 +134,7 @@ class RunDir:
             "manifest_path": "manifest.json",
             "stats_dir": "stats",
             "report_dir": "report",
+            "ray_processes_path": "ray-processes.json",  # an embedded Ray's PIDs while its driver runs
         }
         for name, leaf in layout.items():
             object.__setattr__(self, name, self.root / leaf)  # frozen: set once, here
@@ -221,6 +224,7 @@ class RunDir:
                 write_shard(kept, path, "annotations", compression=compression)
             else:
                 path.unlink()
+            self._recount_shard_stats(path.name, kept)
         log.warning("dropped %d duplicate image_id row(s); the first occurrence of each id was kept", dropped)
         return dropped
 
@@ -233,6 +237,19 @@ class RunDir:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(stats))
         os.replace(tmp, path)
+
+    def _recount_shard_stats(self, shard_name: str, kept: pa.Table) -> None:
+        """A shard lost duplicate rows: its stats count what it holds now, so every count agrees with the shards."""
+        path = self.stats_dir / f"{shard_name}.json"
+        if not path.exists():
+            return
+        if not kept.num_rows:
+            path.unlink()
+            return
+        stats = json.loads(path.read_text())
+        statuses = kept.column("status").to_pylist()
+        stats["rows"], stats["statuses"] = kept.num_rows, {s: statuses.count(s) for s in sorted(set(statuses))}
+        self.write_shard_stats(shard_name, stats)
 
     def read_shard_stats(self) -> list[dict[str, Any]]:
         """Stats of the shards that are committed now, oldest first."""
@@ -288,6 +305,11 @@ class RunDir:
             return new_run_id(), None
         if previous.config_hash == config_hash(view):
             return previous.run_id, previous
+        if not has_shards:
+            # The previous run committed nothing (it failed before its first shard): there is nothing to
+            # protect, so the corrected config starts here instead of needing --force-new-run.
+            log.info("run %s in %s committed nothing; starting a new run in its place", previous.run_id, self.root)
+            return new_run_id(), None
         if not force_new_run:
             changes = config_changes(previous.resume_config, view)
             listed = "\n".join(f"  {c}" for c in changes) or "  (the stored config could not be compared)"

@@ -9,7 +9,7 @@ The plan is one streaming Ray Data pipeline:
 
 The driver consumes the summaries as shards commit: it logs progress and stops the run when the failed
 fraction of this attempt's rows exceeds `max_error_fraction`. Ray Data's own progress bars show each stage
-while it runs. When the stream ends, duplicates are removed
+while it runs. When an attempt ends, however it ends, duplicates are removed
 (see `rundir`), counts are taken from the committed shards themselves, the manifest is finalised and the
 report written. Then the optional train/evaluate steps run on the same Ray cluster.
 
@@ -20,9 +20,11 @@ test cluster, the quickstart) is reused and left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import time
 import warnings
 from collections import Counter
@@ -87,6 +89,7 @@ class AttemptProgress:
     rows: int = 0
     shards: int = 0
     counts: Counter = field(default_factory=Counter)
+    committed_before: Counter = field(default_factory=Counter)  # rows per status of earlier attempts
     error_examples: dict[str, str] = field(default_factory=dict)
     last_log: float = field(default_factory=time.monotonic)
 
@@ -97,26 +100,22 @@ class AttemptProgress:
         for status, example in stats["error_examples"].items():
             self.error_examples.setdefault(status, example)
 
-    @property
-    def failed(self) -> int:
-        return sum(n for status, n in self.counts.items() if status in FAILED_STATUSES)
+    def check_errors(self, max_fraction: float, min_rows: int) -> None:
+        """While the run goes on: stop it when the failed fraction of the run's rows is over the limit.
 
-    def check_errors(self, max_fraction: float, min_rows: int, final: bool = False) -> None:
-        """Raise ErrorFractionExceeded when the failed fraction is over the limit (after `min_rows` rows)."""
-        if not self.rows or (self.rows < min_rows and not final):
+        The rows are the run's, not the attempt's: those committed before it (`committed_before`) and its own,
+        as in the end-of-run check (`check_final_errors`). Checked only once `min_rows` rows are in, so one bad
+        first shard does not stop a run.
+        """
+        counts = self.committed_before + self.counts
+        rows = sum(counts.values())
+        if rows < min_rows:
             return
-        fraction = self.failed / self.rows
-        if fraction <= max_fraction:
-            return
-        detail = "; ".join(
-            f"{status}: {self.counts[status]} (e.g. {self.error_examples.get(status) or 'no message'!r})"
-            for status in sorted(FAILED_STATUSES)
-            if self.counts.get(status)
-        )
-        raise ErrorFractionExceeded(
-            f"stopped: {self.failed} of {self.rows} rows failed ({fraction:.1%} > max_error_fraction "
-            f"{max_fraction:.1%}). {detail}. Committed shards are kept; fix the cause and rerun to resume."
-        )
+        problem = error_fraction_problem(counts, self.error_examples, max_fraction)
+        if problem is not None:
+            raise ErrorFractionExceeded(
+                f"stopped after {rows} rows: {problem}. Committed shards are kept; fix the cause and rerun to resume."
+            )
 
     def log_progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -127,6 +126,41 @@ class AttemptProgress:
         counts = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
         log.info(
             "committed %d shard(s), %d rows (%s), %.1f rows/s", self.shards, self.rows, counts, self.rows / elapsed
+        )
+
+
+def error_fraction_problem(counts: dict[str, int], examples: dict[str, str], max_fraction: float) -> str | None:
+    """'N failed rows (x% > max_error_fraction y%); status: n (e.g. ...)' when over the limit, else None.
+
+    The one meaning of max_error_fraction: failed rows (FAILED_STATUSES) over all rows counted, mid-run and at
+    the end alike.
+    """
+    rows = sum(counts.values())
+    failed = sum(n for status, n in counts.items() if status in FAILED_STATUSES)
+    if not rows or failed / rows <= max_fraction:
+        return None
+    detail = "; ".join(
+        f"{status}: {counts[status]} (e.g. {examples.get(status) or 'no message'!r})"
+        for status in sorted(FAILED_STATUSES)
+        if counts.get(status)
+    )
+    return f"{failed} failed rows ({failed / rows:.1%} > max_error_fraction {max_fraction:.1%}); {detail}"
+
+
+def check_final_errors(manifest: RunManifest, run: RunDir, max_fraction: float) -> None:
+    """After a run has committed every row: the same fraction over all its committed rows, every attempt's.
+
+    A rerun of a complete run with the same failures therefore gives the same answer (and exit status).
+    """
+    examples: dict[str, str] = {}
+    for stats in run.read_shard_stats():
+        for status, example in stats["error_examples"].items():
+            examples.setdefault(status, example)
+    problem = error_fraction_problem(manifest.counts, examples, max_fraction)
+    if problem is not None:
+        raise ErrorFractionExceeded(
+            f"completed with {problem}. Every row is written (the failed ones with their error); fix the cause "
+            "and rerun with --force-new-run, or raise max_error_fraction to accept them."
         )
 
 
@@ -160,7 +194,11 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
         # An embedded Ray gets at least the CPUs the train step needs, or its data pipeline never starts on
         # a small machine (Ray's CPU count is a scheduling token, not a thread count).
         num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
+        if embedded:
+            end_leftover_ray(run)
         ray.init(address="local" if embedded else address, num_cpus=num_cpus, log_to_driver=True)
+        if embedded:
+            record_ray_processes(run)
     try:
         result = run_attempt(config, run, manifest, address or ("local" if embedded else "attached"), embedded)
         if steps is not None:
@@ -169,6 +207,58 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     finally:
         if started_ray:
             ray.shutdown()
+            run.ray_processes_path.unlink(missing_ok=True)
+
+
+def record_ray_processes(run: RunDir) -> None:
+    """Write the embedded Ray's processes (this driver's descendants) into the run directory.
+
+    A driver killed with SIGKILL cannot shut its Ray down; the next run of the same directory ends exactly
+    these processes (`end_leftover_ray`), never another Ray on the machine.
+    """
+    import psutil
+
+    processes = [
+        {"pid": p.pid, "name": p.name(), "create_time": p.create_time()}
+        for p in psutil.Process().children(recursive=True)
+    ]
+    record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "processes": processes}
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.ray_processes_path.write_text(json.dumps(record, indent=2))
+
+
+def end_leftover_ray(run: RunDir) -> int:
+    """End the recorded Ray processes of a dead driver of this run, and their children; returns how many.
+
+    A recorded PID is only ended when its start time matches the record (no reused PIDs) and the driver that
+    recorded it is gone; a record from another machine is left alone.
+    """
+    import psutil
+
+    if not run.ray_processes_path.exists():
+        return 0
+    record = json.loads(run.ray_processes_path.read_text())
+    if record.get("host") != socket.gethostname() or psutil.pid_exists(record.get("driver_pid", -1)):
+        return 0
+    leftovers = []
+    for entry in record.get("processes", []):
+        try:
+            process = psutil.Process(entry["pid"])
+            if abs(process.create_time() - entry["create_time"]) < 1.0:
+                leftovers += [process, *process.children(recursive=True)]
+        except psutil.Error:
+            continue
+    for process in leftovers:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(leftovers, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    if leftovers:
+        log.warning("ended %d Ray process(es) a killed run of %s left behind", len(set(leftovers)), run.root)
+    run.ray_processes_path.unlink(missing_ok=True)
+    return len(set(leftovers))
 
 
 def run_attempt(
@@ -184,20 +274,22 @@ def run_attempt(
         stale = run.remove_stale_temp_files()
         if stale:
             log.info("removed %d temp file(s) left by a killed attempt", stale)
+        manifest.duplicates_dropped += run.drop_duplicate_ids(config.sink.compression)  # a killed attempt's
         check_resources(config, ray.cluster_resources(), autoscaling=not embedded)
         done = run.committed_ids()
         attempt.rows_skipped = len(done)
+        progress.committed_before = Counter(run.status_counts())
         if len(done):
             log.info("%d image(s) already committed; they are skipped", len(done))
         summaries = build_plan(config, run, manifest.run_id, ray.put(done))
-        for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for line in batch.column("stats").to_pylist():
-                progress.add(json.loads(line))
-                progress.log_progress()
-                progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
+        # Closed on the way out, so a stopped run's executor ends before its duplicates are dropped.
+        with contextlib.closing(iter(summaries.iter_batches(batch_size=None, batch_format="pyarrow"))) as batches:
+            for batch in batches:
+                for line in batch.column("stats").to_pylist():
+                    progress.add(json.loads(line))
+                    progress.log_progress()
+                    progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
         progress.log_progress(force=True)
-        progress.check_errors(config.max_error_fraction, config.error_check_min_rows, final=True)
-        duplicates = run.drop_duplicate_ids(config.sink.compression)
     except ErrorFractionExceeded as exc:
         _close_attempt(manifest, attempt, progress, "stopped", str(exc), run, config)
         raise
@@ -208,9 +300,14 @@ def run_attempt(
             raise user_error from None
         raise
 
-    manifest.duplicates_dropped += duplicates
     _close_attempt(manifest, attempt, progress, "complete", None, run, config)
     _write_report(run)
+    try:
+        check_final_errors(manifest, run, config.max_error_fraction)
+    except ErrorFractionExceeded as exc:
+        manifest.message = str(exc)
+        run.write_manifest(manifest)
+        raise
     log.info(
         "run %s complete: %d rows in %s (%s)",
         manifest.run_id,
@@ -339,8 +436,13 @@ def _close_attempt(
     run: RunDir,
     config: PipelineConfig,
 ) -> None:
-    """Close the attempt and rewrite the manifest from what is committed on disk."""
+    """Close the attempt and rewrite the manifest from what is committed on disk.
+
+    Duplicate ids are dropped first, whatever the outcome: committed shards never keep two rows for one id,
+    even in a run that stopped or failed (a killed attempt's are dropped when the next one starts).
+    """
     seconds = time.monotonic() - progress.started
+    manifest.duplicates_dropped += run.drop_duplicate_ids(config.sink.compression)
     manifest.close_attempt(
         attempt, status, message, progress.rows, seconds, run.status_counts(), run.read_shard_stats(), config
     )

@@ -53,9 +53,10 @@ def commit_shard(batch: pa.Table, output: str, run_id: str, compression: str) ->
 
     statuses = table.column("status").to_pylist()
     examples: dict[str, str] = {}
-    for status, error in zip(statuses, table.column("error").to_pylist()):
+    ids = table.column("image_id").to_pylist()
+    for image_id, status, error in zip(ids, statuses, table.column("error").to_pylist()):
         if status in FAILED_STATUSES and status not in examples:
-            examples[status] = error or ""
+            examples[status] = f"{image_id}: {error or 'no message'}"  # the run's message names the input
     stats = {
         "file": path.name,
         "rows": table.num_rows,

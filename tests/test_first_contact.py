@@ -15,7 +15,12 @@ cases check docs/config.md against the models and that every printed example loa
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +37,11 @@ from grainclip.config.base import load_config, parse_config
 from grainclip.config.reference import CONFIG_KINDS, EXAMPLE_REQUIRED, config_class
 from grainclip.schema import read_table
 from grainclip.testing.clip import SMALLEST_CLIP_CONFIG
+from grainclip.testing.corpus import write_bad_input_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 BIRDS = ["owl", "unicorn", "cardinal", "egret", "heron", "ibis", "kiwi", "osprey"]
+CLI = [sys.executable, "-m", "grainclip.cli"]
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Case:
     errors: list[str]  # regexes, one per expected `error:` line of the last command
     check: Callable[[Env], None] | None = None  # what the records say
     ray: bool = False  # needs the module's embedded Ray
+    subprocess: bool = False  # run the commands as separate processes (each with its own embedded Ray)
     marks: list[Any] = field(default_factory=list)
 
 
@@ -148,7 +156,6 @@ def vllm_with_the_default_engine_on_cpu(env: Env) -> list[list[str]]:
         "batch_size": 4,
         "sampling": {"max_tokens": 48},
     }
-    config["describe"]["num_cpus"] = 1
     return [["pipeline", "run", env.write(config)]]
 
 
@@ -265,6 +272,64 @@ def example_loads(env: Env) -> None:
     assert loaded == parse_config(EXAMPLE_REQUIRED[kind], config_class(kind))  # defaults + the required keys
 
 
+def bad_input_corpus(env: Env, **changes: Any) -> str:
+    corpus = write_bad_input_corpus(env.tmp / "corpus")
+    env.notes["ids"] = sorted({r["image_id"] for r in pq.read_table(corpus["images"]).to_pylist()})
+    source = {"kind": "parquet", "path": str(corpus["images"])}
+    return env.write(env.pipeline(source=source, **{"sink.rows_per_shard": 4, **changes}))
+
+
+def too_many_failures_at_the_end(env: Env) -> list[list[str]]:
+    """Every row is written, most failed, fewer rows than error_check_min_rows: the end says so, twice."""
+    path = bad_input_corpus(env)
+    code, stderr = run_cli(["pipeline", "run", path])
+    env.notes["first"] = (code, [line for line in stderr.splitlines() if line.startswith("error:")])
+    return [["pipeline", "run", path]]
+
+
+def stopped_with_duplicates_in_flight(env: Env) -> list[list[str]]:
+    """The run stops on its error fraction while shards are in flight; the input has an id twice."""
+    return [["pipeline", "run", bad_input_corpus(env, error_check_min_rows=4, **{"sink.rows_per_shard": 2})]]
+
+
+def a_failed_first_attempt_then_the_fix(env: Env) -> list[list[str]]:
+    """The first config fails on the cluster before committing anything; the corrected one just runs."""
+    broken = env.pipeline(**{"describe.describer.options.truth": str(env.tmp / "no-truth"), "describe.max_restarts": 0})
+    return [["pipeline", "run", env.write(broken, "broken.yaml")], ["pipeline", "run", env.write(env.pipeline())]]
+
+
+def driver_killed_mid_run(env: Env) -> list[list[str]]:
+    """SIGKILL the driver once its Ray is up and its attempt recorded; the report and the next run tell the truth."""
+    path = env.write(env.pipeline(**{"sink.rows_per_shard": 2}))
+    driver = subprocess.Popen([*CLI, "pipeline", "run", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    record, manifest = env.out / "ray-processes.json", env.out / "manifest.json"
+    while not (record.exists() and manifest.exists() and json.loads(manifest.read_text())["attempts"]):
+        assert driver.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    env.notes["ray"] = json.loads(record.read_text())["processes"]
+    assert alive(env.notes["ray"]), "nothing of the embedded Ray outlived its driver: nothing to test"
+    report = subprocess.run([*CLI, "pipeline", "report", str(env.out)], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "interrupted" in report.stdout, report.stdout + report.stderr
+    assert json.loads(manifest.read_text())["attempts"][0]["status"] == "interrupted"
+    return [["pipeline", "run", path]]
+
+
+def alive(processes: list[dict]) -> list[int]:
+    import psutil
+
+    found = []
+    for entry in processes:
+        try:
+            if abs(psutil.Process(entry["pid"]).create_time() - entry["create_time"]) < 1.0:
+                found.append(entry["pid"])
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 # --- checks ---------------------------------------------------------------------------------------------------
 
 
@@ -281,6 +346,55 @@ def vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine(env: Env) -> None:
     assert describer["kv_cache"]["chosen_by"] == "machine" and 0 < describer["kv_cache"]["bytes"] < 2**31
     assert describer["max_model_len"] == 1024  # the tiny model's own limit, below the default cap
     assert manifest["status"] == "complete"
+
+
+def committed(env: Env) -> list[dict]:
+    return read_table(env.out / "annotations", "annotations").to_pylist()
+
+
+def every_row_once_and_the_records_say_complete_with_failures(env: Env) -> None:
+    rows = committed(env)
+    code, errors = env.notes["first"]
+    assert code == 1 and len(errors) == 1 and errors[0].startswith("error: completed with")
+    assert sorted(r["image_id"] for r in rows) == env.notes["ids"]  # nothing lost, the duplicate id kept once
+    by_id = {r["image_id"]: r["error"] for r in rows}
+    assert by_id["not_an_image"].startswith("not a readable image: no image format recognises its 32 bytes")
+    assert "BytesIO" not in " ".join(e or "" for e in by_id.values())
+    assert by_id["bomb_header"] == (
+        "image is over the limit of 64000000 pixels (its header declares a decompression bomb)"
+    )
+    manifest = json.loads((env.out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["message"].startswith("completed with")
+    assert [a["status"] for a in manifest["attempts"]] == ["complete", "complete"]
+    assert manifest["message"] in errors[0]  # the rerun says the same as the first run
+    assert manifest["rows"] == len(rows) == sum(manifest["counts"].values())
+    assert manifest["duplicates_dropped"] == 1
+
+
+def stopped_without_duplicates(env: Env) -> None:
+    ids = [r["image_id"] for r in committed(env)]
+    assert len(ids) == len(set(ids)) and len(ids) < len(env.notes["ids"])
+    manifest = json.loads((env.out / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["rows"] == len(ids)
+    stats_rows = sum(json.loads(p.read_text())["rows"] for p in (env.out / "stats").glob("*.json"))
+    assert stats_rows == len(ids)  # the report's plot and table count the same rows
+
+
+def the_fix_ran_as_a_new_run(env: Env) -> None:
+    rows = committed(env)
+    assert len(rows) == 64 and len({r["image_id"] for r in rows}) == 64
+    manifest = json.loads((env.out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and [a["status"] for a in manifest["attempts"]] == ["complete"]
+    assert not (env.out / "_superseded").exists()
+
+
+def resumed_exactly_once_and_the_leftover_ray_ended(env: Env) -> None:
+    rows = committed(env)
+    assert len(rows) == 64 and len({r["image_id"] for r in rows}) == 64
+    manifest = json.loads((env.out / "manifest.json").read_text())
+    assert [a["status"] for a in manifest["attempts"]] == ["interrupted", "complete"]
+    assert not alive(env.notes["ray"])
+    assert not (env.out / "ray-processes.json").exists()
 
 
 CASES = [
@@ -328,6 +442,42 @@ CASES = [
         2,
         [r"kv_cache_memory_bytes \d+ \(1048576\.0 GiB\) is more than the [\d.]+ GiB of memory available"],
         nothing_written,
+    ),
+    Case(
+        "too many failures at the end: completed with N failed rows, twice",
+        too_many_failures_at_the_end,
+        1,
+        [r"completed with \d+ failed rows \(\d+\.\d% > max_error_fraction 10\.0%\); .*not_an_image"],
+        every_row_once_and_the_records_say_complete_with_failures,
+        ray=True,
+        marks=[pytest.mark.slow],
+    ),
+    Case(
+        "stopped with duplicates in flight",
+        stopped_with_duplicates_in_flight,
+        1,
+        [r"stopped after \d+ rows: \d+ failed rows"],
+        stopped_without_duplicates,
+        ray=True,
+        marks=[pytest.mark.slow],
+    ),
+    Case(
+        "a failed first attempt leaves no lock",
+        a_failed_first_attempt_then_the_fix,
+        0,
+        [],
+        the_fix_ran_as_a_new_run,
+        ray=True,
+        marks=[pytest.mark.slow],
+    ),
+    Case(
+        "driver SIGKILLed: interrupted, leftover Ray ended, resumed once",
+        driver_killed_mid_run,
+        0,
+        [],
+        resumed_exactly_once_and_the_leftover_ray_ended,
+        subprocess=True,
+        marks=[pytest.mark.slow],
     ),
     Case(
         "vllm default engine on cpu",
@@ -405,7 +555,10 @@ def module_ray(request):
         ray.shutdown()
 
 
-def run_cli(args: list[str]) -> tuple[int, str]:
+def run_cli(args: list[str], separate: bool = False) -> tuple[int, str]:
+    if separate:
+        done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
+        return done.returncode, done.stderr
     from typer.testing import CliRunner
 
     from grainclip.cli import app
@@ -423,8 +576,8 @@ def test_first_contact(case: Case, tmp_path, partsworld_small, tiny_models, modu
         module_ray()
     commands = case.build(env)
     for args in commands[:-1]:
-        run_cli(args)
-    code, stderr = run_cli(commands[-1])
+        run_cli(args, case.subprocess)
+    code, stderr = run_cli(commands[-1], case.subprocess)
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == len(case.errors), stderr

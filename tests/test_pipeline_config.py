@@ -17,7 +17,12 @@ from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
 from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
-from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
+from grainclip.pipelines.runner import (
+    AttemptProgress,
+    ErrorFractionExceeded,
+    actor_pool_options,
+    error_fraction_problem,
+)
 from grainclip.pipelines.steps import plan_steps, run_steps
 from grainclip.schema import read_table, write_shard
 
@@ -108,12 +113,16 @@ def test_a_rerun_resumes_only_with_the_same_output_deciding_config(tmp_path: Pat
     assert run.open(faster, force_new_run=False)[0] == run_id
 
     changed = minimal(tmp_path, ground={"grounder": {"box_threshold": 0.5}})
+    # A run that committed nothing protects nothing: another config starts a new run in its place.
+    fresh_id, previous = run.open(changed, force_new_run=False)
+    assert fresh_id != run_id and previous is None
+
+    write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
     with pytest.raises(RunConfigChanged) as error:
         run.open(changed, force_new_run=False)
     assert "ground.grounder.box_threshold: 0.3 -> 0.5" in str(error.value)
     assert "--force-new-run" in str(error.value)
 
-    write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
     new_id, previous = run.open(changed, force_new_run=True)
     assert new_id != run_id and previous is None
     assert not run.annotations.exists() and not run.manifest_path.exists()
@@ -180,7 +189,7 @@ def test_a_manifest_written_by_earlier_versions_resumes_and_keeps_its_keys(tmp_p
     written = json.loads(run.manifest_path.read_text())
     assert list(written) == list(old)
     assert written["created_at"] == old["created_at"] and written["versions"] == old["versions"]
-    assert [a["status"] for a in written["attempts"]] == ["running", "complete"]  # the killed attempt stays
+    assert [a["status"] for a in written["attempts"]] == ["interrupted", "complete"]  # the killed attempt, named
     assert written["attempts"][1]["rows_per_second"] == 2.0 and written["rows"] == 3 and written["simulated"] is True
     assert written["throughput"]["describe"]["output_tokens_per_actor_second"] == 8.0
     assert written["throughput"]["ground"]["rows_per_actor_second"] == 6.0
@@ -292,10 +301,12 @@ def test_error_fraction_stops_with_counts_and_an_example():
     )
     progress.check_errors(max_fraction=0.1, min_rows=100)  # too few rows to judge yet
     with pytest.raises(ErrorFractionExceeded) as error:
-        progress.check_errors(max_fraction=0.1, min_rows=100, final=True)
+        progress.check_errors(max_fraction=0.1, min_rows=50)
     message = str(error.value)
-    assert "45 of 50 rows failed" in message and "describe_failed: 45" in message
-    assert "connection refused" in message
+    assert "stopped after 50 rows: 45 failed rows (90.0% > max_error_fraction 10.0%)" in message
+    assert "describe_failed: 45" in message and "connection refused" in message
+    # The end-of-run check words the same fraction over the committed rows as "completed with ...".
+    assert error_fraction_problem(progress.counts, progress.error_examples, 0.1) in message
     progress.add({"rows": 950, "statuses": {"ok": 950}, "error_examples": {}})
     progress.check_errors(max_fraction=0.1, min_rows=100)  # 4.5 % now
 
