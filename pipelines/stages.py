@@ -151,10 +151,13 @@ class _ImageStage:
     stage: str  # "describe" or "ground": the annotator method called, and the name in logs
     build: Callable[[Any], Any]  # the registry's builder for this stage's annotator config
 
-    def __init__(self, config: DescriberConfig | GrounderConfig, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, config: DescriberConfig | GrounderConfig, max_pixels: int | None = None, annotator: Any = None
+    ) -> None:
+        """`annotator`: one already built from `config` (stages sharing one engine in a benchmark or notebook)."""
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         started = time.perf_counter()
-        self.annotator = type(self).build(config)
+        self.annotator = annotator or type(self).build(config)
         self.info = stage_info(self.annotator)
         log.info("%s %r ready in %.1f s", self.stage, config.name, time.perf_counter() - started)
 
@@ -298,8 +301,14 @@ class InflightDescribeStage(DescribeStage):
     backend: the actor exits, Ray restarts it and retries every batch it held.
     """
 
-    def __init__(self, config: DescriberConfig, max_pixels: int | None = None, batches_in_flight: int = 2) -> None:
-        super().__init__(config, max_pixels)
+    def __init__(
+        self,
+        config: DescriberConfig,
+        max_pixels: int | None = None,
+        batches_in_flight: int = 2,
+        annotator: Any = None,
+    ) -> None:
+        super().__init__(config, max_pixels, annotator)
         self.slots = asyncio.Semaphore(batches_in_flight)
         self.clock = SharedClock()
 
