@@ -62,9 +62,9 @@ def available_cpus() -> int:
 def loader_workers(cpus: int | None = None) -> int:
     """DataLoader worker processes that fit this machine by default.
 
-    A worker pays only with a core to itself: on 2 cores, decode workers beside torch's 2 intra-op threads made the
-    evaluator 0.87x a plain in-process loop (benchmarks/RESULTS.md, "Evaluation images/s") and 0 workers brought it
-    level. With more cores, half of them decode and the rest stay with the model's threads, at most 8 workers.
+    A worker pays only with a core to itself: on 2 cores, 2 decode workers beside torch's 2 intra-op threads made the
+    evaluator 0.87x a plain in-process loop (benchmarks/RESULTS.md, "Evaluation images/s"), so 2 cores get none.
+    With more cores, half of them decode and the rest stay with the model's threads, at most 8 workers.
     """
     cpus = cpus or available_cpus()
     return 0 if cpus <= 2 else min(cpus // 2, 8)

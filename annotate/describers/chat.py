@@ -195,7 +195,9 @@ class ConcurrentChatDescriber(ChatDescriber):
     Completion's error, so a bad prompt never costs its neighbours a retry; only `fatal_errors` raise.
     """
 
-    default_batches_in_flight = 4  # measured: benchmarks/RESULTS.md, "Batches in flight"
+    #: Not yet a measured choice (Ray LLM's max_concurrent_batches defaults to 8): benchmarks/pipeline_describe.py
+    #: measures 2, 4 and 8; set this to its optimum.
+    default_batches_in_flight = 4
 
     def __init__(self, config: DescriberConfig) -> None:
         super().__init__(config)
