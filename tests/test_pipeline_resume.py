@@ -256,7 +256,7 @@ def test_a_killed_vllm_engine_restarts_its_actor_and_every_image_is_written_once
     )
     run = Run(config, tmp_path / "run.log")
     try:
-        run.wait_until(lambda: committed_rows(annotations) >= 2 * ROWS_PER_SHARD, timeout=600)
+        run.wait_until(lambda: committed_rows(annotations) >= 2 * ROWS_PER_SHARD, timeout=900)  # engine start
         engines = [p for p in run.descendants() if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
         assert engines, "no vLLM engine core process found"
         killed_while_running = committed_rows(annotations) < n_images
