@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from grainclip.config.evaluate import EvalDataset
+from grainclip.devices import loader_workers
 from grainclip.evaluate import class_text
 from grainclip.evaluate.datasets import load_split
 from grainclip.evaluate.models import load_open_clip
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--model", choices=sorted(MODELS), default="small")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="Evaluator workers (default: the evaluator's own).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both (default: torch's).")
     args = parser.parse_args()
@@ -121,9 +122,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
     assert class_text.TEXT_CACHE.encoded_texts == encoded_before, "the evaluator re-encoded class text"
 
     ratio = statistics.median(evaluator) / statistics.median(reference)
+    workers = loader_workers() if args.workers is None else args.workers
     print(
         f"model={args.model} images={args.images} image_size={args.image_size} batch={args.batch_size} "
-        f"workers={args.workers} torch_threads={torch.get_num_threads()} top1={evaluator_top1:.4f}"
+        f"workers={workers} torch_threads={torch.get_num_threads()} top1={evaluator_top1:.4f}"
     )
     print(
         "reference images/s: "

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from grainclip.config.evaluate import MODES, EvaluateConfig, ScoringConfig
-from grainclip.devices import autocast, resolve_device
+from grainclip.devices import autocast, loader_workers, resolve_device
 from grainclip.evaluate import class_text, scoring
 from grainclip.evaluate.accumulators import (
     Accumulator,
@@ -53,7 +53,7 @@ class PassSettings:
     templates: Sequence[str] = class_text.DEFAULT_TEMPLATES
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # None: grainclip.devices.loader_workers()
     precision: str = "auto"
     grid_images: int = 0
     progress: bool = False
@@ -133,7 +133,7 @@ class SplitPass:
         dataset = self.split.dataset(
             self.loaded.preprocess, self.tasks, keep_images=keep_images, alpha=self.settings.image_alpha
         )
-        workers = self.settings.num_workers
+        workers = loader_workers() if self.settings.num_workers is None else self.settings.num_workers
         loader = DataLoader(
             dataset,
             batch_size=self.settings.batch_size,

@@ -1,4 +1,5 @@
-"""The torch device a config names and the mixed-precision rule, one owner for every package that runs a model.
+"""The torch device a config names, the mixed-precision rule and the loader workers that fit the machine: one owner
+for every package that runs a model.
 
 torch is imported inside the functions, so grainclip core (and `grainclip --help`) stays importable without it.
 """
@@ -6,6 +7,7 @@ torch is imported inside the functions, so grainclip core (and `grainclip --help
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 from grainclip.config.base import ConfigError
@@ -47,3 +49,22 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
     dtype = autocast_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's or a Ray worker's share), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(cpus: int | None = None) -> int:
+    """DataLoader worker processes that fit this machine by default.
+
+    A worker pays only with a core to itself: on 2 cores, 2 decode workers beside torch's 2 intra-op threads made the
+    evaluator 0.87x a plain in-process loop (benchmarks/RESULTS.md, "Evaluation images/s"), so 2 cores get none.
+    With more cores, half of them decode and the rest stay with the model's threads, at most 8 workers.
+    """
+    cpus = cpus or available_cpus()
+    return 0 if cpus <= 2 else min(cpus // 2, 8)

@@ -45,6 +45,14 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
             )
             continue
         problems += annotator_class(annotator.name).problems(annotator, workers_on_cpu=not stage.num_gpus)
+    wanted = config.describe.batches_in_flight
+    name = config.describe.describer.name
+    if wanted is not None and wanted > 1 and name in available(DESCRIBERS_GROUP):
+        if not describer_class(name).serves_batches_concurrently():
+            problems.append(
+                f"describe.batches_in_flight is {wanted}, but describer {name!r} serves one batch at a time "
+                "(it has no describe_async); set it to 1 or leave it unset"
+            )
     problems += [str(problem) for problem in config.source.problems()]
     if problems:
         raise PreflightError(problems)

@@ -6,6 +6,8 @@ The plan is one streaming Ray Data pipeline:
                 -> commit_shard (tasks) -> one summary row per shard, streamed to this driver
 
 (A source that carries an earlier run's descriptions replaces DescribeStage by `reuse.keep_descriptions`.)
+With `describe.batches_in_flight` > 1 (the default for describers that serve batches concurrently: vllm, openai)
+the describe actors are async (`InflightDescribeStage`) and work on that many batches at once.
 
 The driver consumes the summaries as shards commit: it logs progress and stops the run when the failed
 fraction of this attempt's rows exceeds `max_error_fraction`. Ray Data's own progress bars show each stage
@@ -42,7 +44,7 @@ from grainclip.pipelines.preflight import check_resources, preflight, preflight_
 from grainclip.pipelines.prepare import prepare_images
 from grainclip.pipelines.rundir import RunDir, config_hash, resume_view
 from grainclip.pipelines.sink import FAILED_STATUSES, commit_shard
-from grainclip.pipelines.stages import DescribeStage, GroundStage
+from grainclip.pipelines.stages import DescribeStage, GroundStage, InflightDescribeStage
 from grainclip.pipelines.steps import import_training_stack, plan_steps, run_steps
 
 if TYPE_CHECKING:
@@ -333,9 +335,11 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
 
     dataset = config.source.read()
     dataset = dataset.map_batches(_prepare, batch_format="pyarrow", fn_kwargs={"done_ids": done_ids})
+    in_flight = batches_in_flight(config)
+    describe_stage = InflightDescribeStage if in_flight > 1 else DescribeStage
     stages = (
-        (DescribeStage, config.describe, config.describe.describer, describer_class),
-        (GroundStage, config.ground, config.ground.grounder, grounder_class),
+        (describe_stage, config.describe, config.describe.describer, describer_class, in_flight),
+        (GroundStage, config.ground, config.ground.grounder, grounder_class, 1),
     )
     if config.source.carries_descriptions:  # no describer is built: the rows keep an earlier run's descriptions
         from grainclip.pipelines.reuse import keep_descriptions, reuse_kwargs
@@ -347,9 +351,10 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
     # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make
     # blocks of up to 128 MiB, i.e. thousands of images that would all commit at the very end.)
     dataset = dataset.repartition(target_num_rows_per_block=config.sink.rows_per_shard)
-    for stage, stage_config, annotator, annotator_class in stages:
+    for stage, stage_config, annotator, annotator_class, concurrency in stages:
         runtime_env = annotator_class(annotator.name).runtime_env
-        dataset = _actor_stage(dataset, stage, {"config": annotator}, config, stage_config, runtime_env)
+        kwargs = {"config": annotator, **({"batches_in_flight": concurrency} if concurrency > 1 else {})}
+        dataset = _actor_stage(dataset, stage, kwargs, config, stage_config, runtime_env, concurrency)
     return dataset.map_batches(
         commit_shard,
         batch_format="pyarrow",
@@ -365,6 +370,15 @@ def _prepare(batch: pa.Table, done_ids: ray.ObjectRef) -> pa.Table:
     return prepare_images(batch, committed)
 
 
+def batches_in_flight(config: PipelineConfig) -> int:
+    """Batches each describe actor works on at once: the stage config's, else the describer's default."""
+    from grainclip.annotate.registry import describer_class
+
+    return (
+        config.describe.batches_in_flight or describer_class(config.describe.describer.name).default_batches_in_flight
+    )
+
+
 def _actor_stage(
     dataset: ray.data.Dataset,
     stage_class: type,
@@ -372,6 +386,7 @@ def _actor_stage(
     config: PipelineConfig,
     stage: StageConfig,
     annotator_env: dict[str, Any] | None,
+    concurrency: int,
 ) -> ray.data.Dataset:
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameter for max_restarts/max_task_retries; they go through
@@ -382,12 +397,16 @@ def _actor_stage(
             fn_constructor_kwargs={**annotator, "max_pixels": config.max_pixels},
             batch_format="pyarrow",
             batch_size=stage.batch_size,
-            **actor_pool_options(stage, annotator_env),
+            **actor_pool_options(stage, annotator_env, concurrency),
         )
 
 
-def actor_pool_options(stage: StageConfig, annotator_env: dict[str, Any] | None) -> dict[str, Any]:
+def actor_pool_options(
+    stage: StageConfig, annotator_env: dict[str, Any] | None, concurrency: int = 1
+) -> dict[str, Any]:
     """map_batches keyword arguments for a model stage: actor pool, resources, restarts, runtime_env.
+
+    `concurrency` > 1: calls each (async) actor runs at once, so that many batches can be in flight in it.
 
     The actors run in the annotator's own runtime_env (e.g. groundingdino-py's pip list) unless the stage
     sets one, which replaces it (e.g. a prebuilt environment via py_executable; `{}` = the main environment).
@@ -395,7 +414,11 @@ def actor_pool_options(stage: StageConfig, annotator_env: dict[str, Any] | None)
     import ray.data
 
     options: dict[str, Any] = {
-        "compute": ray.data.ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors or stage.min_actors),
+        "compute": ray.data.ActorPoolStrategy(
+            min_size=stage.min_actors,
+            max_size=stage.max_actors or stage.min_actors,
+            max_concurrent_calls_per_actor=concurrency if concurrency > 1 else None,
+        ),
         "num_cpus": stage.num_cpus,
         # Bounded, unlike Ray Data's default (restart forever): a backend that keeps crashing fails the run.
         "max_restarts": stage.max_restarts,

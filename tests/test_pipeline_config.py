@@ -323,6 +323,21 @@ def test_a_stage_runtime_env_replaces_the_annotators():
     assert options["num_gpus"] == 1 and options["max_restarts"] == 5 and "runtime_env" not in options
 
 
+def test_batches_in_flight_default_from_the_describer_and_need_describe_async(tmp_path: Path):
+    from grainclip.pipelines.preflight import preflight
+    from grainclip.pipelines.runner import batches_in_flight
+
+    vllm = {"describer": {"name": "vllm", "model": "m"}}
+    assert batches_in_flight(minimal(tmp_path, describe=vllm)) == describer_class("vllm").default_batches_in_flight > 1
+    assert batches_in_flight(minimal(tmp_path, describe={**vllm, "batches_in_flight": 1})) == 1
+    assert batches_in_flight(minimal(tmp_path)) == 1  # partsworld serves one batch at a time
+    with pytest.raises(ConfigError, match="describer 'partsworld' serves one batch at a time"):
+        preflight(minimal(tmp_path, describe={"batches_in_flight": 3}))
+    options = actor_pool_options(StageConfig(), None, concurrency=3)
+    assert options["compute"].max_concurrent_calls_per_actor == 3  # Ray: max_concurrency of each actor
+    assert actor_pool_options(StageConfig(), None)["compute"].max_concurrent_calls_per_actor is None
+
+
 def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: Path):
     train_yaml, eval_yaml = tmp_path / "train.yaml", tmp_path / "evaluate.yaml"
     train_yaml.write_text("backbone: {model: ViT-B-16}\nsteps: 5\ndata: {train: /elsewhere}\n")

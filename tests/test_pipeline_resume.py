@@ -4,7 +4,8 @@ grounder swap that reuses an earlier run's descriptions (its ground actor is the
 
 Simulated PartsWorld annotators keep the run itself cheap; what is under test is Ray, the commit protocol and
 the resume bookkeeping. Runs are separate `grainclip pipeline run` processes (each with its embedded Ray), so
-a SIGKILL hits a real driver; every process they started is killed by pid at the end.
+a SIGKILL hits a real driver; every process they started is killed by pid at the end. One more run uses the real
+tiny vLLM describer with batches in flight and has its engine core killed midway.
 """
 
 from __future__ import annotations
@@ -217,3 +218,59 @@ def test_a_grounder_swap_reusing_descriptions_resumes_exactly_once_after_kills(t
     for row in read_table(out / "annotations", "annotations").to_pylist():
         assert row["descriptions"] == earlier[row["image_id"]]["descriptions"]
         assert row["status"] == earlier[row["image_id"]]["status"]  # simulated grounder finds every described part
+
+
+def test_a_killed_vllm_engine_restarts_its_actor_and_every_image_is_written_once(tmp_path: Path, tiny_models):
+    """The describe actor keeps 2 batches in flight on the real tiny vLLM engine; its engine core is SIGKILLed
+    midway: the in-flight requests raise EngineDeadError, the actor exits, Ray restarts it (a fresh engine) and
+    retries its batches, and the run still ends with every image exactly once."""
+    n_images = 120
+    generate(tmp_path / "pw", n=n_images, seed=4, n_test=1, image_size=32)
+    out = tmp_path / "run"
+    annotations = out / "annotations"
+    describer = {
+        "name": "vllm",
+        "model": str(tiny_models["llm"]),
+        "max_descriptions": 3,
+        "max_description_chars": 24,
+        "max_caption_chars": 40,
+        "sampling": {"max_tokens": 96},
+        "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+    }
+    config = write_config(
+        tmp_path / "pipeline.yaml",
+        {
+            "output": str(out),
+            "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
+            "describe": {
+                "describer": describer,
+                "batches_in_flight": 2,
+                "num_cpus": 0.5,
+                "batch_size": ROWS_PER_SHARD,
+                "max_restarts": 2,
+            },
+            "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
+            "sink": {"rows_per_shard": ROWS_PER_SHARD},
+            "max_error_fraction": 1.0,  # random weights: quality is not under test, exactly-once is
+        },
+    )
+    run = Run(config, tmp_path / "run.log")
+    try:
+        run.wait_until(lambda: committed_rows(annotations) >= 2 * ROWS_PER_SHARD, timeout=900)  # engine start
+        engines = [p for p in run.descendants() if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
+        assert engines, "no vLLM engine core process found"
+        killed_while_running = committed_rows(annotations) < n_images
+        engines[0].send_signal(signal.SIGKILL)
+        returncode = run.process.wait(timeout=600)
+    finally:
+        run.kill_everything()
+    log = (tmp_path / "run.log").read_text()
+    assert returncode == 0, log[-4000:]
+    assert killed_while_running, "the engine kill must land before the run ends"
+    assert "exiting so Ray restarts the actor" in log, log[-4000:]
+
+    ids = read_table(annotations, "annotations", columns=["image_id"]).column("image_id").to_pylist()
+    assert len(ids) == n_images and len(set(ids)) == n_images
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["rows"] == n_images
+    assert manifest["annotators"]["describer"]["name"] == "vllm"

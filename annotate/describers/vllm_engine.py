@@ -1,22 +1,26 @@
-"""`vllm` describer: an in-process `vllm.LLM` engine, the throughput path on GPU nodes.
+"""`vllm` describer: an in-process vLLM async engine (`AsyncLLM`), the throughput path on GPU nodes.
 
-The engine applies the model's chat template (`LLM.chat`). Multimodal models (vLLM's own model config says
-so, unless `multimodal` is set) get the image as a PIL image part; text-only models get the alt-text prompt.
-With `structured_output` the decoder is constrained to the bounded JSON schema of prompts.py
-(`StructuredOutputsParams(json=...)`; vLLM 0.32 removed `guided_json`, which would be silently ignored).
+Every prompt is its own engine request on the describer's loop (`ConcurrentChatDescriber`): the engine's
+continuous batching schedules the requests of every batch a caller keeps in flight (`describe_async`), so it never
+idles on the longest answer of one batch while the next waits. A request the engine rejects (a prompt longer than
+max_model_len) fails its row alone. The model's chat template is applied by vLLM's own renderer, exactly as
+`LLM.chat` does. Multimodal models (vLLM's own model config says so, unless `multimodal` is set) get the image as
+a PIL image part; text-only models get the alt-text prompt. With `structured_output` the decoder is constrained to
+the bounded JSON schema of prompts.py (`StructuredOutputsParams(json=...)`; vLLM 0.32 removed `guided_json`,
+which would be silently ignored).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
+from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion, ConcurrentChatDescriber
 from grainclip.config.annotate import DEFAULT_MAX_MODEL_LEN, DescriberConfig, EngineConfig
 from grainclip.config.base import ConfigError
 
@@ -111,49 +115,59 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-class VLLMDescriber(ChatDescriber):
+def engine_args(config: DescriberConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The vLLM engine arguments of a describer config, and how its KV cache size was chosen (for the manifest).
+
+    One owner for the describer and for benchmarks that give a reference `vllm.LLM` the same arguments.
+    """
+    from vllm.platforms import current_platform
+
+    engine = config.engine
+    facts = ModelFacts.read(str(config.model), engine.dtype)
+    args: dict[str, Any] = {
+        "model": config.model,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "max_model_len": max_model_len(engine, facts),
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "dtype": engine.dtype,
+        "enforce_eager": current_platform.is_cpu() if engine.enforce_eager is None else engine.enforce_eager,
+        "trust_remote_code": engine.trust_remote_code,
+        "seed": engine.seed,
+        "limit_mm_per_prompt": {"image": 1},  # one image per request; also bounds the memory profiling
+        # Compact JSON: whitespace between JSON tokens is wasted output (and all a random model emits).
+        "structured_outputs_config": {"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
+        "disable_log_stats": True,  # as vllm.LLM: no periodic throughput lines in every actor's log
+    }
+    if engine.max_num_seqs:
+        args["max_num_seqs"] = engine.max_num_seqs
+    kv_cache: dict[str, Any] = {"bytes": engine.kv_cache_memory_bytes, "chosen_by": "config"}
+    if current_platform.is_cpu() and os.environ.get(KV_CACHE_ENV):
+        kv_cache = {"bytes": int(os.environ[KV_CACHE_ENV]) * 2**30, "chosen_by": KV_CACHE_ENV}
+    elif current_platform.is_cpu():
+        size, chosen_by = cpu_kv_cache_bytes(engine, facts, available_memory())
+        kv_cache = {"bytes": size, "chosen_by": chosen_by}
+    elif engine.kv_cache_memory_bytes is None:
+        kv_cache = {"bytes": None, "chosen_by": f"gpu_memory_utilization {engine.gpu_memory_utilization}"}
+    if kv_cache["bytes"] is not None:
+        args["kv_cache_memory_bytes"] = kv_cache["bytes"]
+    return {**args, **engine.extra}, kv_cache  # `extra`: any vLLM engine argument, overriding ours
+
+
+class VLLMDescriber(ConcurrentChatDescriber):
     def __init__(self, config: DescriberConfig) -> None:
         super().__init__(config)
-        from vllm import LLM, SamplingParams
+        from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         # A dead engine cannot serve any later row: raise it so the process (a Ray actor) dies and is
         # restarted with a fresh engine, instead of marking every following row as failed (or hanging).
         self.fatal_errors = (*ChatDescriber.fatal_errors, EngineDeadError)
-        from vllm.platforms import current_platform
-
-        engine = config.engine
-        facts = ModelFacts.read(str(config.model), engine.dtype)
-        engine_args = {
-            "model": config.model,
-            "tensor_parallel_size": engine.tensor_parallel_size,
-            "max_model_len": max_model_len(engine, facts),
-            "gpu_memory_utilization": engine.gpu_memory_utilization,
-            "dtype": engine.dtype,
-            "enforce_eager": current_platform.is_cpu() if engine.enforce_eager is None else engine.enforce_eager,
-            "trust_remote_code": engine.trust_remote_code,
-            "seed": engine.seed,
-            "limit_mm_per_prompt": {"image": 1},  # one image per request; also bounds the memory profiling
-            # Compact JSON: whitespace between JSON tokens is wasted output (and all a random model emits).
-            "structured_outputs_config": {"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
-        }
-        if engine.max_num_seqs:
-            engine_args["max_num_seqs"] = engine.max_num_seqs
-        # Recorded by info() in the manifest: how big the KV cache is and who chose it.
-        self.kv_cache = {"bytes": engine.kv_cache_memory_bytes, "chosen_by": "config"}
-        if current_platform.is_cpu() and os.environ.get(KV_CACHE_ENV):
-            self.kv_cache = {"bytes": int(os.environ[KV_CACHE_ENV]) * 2**30, "chosen_by": KV_CACHE_ENV}
-        elif current_platform.is_cpu():
-            size, chosen_by = cpu_kv_cache_bytes(engine, facts, available_memory())
-            self.kv_cache = {"bytes": size, "chosen_by": chosen_by}
-        elif engine.kv_cache_memory_bytes is None:
-            self.kv_cache = {"bytes": None, "chosen_by": f"gpu_memory_utilization {engine.gpu_memory_utilization}"}
-        if self.kv_cache["bytes"] is not None:
-            engine_args["kv_cache_memory_bytes"] = self.kv_cache["bytes"]
+        args, self.kv_cache = engine_args(config)  # kv_cache: recorded by info() in the manifest
         log.info("vLLM KV cache: %s bytes (chosen by %s)", self.kv_cache["bytes"], self.kv_cache["chosen_by"])
-        self.llm = LLM(**{**engine_args, **engine.extra})  # `extra`: any vLLM engine argument, overriding ours
-        detected = bool(self.llm.model_config.is_multimodal_model)
+        self.engine = self.loop.run(self._start_engine(args))
+        self._request_ids = itertools.count()
+        detected = bool(self.engine.model_config.is_multimodal_model)
         if config.multimodal and not detected:
             self.close()
             raise ConfigError(f"describer.multimodal is true but vLLM reports {config.model} as text-only")
@@ -168,17 +182,49 @@ class VLLMDescriber(ChatDescriber):
             structured_outputs=(StructuredOutputsParams(json=self.json_schema) if config.structured_output else None),
         )
 
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
-        conversations = [[{"role": "user", "content": self._content(prompt)}] for prompt in prompts]
-        outputs = self.llm.chat(conversations, self.sampling_params, use_tqdm=False)
-        return [
-            Completion(
-                text=output.outputs[0].text if output.outputs else None,
-                num_prompt_tokens=len(output.prompt_token_ids or ()),
-                num_output_tokens=len(output.outputs[0].token_ids) if output.outputs else 0,
+    async def _start_engine(self, args: dict[str, Any]):
+        """The engine, made on the describer's loop: its output handler runs there."""
+        from vllm.config import StructuredOutputsConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.renderers import ChatParams
+        from vllm.utils.mistral import is_mistral_tokenizer
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = {**args, "structured_outputs_config": StructuredOutputsConfig(**args["structured_outputs_config"])}
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # What LLM.chat renders with: the model's own template, a generation prompt, and no second BOS (the
+        # template holds it).
+        template_kwargs = {"add_generation_prompt": True, "continue_final_message": False}
+        template_kwargs["tokenize"] = is_mistral_tokenizer(engine.renderer.tokenizer)
+        self._chat_params = ChatParams(chat_template_kwargs=template_kwargs)
+        self._tok_params = engine.renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
+        return engine
+
+    async def complete_one(self, prompt: ChatPrompt) -> Completion:
+        conversation = [{"role": "user", "content": self._content(prompt)}]
+        final = None
+        try:
+            _, (engine_input,) = await self.engine.renderer.render_chat_async(
+                [conversation], self._chat_params, self._tok_params
             )
-            for output in outputs
-        ]
+            params, request_id = self.request_sampling(prompt), str(next(self._request_ids))
+            async for output in self.engine.generate(engine_input, params, request_id):
+                final = output
+        except self.fatal_errors:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the engine rejected this request alone (e.g. too long)
+            return Completion(None, error=f"{type(exc).__name__}: {exc}")
+        if final is None or not final.outputs:
+            return Completion(None, error="the engine returned no output")
+        return Completion(
+            text=final.outputs[0].text,
+            num_prompt_tokens=len(final.prompt_token_ids or ()),
+            num_output_tokens=len(final.outputs[0].token_ids),
+        )
+
+    def request_sampling(self, prompt: ChatPrompt):
+        """One request's SamplingParams: the config's for every prompt (a benchmark varies them per prompt)."""
+        return self.sampling_params
 
     @staticmethod
     def _content(prompt: ChatPrompt) -> list[dict[str, Any]]:
@@ -193,7 +239,7 @@ class VLLMDescriber(ChatDescriber):
         return {
             **super().info(),
             "engine": self.config.engine.model_dump(),
-            "max_model_len": self.llm.model_config.max_model_len,
+            "max_model_len": self.engine.model_config.max_model_len,
             "kv_cache": self.kv_cache,
             "vllm_version": vllm.__version__,
         }
@@ -226,9 +272,10 @@ class VLLMDescriber(ChatDescriber):
 
     def close(self) -> None:
         """Shut the engine core down (its worker processes and memory) so a test or notebook can go on."""
-        llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None and not self.loop.closed:
+            self.loop.call(engine.shutdown)
+        self.loop.close()
 
 
 def _cpu_memory_problems(engine: EngineConfig, facts: ModelFacts) -> list[str]:

@@ -76,7 +76,7 @@ class EngineConfig(ConfigModel):
         "xgrammar", description="vLLM backend that constrains decoding to the JSON schema."
     )
     extra: dict[str, Any] = Field(
-        default_factory=dict, description="Other vllm.LLM keyword arguments, passed verbatim."
+        default_factory=dict, description="Other vLLM engine arguments (AsyncEngineArgs fields), passed verbatim."
     )
 
 

@@ -165,7 +165,12 @@ class EvaluateConfig(ConfigModel):
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     batch_size: int = Field(64, gt=0, description="Images per model forward.")
-    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding and preprocessing images.")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader processes decoding and preprocessing images; None: what fits this machine's cores "
+        "(grainclip.devices.loader_workers: 0 on 2 cores, half the cores above).",
+    )
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     grid_images: int = Field(8, ge=0, description="Images drawn with their predicted regions, per region model.")

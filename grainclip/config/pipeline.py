@@ -71,6 +71,13 @@ class StageConfig(ConfigModel):
 
 class DescribeStageConfig(StageConfig):
     describer: DescriberConfig = Field(default_factory=DescriberConfig)
+    batches_in_flight: int | None = Field(
+        None,
+        gt=0,
+        description="Batches each describe actor works on at once, so the engine (vllm) or endpoint pool (openai) "
+        "never waits for the slowest answer of one batch before the next arrives; > 1 needs a describer with "
+        "describe_async. None: the describer's default (vllm, openai 4; 1 for the others).",
+    )
 
 
 class GroundStageConfig(StageConfig):
