@@ -18,9 +18,10 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from pydantic import Field
 
-from grainclip import schema
+from grainclip import schema, storage
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
+from grainclip.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ class TruthIndex:
     """Every annotations-schema Parquet file under `path` (a PartsWorld root or its truth folder), by image_id."""
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        if not path.exists():
+        path = storage.location(path)
+        if not storage.exists(path):
             raise ConfigError(f"PartsWorld truth not found at {path} (options.truth: the dataset dir or its truth dir)")
         files = [f for f in schema.parquet_files(path) if schema.kind_of(f) == "annotations"]
         if not files:
@@ -68,7 +69,9 @@ class TruthIndex:
 class TruthOptions(ConfigModel):
     """The options both simulated annotators take; each adds its own noise knobs."""
 
-    truth: Path = Field(description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet.")
+    truth: Location = Field(
+        description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet, local or s3://."
+    )
     seed: int = 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from grainclip import storage
 from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP, describer_class, grounder_class
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig
@@ -46,6 +47,10 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
             continue
         problems += annotator_class(annotator.name).problems(annotator, workers_on_cpu=not stage.num_gpus)
     problems += [str(problem) for problem in config.source.problems()]
+    try:
+        storage.check_bucket(config.output)
+    except storage.StorageError as exc:
+        problems.append(str(exc))
     if problems:
         raise PreflightError(problems)
 

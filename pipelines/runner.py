@@ -64,7 +64,7 @@ class ErrorFractionExceeded(PipelineError):
 class RunResult:
     """What a finished annotation run produced (the manifest has the full record)."""
 
-    output: Path
+    output: Path | str
     run_id: str
     rows: int
     counts: dict[str, int]
@@ -75,8 +75,8 @@ class RunResult:
     steps: dict[str, str] = field(default_factory=dict)
 
     @property
-    def annotations(self) -> Path:
-        return self.output / "annotations"
+    def annotations(self) -> Path | str:
+        return RunDir(self.output).annotations
 
 
 @dataclass
@@ -136,7 +136,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
 
     config = config.with_absolute_paths()
     preflight(config, address)
-    run = RunDir(Path(config.output))
+    run = RunDir(config.output)
     run_id, previous = run.open(config, force_new_run)
     preflight_resources(config, address)
     view = resume_view(config)

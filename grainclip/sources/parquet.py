@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import pyarrow.parquet as pq
 from pydantic import Field
 
+from grainclip import storage
 from grainclip.config.base import ConfigError
-from grainclip.schema import list_row_groups, parquet_files, schema_problems
+from grainclip.schema import list_row_groups, parquet_file, parquet_files, schema_problems
 from grainclip.sources.base import Source, TableRows, is_local
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ def read_parquet_files(paths: list[str]) -> ray.data.Dataset:
     files = [f for p in paths for f in parquet_files(p)]
     if not files:
         raise FileNotFoundError(f"no Parquet files under {', '.join(paths)}")
-    return ray.data.read_parquet([str(f) for f in files])
+    filesystem, _ = storage.resolve(files[0])
+    return ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=filesystem)
 
 
 def contract_problems(paths: list[str]) -> list[Exception]:
@@ -34,9 +35,9 @@ def contract_problems(paths: list[str]) -> list[Exception]:
     files = [f for p in paths for f in parquet_files(p)]
     if paths and not files:
         return [FileNotFoundError(f"no Parquet files under {', '.join(paths)}")]
-    where: dict[str, list[Path]] = {}
+    where: dict[str, list[Path | str]] = {}
     for file in files:
-        for problem in schema_problems(pq.read_schema(file), "images"):
+        for problem in schema_problems(parquet_file(file).schema_arrow, "images"):
             where.setdefault(problem, []).append(file)
     return [
         ConfigError(
@@ -60,7 +61,7 @@ class ParquetSource(Source):
         found = super().problems()
         if found:
             return found
-        return contract_problems([p for p in self.paths() if is_local(p)])
+        return contract_problems([p for p in self.paths() if is_local(p) or p.startswith("s3://")])
 
     def read(self) -> ray.data.Dataset:
         self.check()
@@ -68,4 +69,4 @@ class ParquetSource(Source):
 
     def local_rows(self) -> TableRows:
         self.check()
-        return TableRows(list_row_groups([Path(p) for p in self.paths()]))
+        return TableRows(list_row_groups(self.paths()))
