@@ -80,4 +80,4 @@ def upload(local: str | os.PathLike, uri: str) -> None:
     from grainclip import storage
 
     filesystem, inner = storage.resolve(uri)
-    pafs.copy_files(os.fspath(local), inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
+    pafs.copy_files(os.fspath(local), inner, pafs.LocalFileSystem(), filesystem)
