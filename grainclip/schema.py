@@ -277,8 +277,8 @@ def read_table(path: str | Path, kind: str, columns: Sequence[str] | None = None
 
 def parquet_dataset(files: Sequence[str | Path]) -> ds.Dataset:
     """A pyarrow dataset over Parquet files that all live on one filesystem (local or one object store)."""
-    filesystem, _ = storage.resolve(files[0])
-    return ds.dataset([storage.resolve(f)[1] for f in files], format="parquet", filesystem=filesystem)
+    filesystem, inner = storage.resolve_all(files)
+    return ds.dataset(inner, format="parquet", filesystem=filesystem)
 
 
 def iter_batches(

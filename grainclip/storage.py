@@ -21,7 +21,7 @@ import functools
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -95,6 +95,15 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         return s3_filesystem(), rest.rstrip("/")
     with _translated(path):
         return pafs.FileSystem.from_uri(path)
+
+
+def resolve_all(paths: Sequence[str | os.PathLike]) -> tuple[pafs.FileSystem, list[str]]:
+    """One filesystem for several paths and the paths inside it (for readers that take a single filesystem)."""
+    resolved = [resolve(path) for path in paths]
+    filesystems = {type(filesystem).__name__ for filesystem, _ in resolved}
+    if len(filesystems) > 1:
+        raise ConfigError(f"paths on different storage cannot be read together: {', '.join(map(str, paths))}")
+    return resolved[0][0], [inner for _, inner in resolved]
 
 
 def s3_filesystem() -> pafs.S3FileSystem:

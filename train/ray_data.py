@@ -80,8 +80,7 @@ def epochs_needed(cfg: TrainConfig, start_step: int, trainable_rows: int) -> int
 def training_dataset(cfg: TrainConfig, builder: SampleBuilder, start_epoch: int, epochs: int) -> ray.data.Dataset:
     files = parquet_files(cfg.data.train)
     columns = [name for name in READ_COLUMNS if name in parquet_file(files[0]).schema_arrow.names]
-    filesystem, _ = storage.resolve(files[0])
-    inner = [storage.resolve(f)[1] for f in files]
+    filesystem, inner = storage.resolve_all(files)
     passes = [
         ray.data.read_parquet(inner, columns=columns, filesystem=filesystem)
         .randomize_block_order(seed=cfg.seed + epoch)
