@@ -201,12 +201,13 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         load = os.getloadavg()
         measured = run_measured(pipeline_config(data, out, work / f"pipeline-{size}.yaml"), work / f"run-{size}.log")
+        if measured["returncode"] != 0 or manifest(out)["rows"] != size:
+            print_record(load, phase="run", images=size, status="failed", **measured)
+            print(f"run at {size} failed; see {work}/run-{size}.log", file=sys.stderr)
+            return 1
         done = manifest(out)
         figures[size] = {**measured, "rows": done["rows"], "rows_per_s": done["attempts"][-1]["rows_per_second"]}
         print_record(load, phase="run", images=size, tile_s=tile_s, status=done["status"], **figures[size])
-        if measured["returncode"] != 0 or done["rows"] != size:
-            print(f"run at {size} failed; see {work}/run-{size}.log", file=sys.stderr)
-            return 1
 
     small, large = args.sizes
     memory_ratio = figures[large]["peak_summed_uss_mib"] / figures[small]["peak_summed_uss_mib"]
