@@ -321,7 +321,7 @@ class RunDir:
 
 def existing_run(path: str | Path) -> tuple[RunDir, RunManifest]:
     """A run to read back (compare, stage reuse); ConfigError (one line) unless it is one with committed rows."""
-    run = RunDir(Path(path))
+    run = RunDir(path)
     try:
         manifest = run.read_manifest()
     except ManifestUnreadable:
