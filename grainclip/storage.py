@@ -5,7 +5,8 @@ decides how a location becomes a filesystem, how a file is committed whole, and 
 a missing bucket or absent credentials look like to the user: one line (`StorageError`), never a traceback.
 
 - Local paths behave as they always did: a commit is a temp file + rename (atomic on POSIX).
-- On `s3://` a commit is one PUT of a buffer built in memory: an object appears whole or not at all, and S3
+- On `s3://` a commit is one upload of a buffer built in memory (a single PUT; past pyarrow's part size a
+  multipart upload, which S3 also shows only once complete): an object appears whole or not at all, and S3
   has no rename. Directories are prefixes; "what is committed" comes from listings.
 - Endpoint and credentials come from the standard AWS variables (`AWS_ENDPOINT_URL[_S3]`, `AWS_REGION`,
   `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, web identity, container credentials; instance
