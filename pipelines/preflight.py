@@ -50,7 +50,8 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
     try:
         storage.check_bucket(config.output)
     except storage.StorageError as exc:
-        problems.append(str(exc))
+        if str(exc) not in problems:  # one unreachable endpoint is one line, not one per path on it
+            problems.append(str(exc))
     if problems:
         raise PreflightError(problems)
 
