@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.utils.data
 
+from grainclip import storage
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import EvalDataset
 from grainclip.images import AlphaMode, ImageDecodeError, load_image
-from grainclip.schema import RowGroup
+from grainclip.schema import RowGroup, parquet_file
 from grainclip.sources import ClassFolderRows, TableRows
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def read_descriptors(path: Path, classnames: Sequence[str]) -> tuple[dict[str, l
     results. A class of the split that the file lacks is an error naming it.
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"descriptor file not found: {path}") from None
     except json.JSONDecodeError as exc:
@@ -215,7 +215,7 @@ class ParquetImages(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         unit = 0
         for group in self.groups:
-            parquet = pq.ParquetFile(group.path)
+            parquet = parquet_file(group.path)
             index, end = group.start, group.start + group.rows
             for batch in parquet.iter_batches(
                 self.batch_rows, row_groups=[group.index], columns=self._columns(parquet.schema_arrow)
@@ -318,14 +318,14 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
     """A split over Parquet row groups; classes from the class file, the source, or the sorted distinct labels."""
     name, label_column = spec.name, spec.label_column
     files = sorted({g.path for g in rows.groups})
-    schema = pq.read_schema(files[0])
+    schema = parquet_file(files[0]).schema_arrow
     groups = _first_rows(rows.groups, spec.limit)
     class_entries = read_class_file(spec.classnames) if spec.classnames else None
     if class_entries is None and rows.classes is not None:
         class_entries = [(c, c) for c in rows.classes]
     classnames = class_index = None
     if label_column in schema.names:
-        labels = pa.chunked_array([pq.read_table(f, columns=[label_column]).column(0) for f in files])
+        labels = pa.chunked_array([parquet_file(f).read(columns=[label_column]).column(0) for f in files])
         if labels.null_count:
             raise ConfigError(f"dataset {name!r}: {labels.null_count} row(s) have no {label_column!r}")
         present = sorted(pc.unique(labels).to_pylist())

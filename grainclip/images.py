@@ -21,6 +21,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from grainclip import storage
+
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; far above any training resolution
 
 AlphaMode = Literal["white", "drop"]  # transparency: composite on white, or drop the channel as PIL does
@@ -89,11 +91,16 @@ def encode_image(image: Image.Image, format: str = "PNG", quality: int = 95) -> 
 
 
 def load_image_bytes(image: bytes | None, image_uri: str | None) -> bytes:
-    """The encoded bytes of a row: inline bytes win; otherwise read a local path or file:// URI."""
+    """The encoded bytes of a row: inline bytes win; otherwise read a local path, file:// or s3:// URI."""
     if image:
         return image
     if not image_uri:
         raise ImageDecodeError("row has neither image bytes nor image_uri")
+    if image_uri.startswith("s3://"):
+        try:
+            return storage.read_bytes(image_uri)
+        except FileNotFoundError:
+            raise ImageDecodeError(f"image object not found: {image_uri}") from None
     path = Path(image_uri.removeprefix("file://"))
     try:
         return path.read_bytes()

@@ -137,7 +137,9 @@ def logs(
 
 @pipeline_app.command()
 @user_errors
-def report(output: Path = typer.Argument(..., help="Run directory (the pipeline's `output`).")) -> None:
+def report(
+    output: str = typer.Argument(..., help="Run directory (the pipeline's `output`), a folder or s3://."),
+) -> None:
     """Print a run's table (statuses, throughput, annotators) and write its PNG plots under OUT/report/."""
     from grainclip.pipelines.report import report as make_report
 

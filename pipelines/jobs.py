@@ -8,7 +8,7 @@ What is packaged: a staging folder with the config (`pipeline.yaml`) becomes the
 config's `job.runtime_env` (pip packages, env vars, py_modules with custom annotator plugins) is added to it.
 The cluster must have grainclip installed, or get it through that runtime_env. Paths: the job's working dir
 is a temporary copy, so relative paths are made absolute here (`with_absolute_paths`); they must name storage every
-node sees (a shared filesystem), like any multi-node Ray output.
+node sees (a shared filesystem, or `s3://` object storage), like any multi-node Ray output (docs/cluster.md).
 """
 
 from __future__ import annotations

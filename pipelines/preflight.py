@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from grainclip import storage
 from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP, describer_class, grounder_class
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig
@@ -54,6 +55,11 @@ def preflight(config: PipelineConfig, address: str | None = None) -> None:
                 "(it has no describe_async); set it to 1 or leave it unset"
             )
     problems += [str(problem) for problem in config.source.problems()]
+    try:
+        storage.check_bucket(config.output)
+    except storage.StorageError as exc:
+        if str(exc) not in problems:  # one unreachable endpoint is one line, not one per path on it
+            problems.append(str(exc))
     if problems:
         raise PreflightError(problems)
 

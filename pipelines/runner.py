@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from grainclip import storage
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.errors import USER_ERRORS
 from grainclip.pipelines.manifest import Attempt, RunManifest, RunStatus
@@ -68,7 +69,7 @@ class ErrorFractionExceeded(PipelineError):
 class RunResult:
     """What a finished annotation run produced (the manifest has the full record)."""
 
-    output: Path
+    output: Path | str
     run_id: str
     rows: int
     counts: dict[str, int]
@@ -79,8 +80,8 @@ class RunResult:
     steps: dict[str, str] = field(default_factory=dict)
 
     @property
-    def annotations(self) -> Path:
-        return self.output / "annotations"
+    def annotations(self) -> Path | str:
+        return RunDir(self.output).annotations
 
 
 @dataclass
@@ -172,7 +173,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
 
     config = config.with_absolute_paths()
     preflight(config, address)
-    run = RunDir(Path(config.output))
+    run = RunDir(config.output)
     run_id, previous = run.open(config, force_new_run)
     preflight_resources(config, address)
     view = resume_view(config)
@@ -209,7 +210,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
     finally:
         if started_ray:
             ray.shutdown()
-            run.ray_processes_path.unlink(missing_ok=True)
+            storage.delete(run.ray_processes_path)
 
 
 def record_ray_processes(run: RunDir) -> None:
@@ -225,8 +226,7 @@ def record_ray_processes(run: RunDir) -> None:
         for p in psutil.Process().children(recursive=True)
     ]
     record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "processes": processes}
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.ray_processes_path.write_text(json.dumps(record, indent=2))
+    storage.write_text(run.ray_processes_path, json.dumps(record, indent=2))
 
 
 def end_leftover_ray(run: RunDir) -> int:
@@ -237,9 +237,9 @@ def end_leftover_ray(run: RunDir) -> int:
     """
     import psutil
 
-    if not run.ray_processes_path.exists():
+    if not storage.exists(run.ray_processes_path):
         return 0
-    record = json.loads(run.ray_processes_path.read_text())
+    record = json.loads(storage.read_text(run.ray_processes_path))
     if record.get("host") != socket.gethostname() or psutil.pid_exists(record.get("driver_pid", -1)):
         return 0
     leftovers = []
@@ -259,7 +259,7 @@ def end_leftover_ray(run: RunDir) -> int:
             process.kill()
     if leftovers:
         log.warning("ended %d Ray process(es) a killed run of %s left behind", len(set(leftovers)), run.root)
-    run.ray_processes_path.unlink(missing_ok=True)
+    storage.delete(run.ray_processes_path)
     return len(set(leftovers))
 
 

@@ -16,7 +16,14 @@ from grainclip.config.base import ConfigError, load_config, parse_config
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
-from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
+from grainclip.pipelines.rundir import (
+    RunConfigChanged,
+    RunDir,
+    config_hash,
+    contains_sorted,
+    fixed_width_bytes,
+    resume_view,
+)
 from grainclip.pipelines.runner import (
     AttemptProgress,
     ErrorFractionExceeded,
@@ -220,6 +227,18 @@ def test_contains_sorted_matches_exact_ids_only():
     assert contains_sorted(done, ids).tolist() == [True, False, False, False, True, True, False, False]
     assert contains_sorted(np.array([], dtype="S1"), ["a"]).tolist() == [False]
     assert contains_sorted(done, []).tolist() == []
+
+
+def test_fixed_width_bytes_equals_encoding_each_id_and_committed_ids_reads_every_shard(tmp_path):
+    ids = ["abc", "", "img-10", "é日本", "z"]
+    sliced = pa.chunked_array([pa.array(["skipped", *ids[:2]]), pa.array(ids[2:])]).slice(1)
+    assert fixed_width_bytes(sliced).tolist() == [i.encode() for i in ids]
+    assert fixed_width_bytes(pa.array([], pa.string())).tolist() == []
+    run, committed = RunDir(tmp_path), [i for i in ids if i]  # a shard never holds an empty id
+    for name, shard in (("part-a.parquet", committed[:2]), ("part-b.parquet", committed[2:])):
+        write_shard(pa.table({"image_id": shard, "status": ["ok"] * len(shard)}), run.annotations / name, "annotations")
+    assert run.committed_ids().tolist() == sorted(i.encode() for i in committed)
+    assert contains_sorted(run.committed_ids(), ["é日本", "img-1", "z"]).tolist() == [True, False, True]
 
 
 def test_prepare_marks_broken_rows_and_skips_committed_ones():

@@ -17,66 +17,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from grainclip.partsworld import generate
 from grainclip.schema import read_table
+from grainclip.testing.runs import PipelineProcess
 
 pytestmark = pytest.mark.slow
 
 N_IMAGES = 2000
 ROWS_PER_SHARD = 10
-
-
-class Run:
-    """A `grainclip pipeline run` subprocess and every process it started (tracked to clean up after kills)."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log.open("w")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "grainclip.cli", "pipeline", "run", str(config)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self.seen: dict[int, psutil.Process] = {}
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        for child in children:
-            self.seen.setdefault(child.pid, child)
-        return children
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            self.descendants()
-            if self.process.poll() is not None:
-                raise AssertionError(f"run exited ({self.process.returncode}) before the condition held")
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out waiting for the run")
-            time.sleep(0.05)
-
-    def kill_everything(self) -> None:
-        self.descendants()
-        for proc in [psutil.Process(self.process.pid) if self.process.poll() is None else None, *self.seen.values()]:
-            try:
-                if proc is not None and proc.is_running():
-                    proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.process.wait(timeout=30)
-        self.log.close()
 
 
 def committed_rows(annotations: Path) -> int:
@@ -102,7 +56,7 @@ def killed_twice(config: Path, out: Path, stage: str, total: int, logs: Path) ->
     Returns the rows committed when attempt 1 died, their shards' digests, and attempt 2's log.
     """
     annotations = out / "annotations"
-    first = Run(config, logs / "attempt1.log")
+    first = PipelineProcess(config, logs / "attempt1.log")
     try:
         first.wait_until(lambda: committed_rows(annotations) >= 5 * ROWS_PER_SHARD)
         os.kill(first.process.pid, signal.SIGKILL)
@@ -116,7 +70,7 @@ def killed_twice(config: Path, out: Path, stage: str, total: int, logs: Path) ->
     assert manifest["status"] == "running"  # the killed attempt never got to close its record
     before = digests(annotations)
 
-    second = Run(config, logs / "attempt2.log")
+    second = PipelineProcess(config, logs / "attempt2.log")
     try:
         second.wait_until(lambda: committed_rows(annotations) >= after_kill + 2 * ROWS_PER_SHARD)
         actors = [p for p in second.descendants() if stage in " ".join(p.cmdline())]

@@ -23,6 +23,7 @@ import ray.train.torch
 from ray.train import DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from grainclip import storage
 from grainclip.config.train import TrainConfig
 from grainclip.schema import list_row_groups
 from grainclip.train.backbone import Backbone, build_backbone
@@ -85,7 +86,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Workers do not share the driver's working directory: send them absolute paths."""
     update: dict[str, Any] = {
         "output_dir": cfg.output_dir.resolve(),
-        "data": cfg.data.model_copy(update={"train": cfg.data.train.resolve()}),
+        "data": cfg.data.model_copy(update={"train": storage.absolute(cfg.data.train)}),
     }
     if Path(cfg.backbone.model).exists():
         update["backbone"] = cfg.backbone.model_copy(update={"model": str(Path(cfg.backbone.model).resolve())})

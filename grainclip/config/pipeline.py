@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from grainclip import storage
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigModel
 from grainclip.sources import SourceField
@@ -128,7 +129,9 @@ class EvaluateStep(ConfigModel):
 class PipelineConfig(ConfigModel):
     """One annotation run: read `source`, describe, ground, write `output`/annotations; then optional steps."""
 
-    output: str = Field(..., description="Run directory: annotations/, manifest.json, report/.")
+    output: str = Field(
+        ..., description="Run directory (a folder or s3://bucket/prefix): annotations/, manifest.json, report/."
+    )
     source: SourceField = Field(..., description="Where the images come from: `kind` plus that kind's fields.")
     describe: DescribeStageConfig = Field(
         default_factory=DescribeStageConfig, description="The describe stage: its Ray actors and its describer (LLM)."
@@ -199,7 +202,7 @@ class PipelineConfig(ConfigModel):
             return value
 
         data = self.model_dump(mode="json")
-        data["output"] = resolve(data["output"])
+        data["output"] = data["output"] if storage.is_uri(data["output"]) else resolve(data["output"])
         data["source"] = self.source.with_base(base).model_dump(mode="json")
         for stage, key in (("describe", "describer"), ("ground", "grounder")):
             annotator = data[stage][key]

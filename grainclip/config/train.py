@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from grainclip.config.base import ConfigModel
 from grainclip.config.evaluate import EvalDataset, ImageAlpha, Mode
+from grainclip.storage import Location
 
 MAX_ENUMERATED_QUERIES = 8  # 8! = 40320 assignments per image: the most the enumeration matcher scores
 
@@ -108,7 +109,9 @@ class LossConfig(ConfigModel):
 class DataConfig(ConfigModel):
     """Where the annotations are and how rows become training samples."""
 
-    train: Path = Field(..., description="Annotations Parquet file or directory (grainclip annotations schema).")
+    train: Location = Field(
+        ..., description="Annotations Parquet file or directory (grainclip annotations schema), local or s3://."
+    )
     image_size: int | None = Field(None, gt=0, description="Training resolution; default: the backbone's.")
     llm_caption_prob: float = Field(
         0.5, ge=0.0, le=1.0, description="Chance of training on llm_caption instead of the alt-text caption."

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import model_validator
 
+from grainclip import storage
 from grainclip.config.base import ConfigError, ConfigModel
 from grainclip.schema import RowGroup
 
@@ -37,7 +38,7 @@ class TableRows:
 
     groups: list[RowGroup]
     classes: list[str] | None = None
-    descriptors: Path | None = None
+    descriptors: Path | str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,13 @@ class ClassFolderRows:
 
 
 def is_local(path: str) -> bool:
-    """A plain local path, not a URL (`s3://...`) or a glob pattern: something that can be checked to exist."""
-    return "://" not in path and not any(c in path for c in "*?[")
+    """A plain local path, not a URL (`s3://...`) or a glob pattern: something resolved against a base folder."""
+    return not storage.is_uri(path) and not is_pattern(path)
+
+
+def is_pattern(path: str) -> bool:
+    """A glob pattern, left to the reader that expands it."""
+    return any(c in path for c in "*?[")
 
 
 class Source(ConfigModel):
@@ -86,8 +92,14 @@ class Source(ConfigModel):
         return found
 
     def missing_paths(self) -> list[str]:
-        """The local paths that do not exist (URLs and globs are left to the reader)."""
-        return [p for p in self.paths() if is_local(p) and not Path(p).exists()]
+        """The local and object-storage paths that do not exist (other URLs and globs are left to the reader).
+
+        Asking object storage also surfaces a wrong endpoint, bucket or credentials here, before Ray starts.
+        """
+        checked = [p for p in self.paths() if not is_pattern(p) and (is_local(p) or p.startswith("s3://"))]
+        for path in checked:
+            storage.check_bucket(path)  # "no such bucket" says more than "path not found"
+        return [p for p in checked if not storage.exists(p)]
 
     def problems(self) -> list[Exception]:
         """Everything that can be known wrong before anything is read, each as the error `check` would raise.
@@ -96,7 +108,10 @@ class Source(ConfigModel):
         do not exist (FileNotFoundError naming them all); kinds add what they know once their paths exist
         (columns, types, splits).
         """
-        missing = self.missing_paths()
+        try:
+            missing = self.missing_paths()
+        except storage.StorageError as exc:  # unreachable endpoint, no bucket, no credentials: says it all
+            return [exc]
         return [FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")] if missing else []
 
     def check(self) -> None:
