@@ -4,9 +4,10 @@ Every case is a row of `CASES`: a builder that writes the inputs and returns the
 the `error:` lines expected (one regex each, in order; nothing else may start with `error:`, and there is never
 a traceback), and a check of what the records on disk say. Add a case by adding a row.
 
-Preflight cases need no Ray. The cases that run a pipeline share one embedded Ray for the module (run_pipeline
-reuses an initialised Ray), and one of them starts a real vLLM engine on CPU with the default engine config and
-no environment variable set by the test: the describer sizes its own KV cache from the machine.
+Preflight cases need no Ray. The cases that run a pipeline run the CLI as a user does, in its own process with
+its own embedded Ray (in-process, Ray's log handlers outlive typer's captured streams); one of them starts a
+real vLLM engine on CPU with the default engine config and no environment variable set by the test: the
+describer sizes its own KV cache from the machine.
 
 The evaluator's cases run a tiny open_clip model on class folders of transparent images; the config reference's
 cases check docs/config.md against the models and that every printed example loads.
@@ -91,7 +92,6 @@ class Case:
     exit_code: int
     errors: list[str]  # regexes, one per expected `error:` line of the last command
     check: Callable[[Env], None] | None = None  # what the records say
-    ray: bool = False  # needs the module's embedded Ray
     subprocess: bool = False  # run the commands as separate processes (each with its own embedded Ray)
     marks: list[Any] = field(default_factory=list)
 
@@ -282,7 +282,7 @@ def bad_input_corpus(env: Env, **changes: Any) -> str:
 def too_many_failures_at_the_end(env: Env) -> list[list[str]]:
     """Every row is written, most failed, fewer rows than error_check_min_rows: the end says so, twice."""
     path = bad_input_corpus(env)
-    code, stderr = run_cli(["pipeline", "run", path])
+    code, stderr = run_cli(["pipeline", "run", path], separate=True)
     env.notes["first"] = (code, [line for line in stderr.splitlines() if line.startswith("error:")])
     return [["pipeline", "run", path]]
 
@@ -449,7 +449,7 @@ CASES = [
         1,
         [r"completed with \d+ failed rows \(\d+\.\d% > max_error_fraction 10\.0%\); .*not_an_image"],
         every_row_once_and_the_records_say_complete_with_failures,
-        ray=True,
+        subprocess=True,
         marks=[pytest.mark.slow],
     ),
     Case(
@@ -458,7 +458,7 @@ CASES = [
         1,
         [r"stopped after \d+ rows: \d+ failed rows"],
         stopped_without_duplicates,
-        ray=True,
+        subprocess=True,
         marks=[pytest.mark.slow],
     ),
     Case(
@@ -467,7 +467,7 @@ CASES = [
         0,
         [],
         the_fix_ran_as_a_new_run,
-        ray=True,
+        subprocess=True,
         marks=[pytest.mark.slow],
     ),
     Case(
@@ -485,7 +485,7 @@ CASES = [
         0,
         [],
         vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine,
-        ray=True,
+        subprocess=True,
         marks=[pytest.mark.slow],
     ),
     Case(
@@ -536,25 +536,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def module_ray(request):
-    """One embedded Ray for every case that runs a pipeline (started by the first of them)."""
-    started = []
-
-    def start() -> None:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-            started.append(True)
-
-    yield start
-    if started:
-        import ray
-
-        ray.shutdown()
-
-
 def run_cli(args: list[str], separate: bool = False) -> tuple[int, str]:
     if separate:
         done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
@@ -570,10 +551,8 @@ def run_cli(args: list[str], separate: bool = False) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_first_contact(case: Case, tmp_path, partsworld_small, tiny_models, module_ray):
+def test_first_contact(case: Case, tmp_path, partsworld_small, tiny_models):
     env = Env(tmp_path, partsworld_small, tiny_models)
-    if case.ray:
-        module_ray()
     commands = case.build(env)
     for args in commands[:-1]:
         run_cli(args, case.subprocess)
