@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -83,6 +83,13 @@ class TruthIndex:
         if position < 0 or self._ids[position] != probe:
             return None
         return self._records(int(self._file[position]))[int(self._row[position])]
+
+    def items(self) -> Iterator[tuple[str, TruthRecord]]:
+        """Every (image_id, record), in id order; an id held by several files once (the last file wins)."""
+        last = np.append(self._ids[1:] != self._ids[:-1], True) if len(self._ids) else self._ids.astype(bool)
+        for position in np.flatnonzero(last):
+            record = self._records(int(self._file[position]))[int(self._row[position])]
+            yield self._ids[position].decode(), record
 
     def _records(self, index: int) -> list[TruthRecord]:
         """Every record of file `index`, in row order (kept for the next requests, the oldest file dropped)."""

@@ -128,7 +128,7 @@ def load_truth(path: str | Path) -> Truth:
 
     index = TruthIndex(path)
     truth = Truth(str(path), "partsworld", {}, {})
-    for image_id, record in index.records.items():
+    for image_id, record in index.items():
         truth.descriptions[image_id] = {normalise(d) for d in record.descriptions}
         truth.parts[image_id] = []
         for text, box in zip(record.region_texts, record.region_boxes.tolist()):
