@@ -373,7 +373,9 @@ def every_row_once_and_the_records_say_complete_with_failures(env: Env) -> None:
 
 def stopped_without_duplicates(env: Env) -> None:
     ids = [r["image_id"] for r in committed(env)]
-    assert len(ids) == len(set(ids)) and len(ids) < len(env.notes["ids"])
+    # never two rows for one id; shards already in flight when the run stops are still committed, so a small
+    # input may be committed whole (how much depends on timing)
+    assert len(ids) == len(set(ids)) and set(ids) <= set(env.notes["ids"])
     manifest = json.loads((env.out / "manifest.json").read_text())
     assert manifest["status"] == "stopped" and manifest["rows"] == len(ids)
     stats_rows = sum(json.loads(p.read_text())["rows"] for p in (env.out / "stats").glob("*.json"))
@@ -447,7 +449,8 @@ CASES = [
         "too many failures at the end: completed with N failed rows, twice",
         too_many_failures_at_the_end,
         1,
-        [r"completed with \d+ failed rows \(\d+\.\d% > max_error_fraction 10\.0%\); .*not_an_image"],
+        # each failed status shows one example that names its image_id (whichever row came first) and the reason
+        [r"completed with \d+ failed rows \(\d+\.\d% > max_error_fraction 10\.0%\); decode_failed: \d+ \(e\.g\. '\w+: "],
         every_row_once_and_the_records_say_complete_with_failures,
         subprocess=True,
         marks=[pytest.mark.slow],
