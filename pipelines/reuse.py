@@ -25,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import pyarrow as pa
+from pydantic import Field
 
 from grainclip.config.base import ConfigError
 from grainclip.pipelines.manifest import DescriptionsFrom, RunManifest
@@ -48,7 +49,7 @@ class AnnotationsRunSource(Source):
     """The committed rows of an earlier `grainclip pipeline run` (its `output`), to be grounded again."""
 
     kind: Literal["annotations_run"]
-    path: str
+    path: str = Field(description="An earlier run directory (local or s3://) whose descriptions are grounded again.")
     carries_descriptions: ClassVar[bool] = True
 
     def earlier(self) -> tuple[RunDir, RunManifest]:
