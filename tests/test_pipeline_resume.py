@@ -97,7 +97,7 @@ def assert_exactly_once(out: Path, inputs: list[str], after_kill: int, before: d
     assert manifest["status"] == "complete" and manifest["rows"] == len(inputs)
     assert sum(manifest["counts"].values()) == len(inputs)
     first_attempt, second_attempt = manifest["attempts"]
-    assert first_attempt["status"] == "running" and second_attempt["status"] == "complete"
+    assert first_attempt["status"] == "interrupted" and second_attempt["status"] == "complete"
     # Finished shards were not redone: skipped + annotated now == input, and the old files are untouched.
     assert second_attempt["rows_skipped"] == after_kill
     assert second_attempt["rows_skipped"] + second_attempt["rows"] - manifest["duplicates_dropped"] == len(inputs)
