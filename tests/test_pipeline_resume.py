@@ -208,7 +208,7 @@ def test_a_killed_vllm_engine_restarts_its_actor_and_every_image_is_written_once
             "max_error_fraction": 1.0,  # random weights: quality is not under test, exactly-once is
         },
     )
-    run = Run(config, tmp_path / "run.log")
+    run = PipelineProcess(config, tmp_path / "run.log")
     try:
         run.wait_until(lambda: committed_rows(annotations) >= 2 * ROWS_PER_SHARD, timeout=900)  # engine start
         engines = [p for p in run.descendants() if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
