@@ -47,13 +47,15 @@ ROWS_PER_FILE = 1000
 MIB = 2**20
 
 
-def tile_partsworld(base: Path, out: Path, images: int) -> None:
-    """`out`: a PartsWorld folder whose train split is the first `images` rows of `base`'s, tiled with new ids."""
+def tile_partsworld(base: Path, out: Path, images: int, rows_per_file: int = ROWS_PER_FILE) -> None:
+    """`out`: a PartsWorld folder whose train split is the first `images` rows of `base`'s, tiled with new ids,
+    `rows_per_file` rows per file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     marker = out / "tiled.json"
-    if marker.exists() and json.loads(marker.read_text())["images"] == images:
+    wanted = {"images": images, "rows_per_file": rows_per_file, "base": str(base)}
+    if marker.exists() and json.loads(marker.read_text()) == wanted:
         return
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(base, out, ignore=shutil.ignore_patterns("train"))
@@ -69,14 +71,14 @@ def tile_partsworld(base: Path, out: Path, images: int) -> None:
                 break
             for kind in ("images", "truth"):
                 table = pq.read_table(sources[kind][index])
-                table = table.slice(0, min(table.num_rows, images - start))
+                table = table.slice(0, min(table.num_rows, rows_per_file, images - start))
                 ids = pa.array([f"pw-train-{start + i:07d}" for i in range(table.num_rows)], pa.string())
                 table = table.set_column(table.schema.get_field_index("image_id"), table.schema.field("image_id"), ids)
                 pq.write_table(
-                    table, out / "train" / kind / f"part-{start // ROWS_PER_FILE:05d}.parquet", compression="zstd"
+                    table, out / "train" / kind / f"part-{start // rows_per_file:05d}.parquet", compression="zstd"
                 )
-            start += min(ROWS_PER_FILE, images - start)
-    marker.write_text(json.dumps({"images": images, "base": str(base)}))
+            start += min(rows_per_file, images - start)
+    marker.write_text(json.dumps(wanted))
 
 
 def pipeline_config(data: Path, out: Path, path: Path) -> Path:
