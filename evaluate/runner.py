@@ -21,6 +21,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from grainclip import storage
 from grainclip.config.evaluate import MODES, EvaluateConfig, ScoringConfig
 from grainclip.devices import autocast, loader_workers, resolve_device
 from grainclip.evaluate import class_text, scoring
@@ -275,36 +276,49 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Every model on every dataset; writes results.json, results.md and plots under cfg.out; returns the results."""
     from grainclip.evaluate import report
 
-    splits = [(spec, load_split(spec)) for spec in cfg.datasets]  # all data checked before any model loads
-    device = resolve_device(cfg.device)
-    settings = PassSettings(
-        modes=cfg.modes,
-        templates=class_text.load_templates(cfg.templates),
-        scoring=cfg.scoring,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        precision=cfg.precision,
-        grid_images=cfg.grid_images,
-        progress=cfg.progress,
-        image_alpha=cfg.image_alpha,
-    )
-    results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "device": str(device), "models": [], "runs": []}
-    grids: dict[tuple[str, str], list[dict]] = {}
-    predictions = report.PredictionsFile(cfg.out)
-    for model_spec in cfg.models:
-        loaded = load_model(model_spec, device)
-        results["models"].append(
-            {"label": model_spec.label, "name": loaded.name, "kind": loaded.kind, "region_modes": has_regions(loaded)}
+    with storage.configured(cfg.storage):
+        splits = [(spec, load_split(spec)) for spec in cfg.datasets]  # all data checked before any model loads
+        device = resolve_device(cfg.device)
+        settings = PassSettings(
+            modes=cfg.modes,
+            templates=class_text.load_templates(cfg.templates),
+            scoring=cfg.scoring,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            precision=cfg.precision,
+            grid_images=cfg.grid_images,
+            progress=cfg.progress,
+            image_alpha=cfg.image_alpha,
         )
-        for spec, split in splits:
-            log.info("evaluating %s on %s (%d images)", model_spec.label, spec.name, split.size)
-            keep = functools.partial(predictions.write, model_spec.label, spec.name)
-            run, grid = evaluate_split(loaded, split, spec.tasks, settings, device, keep)
-            results["runs"].append({"model": model_spec.label, "dataset": spec.name, "tasks": list(spec.tasks), **run})
-            if grid:
-                grids[(model_spec.label, spec.name)] = grid
-        del loaded
-    written = predictions.close()
-    results["predictions"] = written.name if written else None
-    report.write_report(results, grids, cfg.out)
-    return results
+        results: dict[str, Any] = {
+            "config": cfg.model_dump(mode="json"),
+            "device": str(device),
+            "models": [],
+            "runs": [],
+        }
+        grids: dict[tuple[str, str], list[dict]] = {}
+        predictions = report.PredictionsFile(cfg.out)
+        for model_spec in cfg.models:
+            loaded = load_model(model_spec, device)
+            results["models"].append(
+                {
+                    "label": model_spec.label,
+                    "name": loaded.name,
+                    "kind": loaded.kind,
+                    "region_modes": has_regions(loaded),
+                }
+            )
+            for spec, split in splits:
+                log.info("evaluating %s on %s (%d images)", model_spec.label, spec.name, split.size)
+                keep = functools.partial(predictions.write, model_spec.label, spec.name)
+                run, grid = evaluate_split(loaded, split, spec.tasks, settings, device, keep)
+                results["runs"].append(
+                    {"model": model_spec.label, "dataset": spec.name, "tasks": list(spec.tasks), **run}
+                )
+                if grid:
+                    grids[(model_spec.label, spec.name)] = grid
+            del loaded
+        written = predictions.close()
+        results["predictions"] = written.name if written else None
+        report.write_report(results, grids, cfg.out)
+        return results

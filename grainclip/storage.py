@@ -10,37 +10,43 @@ a missing bucket or absent credentials look like to the user: one line (`Storage
   has no rename. Directories are prefixes; "what is committed" comes from listings.
 - Endpoint and credentials come from the standard AWS variables (`AWS_ENDPOINT_URL[_S3]`, `AWS_REGION`,
   `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, web identity, container credentials; instance
-  metadata only when `AWS_EC2_METADATA_DISABLED=false` says so). Nothing secret is passed to pyarrow or kept
-  in a config, so a pickled filesystem (sent to Ray workers) carries none, and each worker reads its own
-  environment.
+  metadata only when `AWS_EC2_METADATA_DISABLED=false` says so), or from the variables a run config's `storage`
+  names (`StorageConfig`: names only, never values). `configured(config.storage)` puts those names (not their
+  values) in `GRAINCLIP_STORAGE_VARIABLES`, so the processes a run starts (Ray workers, data-loader workers) read
+  the same variables from their own environment. The values reach pyarrow only in the process that read them: a
+  filesystem pickled for a Ray worker carries no key, it is rebuilt there from that worker's environment
+  (`_S3FileSystem.__reduce__`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, ValidationError
 
 from grainclip.config.base import ConfigError
+from grainclip.config.storage import StorageConfig
 
-#: The variables the S3 filesystem is built from (a change in any of them builds a new one).
-S3_VARIABLES = (
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
+#: The standard AWS variables behind each `StorageConfig` field (the first one set wins), used when a field is unset.
+STANDARD_VARIABLES: dict[str, tuple[str, ...]] = {
+    "endpoint_url_env": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "region_env": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "access_key_id_env": ("AWS_ACCESS_KEY_ID",),
+    "secret_access_key_env": ("AWS_SECRET_ACCESS_KEY",),
+    "session_token_env": ("AWS_SESSION_TOKEN",),
+}
+#: The other credential sources the AWS SDK resolves itself (a change in any of them builds a new filesystem).
+SDK_VARIABLES = (
     "AWS_PROFILE",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -48,6 +54,8 @@ S3_VARIABLES = (
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_EC2_METADATA_DISABLED",
 )
+#: Carries a run's `StorageConfig` variable names (JSON, never values) to the processes the run starts.
+NAMES_VARIABLE = "GRAINCLIP_STORAGE_VARIABLES"
 
 
 class StorageError(ConfigError):
@@ -107,26 +115,108 @@ def resolve_all(paths: Sequence[str | os.PathLike]) -> tuple[pafs.FileSystem, li
     return resolved[0][0], [inner for _, inner in resolved]
 
 
+@contextlib.contextmanager
+def configured(config: StorageConfig) -> Iterator[None]:
+    """Within the block, `s3://` uses the variables `config` names, in this process and in those it starts.
+
+    The names (never the values) go into `NAMES_VARIABLE`, which child processes inherit and `ray_runtime_env`
+    hands to the workers of an attached cluster. A config that names nothing leaves the setting in effect as it
+    is (a train step inside a pipeline run keeps the run's). Restored on exit.
+    """
+    names = config.named()
+    saved = os.environ.get(NAMES_VARIABLE)
+    if names:
+        os.environ[NAMES_VARIABLE] = json.dumps(names, sort_keys=True)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(NAMES_VARIABLE, None)
+        else:
+            os.environ[NAMES_VARIABLE] = saved
+
+
+def ray_runtime_env() -> dict[str, Any] | None:
+    """The runtime_env that gives an attached cluster's workers the configured variable names (None: none are).
+
+    Only for attaching: an embedded Ray's workers inherit the environment, and a runtime_env costs each new worker
+    a round trip to Ray's runtime-env agent (measured: ~2-4 s more before a fresh Ray's first tasks run)."""
+    names = os.environ.get(NAMES_VARIABLE)
+    return {"env_vars": {NAMES_VARIABLE: names}} if names else None
+
+
+def configured_names() -> dict[str, str]:
+    """{StorageConfig field: variable name} in effect in this process ({}: the standard AWS variables)."""
+    text = os.environ.get(NAMES_VARIABLE)
+    if not text:
+        return {}
+    try:
+        return StorageConfig.model_validate(json.loads(text)).named()
+    except (ValueError, ValidationError):
+        raise StorageError(
+            f"{NAMES_VARIABLE} must be a storage config's variable names as JSON (e.g. "
+            '{"secret_access_key_env": "MY_S3_SECRET"}), as grainclip sets it for the processes a run starts'
+        ) from None
+
+
+def _settings() -> dict[str, str]:
+    """{StorageConfig field: value} for the fields that have one: the named variable, else the standard ones.
+
+    A variable the config names but the environment lacks is an error naming the variable, never a fallback.
+    """
+    names = configured_names()
+    settings = {}
+    for field, standard in STANDARD_VARIABLES.items():
+        if field in names:
+            value = os.environ.get(names[field])
+            if not value:
+                raise StorageError(
+                    f"storage.{field} names the environment variable {names[field]}, which is not set here (set "
+                    "it wherever the run reads or writes s3://: the driver and every Ray node)"
+                )
+        else:
+            value = next((os.environ[key] for key in standard if os.environ.get(key)), None)
+        if value:
+            settings[field] = value
+    return settings
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    """pyarrow's S3 filesystem for the current AWS variables (one per distinct setting, reused)."""
-    return _s3_for(tuple((key, os.environ.get(key)) for key in S3_VARIABLES))
+    """pyarrow's S3 filesystem for the current settings (one per distinct setting, reused)."""
+    settings = _settings()
+    sdk = {key: os.environ[key] for key in SDK_VARIABLES if os.environ.get(key)}
+    return _s3_for(tuple(sorted(settings.items())), tuple(sorted(sdk.items())))
+
+
+class _S3FileSystem(pafs.S3FileSystem):
+    """An S3FileSystem that pickles as "build it again here": a Ray worker gets no key, it reads its own variables."""
+
+    def __reduce__(self):
+        return s3_filesystem, ()
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_for(settings: tuple[tuple[str, str | None], ...]) -> pafs.S3FileSystem:
-    env = {key: value for key, value in settings if value}
-    if not _has_credentials(env):
+def _s3_for(settings: tuple[tuple[str, str], ...], sdk: tuple[tuple[str, str], ...]) -> pafs.S3FileSystem:
+    """The filesystem for these settings: a key pair found is passed to pyarrow; without one the AWS SDK finds
+    the credentials itself (profile, web identity, container or instance role)."""
+    values, env = dict(settings), dict(sdk)
+    if not _has_credentials(values, env):
         raise StorageError(
             "no AWS credentials for s3://: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, a web "
-            "identity token, or AWS_EC2_METADATA_DISABLED=false to use the instance role)"
+            "identity token, AWS_EC2_METADATA_DISABLED=false to use the instance role, or name the variables in "
+            "the config's storage section)"
         )
-    options: dict = {"region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {"region": values.get("region_env") or "us-east-1"}
+    if "access_key_id_env" in values and "secret_access_key_env" in values:
+        options.update(access_key=values["access_key_id_env"], secret_key=values["secret_access_key_env"])
+        if "session_token_env" in values:
+            options["session_token"] = values["session_token_env"]
+    endpoint = values.get("endpoint_url_env")
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parts.netloc + parts.path.rstrip("/"), scheme=parts.scheme)
     # Short timeouts and few retries: a wrong endpoint should fail in seconds with one line, not hang.
-    return pafs.S3FileSystem(
+    return _S3FileSystem(
         connect_timeout=5,
         request_timeout=60,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3),
@@ -134,11 +224,11 @@ def _s3_for(settings: tuple[tuple[str, str | None], ...]) -> pafs.S3FileSystem:
     )
 
 
-def _has_credentials(env: dict[str, str]) -> bool:
+def _has_credentials(values: dict[str, str], env: dict[str, str]) -> bool:
     """Whether any standard AWS credential source is configured (the SDK itself resolves which one)."""
     shared = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials")
     return bool(
-        (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"))
+        (values.get("access_key_id_env") and values.get("secret_access_key_env"))
         or env.get("AWS_PROFILE")
         or shared.is_file()
         or env.get("AWS_WEB_IDENTITY_TOKEN_FILE")
@@ -149,7 +239,10 @@ def _has_credentials(env: dict[str, str]) -> bool:
 
 
 def endpoint() -> str:
-    """The S3 endpoint in use, for messages (AWS's own when no AWS_ENDPOINT_URL is set)."""
+    """The S3 endpoint in use, for messages (AWS's own when none is set)."""
+    names = configured_names()
+    if "endpoint_url_env" in names:
+        return os.environ.get(names["endpoint_url_env"]) or "AWS (default endpoint)"
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS (default endpoint)"
 
 
@@ -164,7 +257,8 @@ def _translated(path: str) -> Iterator[None]:
         text = str(exc)
         bucket = path.partition("://")[2].split("/", 1)[0]
         if "NETWORK_CONNECTION" in text or "Couldn't connect" in text or "curlCode" in text:
-            reason = f"cannot reach the S3 endpoint {endpoint()} (check AWS_ENDPOINT_URL)"
+            variable = configured_names().get("endpoint_url_env", "AWS_ENDPOINT_URL")
+            reason = f"cannot reach the S3 endpoint {endpoint()} (check {variable})"
         elif "NO_SUCH_BUCKET" in text or "Bucket" in text and "not found" in text or "NoSuchBucket" in text:
             reason = f"bucket {bucket!r} does not exist at {endpoint()}"
         elif "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:

@@ -168,49 +168,58 @@ def check_final_errors(manifest: RunManifest, run: RunDir, max_fraction: float) 
 
 
 def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_run: bool = False) -> RunResult:
-    """Annotate `config.source` into `config.output` (resuming a killed run), then run the configured steps."""
+    """Annotate `config.source` into `config.output` (resuming a killed run), then run the configured steps.
+
+    Storage (`config.storage`) is configured for the whole run, so the train and evaluate steps keep it."""
     import ray
 
     config = config.with_absolute_paths()
-    preflight(config, address)
-    run = RunDir(config.output)
-    run_id, previous = run.open(config, force_new_run)
-    preflight_resources(config, address)
-    view = resume_view(config)
-    manifest = previous or RunManifest.new(run_id, view, config_hash(view))
-    if config.source.carries_descriptions:  # an earlier run's descriptions are kept (grainclip.pipelines.reuse)
-        from grainclip.pipelines.reuse import check_unchanged
+    with storage.configured(config.storage):  # the run's workers read the variables it names
+        preflight(config, address)
+        run = RunDir(config.output)
+        run_id, previous = run.open(config, force_new_run)
+        preflight_resources(config, address)
+        view = resume_view(config)
+        manifest = previous or RunManifest.new(run_id, view, config_hash(view))
+        if config.source.carries_descriptions:  # an earlier run's descriptions are kept (grainclip.pipelines.reuse)
+            from grainclip.pipelines.reuse import check_unchanged
 
-        if previous is not None:
-            check_unchanged(config.source, previous)
-        manifest.descriptions_from = config.source.provenance()
-    log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
-    steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
-    if steps is not None:
-        import_training_stack()
-
-    started_ray = not ray.is_initialized()
-    embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
-    if started_ray:
-        # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
-        # machine last started with `ray start`.
-        # An embedded Ray gets at least the CPUs the train step needs, or its data pipeline never starts on
-        # a small machine (Ray's CPU count is a scheduling token, not a thread count).
-        num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
-        if embedded:
-            end_leftover_ray(run)
-        ray.init(address="local" if embedded else address, num_cpus=num_cpus, log_to_driver=True)
-        if embedded:
-            record_ray_processes(run)
-    try:
-        result = run_attempt(config, run, manifest, address or ("local" if embedded else "attached"), embedded)
+            if previous is not None:
+                check_unchanged(config.source, previous)
+            manifest.descriptions_from = config.source.provenance()
+        log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
+        steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
         if steps is not None:
-            result.steps = run_steps(steps, manifest, run)
-        return result
-    finally:
+            import_training_stack()
+
+        started_ray = not ray.is_initialized()
+        embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
         if started_ray:
-            ray.shutdown()
-            storage.delete(run.ray_processes_path)
+            # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
+            # machine last started with `ray start`.
+            # An embedded Ray gets at least the CPUs the train step needs, or its data pipeline never starts on
+            # a small machine (Ray's CPU count is a scheduling token, not a thread count).
+            num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
+            if embedded:
+                end_leftover_ray(run)
+            ray.init(
+                address="local" if embedded else address,
+                num_cpus=num_cpus,
+                log_to_driver=True,
+                # An embedded Ray's workers inherit this environment; an attached cluster's get the names here.
+                runtime_env=None if embedded else storage.ray_runtime_env(),
+            )
+            if embedded:
+                record_ray_processes(run)
+        try:
+            result = run_attempt(config, run, manifest, address or ("local" if embedded else "attached"), embedded)
+            if steps is not None:
+                result.steps = run_steps(steps, manifest, run)
+            return result
+        finally:
+            if started_ray:
+                ray.shutdown()
+                storage.delete(run.ray_processes_path)
 
 
 def record_ray_processes(run: RunDir) -> None:

@@ -1,16 +1,20 @@
 """Object storage end to end against a real S3 API (`moto_server` on loopback, the session's `s3` fixture).
 
-A PartsWorld pipeline with source and output on S3; a SIGKILLed driver then a rerun, every row exactly once;
-train and evaluate reading from S3 exactly what they read from local disk; wrong endpoint, wrong bucket and
-missing credentials as one line each. No secret may reach the manifest, stats, shards or logs.
+A PartsWorld pipeline with source and output on S3, configured through variables its config names; a SIGKILLed
+driver then a rerun, every row exactly once; train and evaluate reading from S3 exactly what they read from local
+disk; wrong endpoint, wrong bucket, missing credentials, a named variable missing and a literal secret in config
+as one line each. No secret may reach the manifest, stats, shards or logs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 from grainclip import storage
 from grainclip.cli import app
 from grainclip.config.pipeline import PipelineConfig
+from grainclip.config.storage import StorageConfig
 from grainclip.partsworld import generate
 from grainclip.schema import parquet_file, read_table
 from grainclip.testing.runs import PipelineProcess
@@ -48,7 +53,42 @@ def all_object_bytes(prefix: str) -> bytes:
     return b"".join(storage.read_bytes(path) for path in storage.list_files(prefix))
 
 
-def test_partsworld_pipeline_reads_and_writes_s3(s3, partsworld_on_s3, partsworld_small):
+#: Every standard AWS variable a test of named variables removes, so only the named ones can work.
+STANDARD_AWS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+#: A config's `storage` section naming the TEAM_S3_* variables.
+NAMED = {
+    "endpoint_url_env": "TEAM_S3_ENDPOINT",
+    "access_key_id_env": "TEAM_S3_KEY_ID",
+    "secret_access_key_env": "TEAM_S3_SECRET",
+}
+
+
+def reachable_only_through_named_variables(patch: pytest.MonkeyPatch, s3, home: Path) -> str:
+    """The loopback server reachable only through the TEAM_S3_* variables; returns their (fresh) secret."""
+    secret = f"team-secret-{uuid.uuid4().hex}"
+    for key in STANDARD_AWS:
+        patch.delenv(key, raising=False)
+    patch.setenv("HOME", str(home))  # no ~/.aws/credentials either
+    patch.setenv("TEAM_S3_ENDPOINT", s3.endpoint)
+    patch.setenv("TEAM_S3_KEY_ID", "team-key-id")
+    patch.setenv("TEAM_S3_SECRET", secret)
+    return secret
+
+
+def test_partsworld_pipeline_reads_and_writes_s3(
+    s3, partsworld_on_s3, partsworld_small, tmp_path, monkeypatch, caplog, capfd
+):
+    """Through the variables the config names (the standard ones removed while it runs; the SIGKILL test below
+    uses them), with debug logging: no trace of their secret in the logs, the run directory or a pickled
+    filesystem."""
     from grainclip.pipelines.runner import run_pipeline
 
     out = s3.uri("runs", "plain")
@@ -56,12 +96,21 @@ def test_partsworld_pipeline_reads_and_writes_s3(s3, partsworld_on_s3, partsworl
         {
             "output": out,
             "source": {"kind": "partsworld", "path": partsworld_on_s3},
+            "storage": NAMED,
             "describe": {"num_cpus": 0.25, "batch_size": 16},
             "ground": {"num_cpus": 0.25, "batch_size": 16},
             "sink": {"rows_per_shard": 16},
         }
     )
-    result = run_pipeline(config)
+    with monkeypatch.context() as patch, caplog.at_level(logging.DEBUG):
+        named_secret = reachable_only_through_named_variables(patch, s3, tmp_path)
+        result = run_pipeline(config)
+        with storage.configured(config.storage):
+            pickled = pickle.dumps(storage.s3_filesystem())  # what a Ray worker is sent: rebuilt there, no key
+    assert storage.NAMES_VARIABLE not in os.environ  # the run restored this process's setting
+    log = caplog.text + "".join(capfd.readouterr())  # grainclip's records and what Ray's workers printed
+    assert "complete: 64 rows" in log and named_secret not in log and SECRET not in log
+    assert named_secret.encode() not in pickled
 
     inputs = read_table(partsworld_small / "train" / "images", "images", columns=["image_id"]).column("image_id")
     table = read_table(storage.join(out, "annotations"), "annotations", columns=["image_id", "status"])
@@ -69,6 +118,7 @@ def test_partsworld_pipeline_reads_and_writes_s3(s3, partsworld_on_s3, partsworl
     assert result.rows == len(inputs) == 64 and set(result.counts) <= {"ok", "no_regions"}
     manifest = json.loads(storage.read_text(storage.join(out, "manifest.json")))
     assert manifest["status"] == "complete" and manifest["rows"] == 64 and manifest["config"]["output"] == out
+    assert StorageConfig.model_validate(manifest["config"]["storage"]).named() == NAMED  # names, never values
     stats = storage.list_files(storage.join(out, "stats"), ".json")
     shards = storage.list_files(storage.join(out, "annotations"), ".parquet")
     assert len(stats) == len(shards) == 4
@@ -78,7 +128,8 @@ def test_partsworld_pipeline_reads_and_writes_s3(s3, partsworld_on_s3, partsworl
     )
     assert storage.read_bytes(report[0]).startswith(b"\x89PNG")
     assert not Path("s3:").exists()  # nothing was written to a local folder named after the URI
-    assert SECRET.encode() not in all_object_bytes(out)
+    written = all_object_bytes(out)  # shards, stats, manifest, report
+    assert SECRET.encode() not in written and named_secret.encode() not in written
 
     # The report command reads a run on S3 too.
     reported = CliRunner().invoke(app, ["pipeline", "report", out])
@@ -224,3 +275,44 @@ def test_wrong_endpoint_bucket_or_missing_credentials_are_one_line_each(s3, part
         line = _pipeline_error(tmp_path, partsworld_on_s3, good_out)
         assert "no AWS credentials" in line and "AWS_ACCESS_KEY_ID" in line
     assert not storage.exists(good_out)  # refused before anything was written
+
+
+def test_a_named_variable_missing_or_a_literal_secret_in_config_is_one_line(
+    s3, partsworld_on_s3, tmp_path, monkeypatch
+):
+    named_secret = reachable_only_through_named_variables(monkeypatch, s3, tmp_path)
+
+    def run(storage_section: dict) -> str:
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {"output": s3.uri("runs", "never"), "source": {"kind": "partsworld", "path": partsworld_on_s3}}
+                | {"storage": storage_section}
+            )
+        )
+        result = CliRunner().invoke(app, ["pipeline", "run", str(config)])
+        assert result.exit_code == 2, result.output
+        assert named_secret not in result.output and "traceback" not in result.output.lower()
+        return result.output
+
+    with monkeypatch.context() as patch:
+        patch.delenv("TEAM_S3_SECRET")
+        output = run(NAMED)
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "storage.secret_access_key_env names the environment variable TEAM_S3_SECRET, which is not set" in output
+
+    literal = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    for section in (
+        {**NAMED, "secret_access_key_env": literal},
+        {**NAMED, "access_key_id_env": "AKIAIOSFODNN7EXAMPLE"},
+    ):
+        output = run(section)
+        assert "must be the NAME of an environment variable" in output, output
+        assert literal not in output and "AKIAIOSFODNN7EXAMPLE" not in output
+        assert [line.split(":")[0].strip() for line in output.splitlines()[1:]] in (
+            ["storage.secret_access_key_env"],
+            ["storage.access_key_id_env"],
+        )
+    with storage.configured(StorageConfig.model_validate(NAMED)):
+        assert not storage.exists(s3.uri("runs", "never"))  # refused before anything was written

@@ -111,7 +111,8 @@ def train_with_ray(cfg: TrainConfig, resume: str | None, eval_hook: EvalHook | N
         # Ray's CPU count is a scheduling token: on a small machine the data actors and read tasks still
         # need CPUs beside the training workers, or the pipeline never starts. A cluster brings its own.
         num_cpus = None if address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.num_workers, 1) + 1)
-        ray.init(address=address, num_cpus=num_cpus)
+        # An embedded Ray's workers inherit this environment; an attached cluster's get the storage names here.
+        ray.init(address=address, num_cpus=num_cpus, runtime_env=storage.ray_runtime_env() if address else None)
     try:
         statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)
         trainable = sum(count for status, count in statuses.items() if status in TRAINABLE_STATUSES)

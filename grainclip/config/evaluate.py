@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from grainclip.config.base import ConfigModel
+from grainclip.config.storage import StorageConfig
 from grainclip.images import AlphaMode
 from grainclip.sources import SourceField
 
@@ -176,6 +177,11 @@ class EvaluateConfig(ConfigModel):
     grid_images: int = Field(8, ge=0, description="Images drawn with their predicted regions, per region model.")
     image_alpha: ImageAlpha = "white"
     progress: bool = Field(True, description="Show a progress bar per model and split.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Object storage (s3://): the environment variables holding its endpoint and credentials (names "
+        "only); unset: the standard AWS variables.",
+    )
 
     @field_validator("modes")
     @classmethod

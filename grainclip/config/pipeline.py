@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from grainclip import storage
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigModel
+from grainclip.config.storage import StorageConfig
 from grainclip.sources import SourceField
 
 #: The parts of a pipeline config that decide what the output rows contain. A rerun into an existing run
@@ -151,6 +152,11 @@ class PipelineConfig(ConfigModel):
     )
     error_check_min_rows: int = Field(
         200, gt=0, description="Rows processed before the error fraction is checked (avoids stopping on one bad shard)."
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Object storage (s3://): the environment variables holding its endpoint and credentials (names "
+        "only); unset: the standard AWS variables.",
     )
     job: JobConfig = Field(default_factory=JobConfig)
     train: TrainStep | None = None

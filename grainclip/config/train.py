@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from grainclip.config.base import ConfigModel
 from grainclip.config.evaluate import EvalDataset, ImageAlpha, Mode
+from grainclip.config.storage import StorageConfig
 from grainclip.storage import Location
 
 MAX_ENUMERATED_QUERIES = 8  # 8! = 40320 assignments per image: the most the enumeration matcher scores
@@ -198,6 +199,11 @@ class TrainConfig(ConfigModel):
     workers: int = Field(1, gt=0, description="Ray Train workers; 1 = single process without a process group.")
     gpu: bool = Field(False, description="One GPU per worker (Ray Train) or cuda:0 (single process).")
     ray_address: str | None = Field(None, description="Ray cluster to attach to; None = local or embedded.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Object storage (s3://): the environment variables holding its endpoint and credentials (names "
+        "only); unset: the standard AWS variables.",
+    )
 
     @model_validator(mode="after")
     def _regions_fit_queries(self) -> TrainConfig:
