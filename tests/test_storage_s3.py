@@ -102,7 +102,7 @@ def test_partsworld_pipeline_reads_and_writes_s3(
             "sink": {"rows_per_shard": 16},
         }
     )
-    with monkeypatch.context() as patch, caplog.at_level(logging.DEBUG):
+    with monkeypatch.context() as patch, caplog.at_level(logging.DEBUG, logger="grainclip"):
         named_secret = reachable_only_through_named_variables(patch, s3, tmp_path)
         result = run_pipeline(config)
         with storage.configured(config.storage):
