@@ -30,8 +30,10 @@ def describer(kind: str, models: dict[str, Path] | None) -> dict:
     return {
         "name": "vllm",
         "model": str(models["llm"]),
-        "max_descriptions": 4,
-        "sampling": {"max_tokens": 96},
+        "max_descriptions": 3,
+        "max_description_chars": 20,
+        "max_caption_chars": 40,  # schema-bounded: the random model's answers finish inside max_tokens
+        "sampling": {"max_tokens": 160},
         "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
     }
 
@@ -69,12 +71,12 @@ def main() -> int:
         generate(data, n=args.images, n_test=8, seed=0, image_size=args.image_size)
     needs_models = args.describer == "vllm" or args.grounder == "owlv2"
     models = build_tiny_models(default_cache_dir() / "tiny-models") if needs_models else None
-    ground = {"grounder": grounder(args.grounder, models), "num_cpus": 1, "batch_size": 64}
+    ground = {"grounder": grounder(args.grounder, models), "num_cpus": 0.5, "batch_size": 64}
     sink = {"rows_per_shard": args.rows_per_shard}
     full = parse_config({
         "output": str(work / "full"),
         "source": {"kind": "partsworld", "path": str(data)},
-        "describe": {"describer": describer(args.describer, models), "num_cpus": 1, "batch_size": 256},
+        "describe": {"describer": describer(args.describer, models), "num_cpus": 0.5, "batch_size": 256},
         "ground": ground,
         "sink": sink,
     }, PipelineConfig)  # fmt: skip
