@@ -16,7 +16,7 @@ Both stages share one `vllm` describer (its AsyncLLM engine); the reference is a
 token totals are printed per side, so unequal work would show. Ratios are the stage's images/s over generate's
 (goal for in flight: >= 0.9); the median pass is the headline, the best beside it.
 
-    python benchmarks/pipeline_describe.py [--images 512] [--batch 32] [--in-flight 2 4 8] [--repeats 3]
+    python benchmarks/pipeline_describe.py [--images 1024] [--batch 32] [--in-flight 8 16 32] [--repeats 3]
 
 Needs the `llm` tiny model (built into the grainclip cache on first use). A run with the defaults records
 `describe_inflight_vs_generate` (at the vllm describer's default N) and `describe_sync_vs_generate`.
@@ -65,9 +65,9 @@ def long_tailed_max_tokens(n: int, caps: list[int], seed: int = 0) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=32, help="Rows per stage call (the pipeline's default).")
-    parser.add_argument("--in-flight", type=int, nargs="+", default=[2, 4, 8], help="Batches in flight to measure.")
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[8, 16, 32], help="Batches in flight to measure.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", choices=["longtail", "fixed"], default="longtail")
     parser.add_argument("--max-tokens", type=int, default=64, help="Every prompt's max_tokens with --lengths fixed.")

@@ -78,7 +78,7 @@ class DescribeStageConfig(StageConfig):
         gt=0,
         description="Batches each describe actor works on at once, so the engine (vllm) or endpoint pool (openai) "
         "never waits for the slowest answer of one batch before the next arrives; > 1 needs a describer with "
-        "describe_async. None: the describer's default (vllm, openai 4; 1 for the others).",
+        "describe_async. None: the describer's default (vllm, openai 32; 1 for the others).",
     )
 
 
