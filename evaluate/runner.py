@@ -134,7 +134,9 @@ class SplitPass:
         dataset = self.split.dataset(
             self.loaded.preprocess, self.tasks, keep_images=keep_images, alpha=self.settings.image_alpha
         )
-        workers = loader_workers() if self.settings.num_workers is None else self.settings.num_workers
+        workers = self.settings.num_workers
+        if workers is None:
+            workers = loader_workers(image_size=self.loaded.image_size)
         loader = DataLoader(
             dataset,
             batch_size=self.settings.batch_size,

@@ -59,12 +59,22 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def loader_workers(cpus: int | None = None) -> int:
-    """DataLoader worker processes that fit this machine by default.
+#: Samples below this side (px) are cheap to decode and resize: with many cores, fewer workers feed them.
+SMALL_IMAGE_SIDE = 128
 
-    A worker pays only with a core to itself: on 2 cores, 2 decode workers beside torch's 2 intra-op threads made the
-    evaluator 0.87x a plain in-process loop (benchmarks/RESULTS.md, "Evaluation images/s"), so 2 cores get none.
-    With more cores, half of them decode and the rest stay with the model's threads, at most 8 workers.
+
+def loader_workers(cpus: int | None = None, image_size: int | None = None) -> int:
+    """DataLoader worker processes that fit this machine by default, for samples of `image_size` px (None: unknown).
+
+    The one default of the evaluator's and the trainer's loaders (benchmarks/RESULTS.md, "Default loader workers").
+    A worker pays only with a core to itself: on 2 cores, beside torch's two intra-op threads, one worker made the
+    evaluator 0.86x a plain loop (1.08x in-process) and a training loop 0.13-0.82x of the in-process one, so up to
+    2 cores get none. With more cores, half of them decode and the rest stay with the model's threads (at most 8);
+    samples below SMALL_IMAGE_SIDE cost so little to decode and resize that a quarter of the cores keep up, and each
+    further worker is one more process to start and feed.
     """
     cpus = cpus or available_cpus()
-    return 0 if cpus <= 2 else min(cpus // 2, 8)
+    if cpus <= 2:
+        return 0
+    share = 4 if image_size is not None and image_size < SMALL_IMAGE_SIDE else 2
+    return min(cpus // share, 8)

@@ -96,7 +96,7 @@ class StepPlan:
     def min_cpus(self) -> int:
         """Logical CPUs Ray Train needs: one per worker plus its data actors and read tasks (as in
         grainclip.train.ray_train, which asks for the same when it starts Ray itself)."""
-        return self.train.workers + max(self.train.data.num_workers, 1) + 1
+        return self.train.workers + max(self.train.data.workers(), 1) + 1
 
 
 def import_training_stack() -> None:

@@ -93,7 +93,7 @@ def training_dataset(cfg: TrainConfig, builder: SampleBuilder, start_epoch: int,
         fn_constructor_kwargs={"builder": builder},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.data.num_workers, 1)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.data.workers(builder.image_size), 1)),
     )
     # Blocks of exactly one worker batch: with order preserved, the equal streaming split then deals them out
     # round-robin (each block goes to the worker with the fewest rows), so global batch k = stream rows k*W*B..

@@ -110,7 +110,7 @@ def train_with_ray(cfg: TrainConfig, resume: str | None, eval_hook: EvalHook | N
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         # Ray's CPU count is a scheduling token: on a small machine the data actors and read tasks still
         # need CPUs beside the training workers, or the pipeline never starts. A cluster brings its own.
-        num_cpus = None if address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.num_workers, 1) + 1)
+        num_cpus = None if address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.workers(), 1) + 1)
         # An embedded Ray's workers inherit this environment; an attached cluster's get the storage names here.
         ray.init(address=address, num_cpus=num_cpus, runtime_env=storage.ray_runtime_env() if address else None)
     try:

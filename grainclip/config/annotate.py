@@ -130,4 +130,10 @@ class GrounderConfig(ConfigModel):
     max_image_side: int = Field(
         1600, gt=0, description="Larger images are downscaled (aspect kept) before the detector's processor."
     )
+    prefetch_batches: int = Field(
+        1,
+        ge=0,
+        description="Detector batches resized and preprocessed on a CPU thread while the model runs the current "
+        "one; 0: one after the other. The rows are the same either way.",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific knobs.")

@@ -170,7 +170,7 @@ class EvaluateConfig(ConfigModel):
         None,
         ge=0,
         description="DataLoader processes decoding and preprocessing images; None: what fits this machine's cores "
-        "(grainclip.devices.loader_workers: 0 on 2 cores, half the cores above).",
+        "and the model's input size (grainclip.devices.loader_workers, the trainer's default too).",
     )
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")

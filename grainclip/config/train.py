@@ -128,11 +128,27 @@ class DataConfig(ConfigModel):
     hflip: bool = Field(False, description="Off by default: descriptions may say 'left'/'right'.")
     min_box_pixels: float = Field(2.0, ge=0.0, description="Boxes smaller than this after augmentation are dropped.")
     image_alpha: ImageAlpha = "white"
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes (single-process runs).")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes (single-process runs; the data actors of a Ray Train run); None: "
+        "what fits this machine's cores and the training resolution (grainclip.devices.loader_workers).",
+    )
     shuffle_row_groups: int = Field(
         4, gt=0, description="Rows are shuffled within windows of this many Parquet row groups (memory bound)."
     )
     prefetch_batches: int = Field(2, gt=0, description="Batches prepared ahead of the training step.")
+
+    def workers(self, image_size: int | None = None) -> int:
+        """`num_workers`, or the default that fits this machine for `image_size`-px samples (else `image_size` here).
+
+        Resuming needs the same count (it shapes the data shards): set `num_workers` to move a run between machines.
+        """
+        from grainclip.devices import loader_workers
+
+        if self.num_workers is not None:
+            return self.num_workers
+        return loader_workers(image_size=image_size or self.image_size)
 
     @model_validator(mode="after")
     def _crop_scale_ordered(self) -> DataConfig:
