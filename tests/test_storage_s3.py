@@ -76,7 +76,9 @@ def reachable_only_through_named_variables(patch: pytest.MonkeyPatch, s3, home: 
     secret = f"team-secret-{uuid.uuid4().hex}"
     for key in STANDARD_AWS:
         patch.delenv(key, raising=False)
-    patch.setenv("HOME", str(home))  # no ~/.aws/credentials either
+    # no ~/.aws files either (HOME stays: Ray's processes read their auth token from ~/.ray)
+    patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-aws-credentials"))
+    patch.setenv("AWS_CONFIG_FILE", str(home / "no-aws-config"))
     patch.setenv("TEAM_S3_ENDPOINT", s3.endpoint)
     patch.setenv("TEAM_S3_KEY_ID", "team-key-id")
     patch.setenv("TEAM_S3_SECRET", secret)
