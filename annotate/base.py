@@ -69,6 +69,15 @@ class Annotator(ABC):
     def __init__(self, config: DescriberConfig | GrounderConfig) -> None:
         self.config = config
 
+    @classmethod
+    def problems(cls, config: DescriberConfig | GrounderConfig, workers_on_cpu: bool) -> list[str]:
+        """What is certainly wrong with `config` for this backend, known without loading the model.
+
+        Preflight calls it before Ray starts, so e.g. an engine argument above the model's limit is one line
+        instead of an actor crash minutes later. `workers_on_cpu`: the stage's actors get no GPU.
+        """
+        return []
+
     def info(self) -> dict[str, Any]:
         """What the run manifest records about this annotator (never secrets)."""
         return {
@@ -88,10 +97,22 @@ class Describer(Annotator):
 
     kind = "describer"
     config: DescriberConfig
+    #: Batches one pipeline actor hands to `describe_async` at once unless the stage config sets
+    #: `batches_in_flight`; 1: the backend serves one batch at a time through `describe`.
+    default_batches_in_flight: ClassVar[int] = 1
 
     @abstractmethod
     def describe(self, requests: Sequence[DescribeRequest]) -> list[Description]:
         """One Description per request, same order; per-row problems are statuses, never exceptions."""
+
+    async def describe_async(self, requests: Sequence[DescribeRequest]) -> list[Description]:
+        """`describe` for a caller that keeps several batches in flight; only backends that can serve them
+        concurrently implement it. Per-row problems are statuses; raising means the backend is broken."""
+        raise NotImplementedError(f"{type(self).__name__} serves one batch at a time: it has no describe_async")
+
+    @classmethod
+    def serves_batches_concurrently(cls) -> bool:
+        return cls.describe_async is not Describer.describe_async
 
 
 class Grounder(Annotator):

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import pyarrow.compute as pc
 from pydantic import Field
 
-from grainclip import schema
+from grainclip import schema, storage
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
+from grainclip.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +40,86 @@ class TruthRecord:
 
 
 class TruthIndex:
-    """Every annotations-schema Parquet file under `path` (a PartsWorld root or its truth folder), by image_id."""
+    """Every annotations-schema Parquet file under `path` (a PartsWorld root or its truth folder), by image_id.
+
+    Only a sorted id array and each id's (file, row) are held: a file's records are built when one of its ids is
+    asked for, and the last few files are kept (requests arrive shard by shard). That is ~30 bytes per image
+    instead of every record in every simulated actor (about 1 GB each at a million images). Where an id is in
+    several files the last file wins.
+    """
+
+    CACHED_FILES = 4
 
     def __init__(self, path: str | Path) -> None:
-        path = Path(path)
-        if not path.exists():
+        path = storage.location(path)
+        if not storage.exists(path):
             raise ConfigError(f"PartsWorld truth not found at {path} (options.truth: the dataset dir or its truth dir)")
         files = [f for f in schema.parquet_files(path) if schema.kind_of(f) == "annotations"]
         if not files:
             raise ConfigError(f"no annotations Parquet (PartsWorld truth) under {path}")
-        self.path = path
-        self.records: dict[str, TruthRecord] = {}
-        for file in files:
-            table = schema.read_table(file, "annotations")
-            for row in table.select(["image_id", "llm_caption", "descriptions", "regions"]).to_pylist():
-                regions = row["regions"] or []
-                self.records[row["image_id"]] = TruthRecord(
+        self.path, self.files = path, files
+        ids, file_of, row_of, pool = [], [], [], set()
+        for index, file in enumerate(files):
+            parquet = schema.parquet_file(file)
+            present = [c for c in ("image_id", "descriptions") if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+            ids += table.column("image_id").to_pylist()
+            file_of.append(np.full(table.num_rows, index, dtype=np.int32))
+            row_of.append(np.arange(table.num_rows, dtype=np.int32))
+            if "descriptions" in present:
+                pool.update(d for d in pc.list_flatten(table.column("descriptions")).to_pylist() if d is not None)
+        encoded = np.array([i.encode() for i in ids]) if ids else np.array([], dtype="S1")
+        order = np.argsort(encoded, kind="stable")
+        self._ids = encoded[order]
+        self._file = np.concatenate(file_of)[order]
+        self._row = np.concatenate(row_of)[order]
+        self._cache: OrderedDict[int, list[TruthRecord]] = OrderedDict()
+        self.description_pool = sorted(pool)
+        log.info("PartsWorld truth: %d images from %d file(s) under %s", len(set(ids)), len(files), path)
+
+    def get(self, image_id: str) -> TruthRecord | None:
+        probe = image_id.encode()
+        position = int(np.searchsorted(self._ids, probe, side="right")) - 1  # the last file holding the id
+        if position < 0 or self._ids[position] != probe:
+            return None
+        return self._records(int(self._file[position]))[int(self._row[position])]
+
+    def items(self) -> Iterator[tuple[str, TruthRecord]]:
+        """Every (image_id, record), in id order; an id held by several files once (the last file wins)."""
+        last = np.append(self._ids[1:] != self._ids[:-1], True) if len(self._ids) else self._ids.astype(bool)
+        for position in np.flatnonzero(last):
+            record = self._records(int(self._file[position]))[int(self._row[position])]
+            yield self._ids[position].decode(), record
+
+    def _records(self, index: int) -> list[TruthRecord]:
+        """Every record of file `index`, in row order (kept for the next requests, the oldest file dropped)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        table = schema.read_table(self.files[index], "annotations")
+        records = []
+        for row in table.select(["llm_caption", "descriptions", "regions"]).to_pylist():
+            regions = row["regions"] or []
+            records.append(
+                TruthRecord(
                     llm_caption=row["llm_caption"],
                     descriptions=tuple(row["descriptions"] or ()),
                     region_texts=tuple(r["text"] for r in regions),
                     region_boxes=np.asarray([r["box"] for r in regions], dtype=np.float32).reshape(-1, 4),
                 )
-        self.description_pool = sorted({d for r in self.records.values() for d in r.descriptions})
-        log.info("PartsWorld truth: %d images from %d file(s) under %s", len(self.records), len(files), path)
-
-    def get(self, image_id: str) -> TruthRecord | None:
-        return self.records.get(image_id)
+            )
+        self._cache[index] = records
+        if len(self._cache) > self.CACHED_FILES:
+            self._cache.popitem(last=False)
+        return records
 
 
 class TruthOptions(ConfigModel):
     """The options both simulated annotators take; each adds its own noise knobs."""
 
-    truth: Path = Field(description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet.")
+    truth: Location = Field(
+        description="PartsWorld dataset dir (or its truth dir) holding annotations Parquet, local or s3://."
+    )
     seed: int = 0
 
 

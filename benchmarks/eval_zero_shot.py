@@ -7,12 +7,16 @@ Both compute CLIP zero-shot top-1 (`global` mode) on a PartsWorld test split sto
 * evaluator: `grainclip.evaluate.evaluate_split` (DataLoader workers decode and preprocess while the main
   process encodes; class text from the cache, encoded once).
 
-Runs alternate (reference, evaluator, reference, ...) so machine load hits both alike; the ratio uses the
-median of each. Images/s counts images from the first batch to the last prediction, text encoding and
-model loading excluded for both. Top-1 of the two must agree (checked). Both use the same torch intra-op
-thread count (`--threads`); on a small, busy machine that count matters more than anything else here.
+Runs alternate (reference, then the evaluator with each `--workers` count, in rotating order) so machine load
+hits every side alike; each ratio uses the medians. Without `--workers` the evaluator runs with its default
+(`grainclip.devices.loader_workers` for the model's input size), and a run with every option at its default
+records that ratio as `eval_default_workers_vs_loop`. Images/s counts images from the first batch to the last
+prediction, text encoding and model loading excluded for all. Top-1 of every side must agree (checked). All use
+the same torch intra-op thread count (`--threads`); on a small, busy machine that count matters more than anything
+else here.
 
     python benchmarks/eval_zero_shot.py [--images 512] [--image-size 128] [--model small] [--repeats 3] [--threads N]
+                                         [--workers W ...]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +36,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from grainclip.config.evaluate import EvalDataset
+from grainclip.devices import loader_workers
 from grainclip.evaluate import class_text
 from grainclip.evaluate.datasets import load_split
 from grainclip.evaluate.models import load_open_clip
 from grainclip.evaluate.runner import PassSettings, evaluate_split
 from grainclip.partsworld import generate
 from grainclip.schema import parquet_files
+
+sys.path.insert(0, str(Path(__file__).parent))
+from figures import is_recorded_configuration, record  # noqa: E402
 
 MODELS = {
     # Test-suite size: decoding dominates.
@@ -81,7 +90,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--model", choices=sorted(MODELS), default="small")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="Evaluator worker counts, each a side of its own (default: the evaluator's own default only).",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both (default: torch's).")
     args = parser.parse_args()
@@ -89,10 +104,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
-        run(args, Path(tmp))
+        run(parser, args, Path(tmp))
 
 
-def run(args: argparse.Namespace, work: Path) -> None:
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace, work: Path) -> None:
     generate(work / "pw", n=1, n_test=args.images, n_val=1, seed=0, image_size=args.image_size)
     config = work / f"bench-{args.model}.json"
     config.write_text(json.dumps(MODELS[args.model]))
@@ -106,39 +121,45 @@ def run(args: argparse.Namespace, work: Path) -> None:
         loaded, split.classnames, templates, "cpu"
     )  # once, shared with the evaluator's cache
     encoded_before = class_text.TEXT_CACHE.encoded_texts
-    settings = PassSettings(modes=["global"], templates=templates, batch_size=args.batch_size, num_workers=args.workers)
 
-    reference, evaluator = [], []
-    for _ in range(args.repeats):
-        speed, reference_top1 = reference_loop(
-            loaded, work / "pw" / "test_novel" / "truth", split.classnames, text, args.batch_size
-        )
-        reference.append(speed)
+    counts = args.workers if args.workers else [loader_workers(image_size=loaded.image_size)]
+    truth = work / "pw" / "test_novel" / "truth"
+
+    def run_reference() -> tuple[float, float]:
+        return reference_loop(loaded, truth, split.classnames, text, args.batch_size)
+
+    def run_evaluator(workers: int) -> tuple[float, float]:
+        settings = PassSettings(modes=["global"], templates=templates, batch_size=args.batch_size, num_workers=workers)
         results, _ = evaluate_split(loaded, split, ["classification"], settings, torch.device("cpu"))
-        evaluator.append(results["images_per_second"])
-        evaluator_top1 = results["classification"][0]["top1"]
-        assert abs(evaluator_top1 - reference_top1) < 1e-9, (evaluator_top1, reference_top1)
+        return results["images_per_second"], results["classification"][0]["top1"]
+
+    sides = {"reference": run_reference, **{f"workers={w}": (lambda w=w: run_evaluator(w)) for w in counts}}
+    speeds: dict[str, list[float]] = {side: [] for side in sides}
+    top1: dict[str, float] = {}
+    for repeat in range(args.repeats):
+        order = list(sides)[repeat % len(sides) :] + list(sides)[: repeat % len(sides)]  # no side always first
+        for side in order:
+            speed, top1[side] = sides[side]()
+            speeds[side].append(speed)
+    assert len({round(v, 9) for v in top1.values()}) == 1, top1
     assert class_text.TEXT_CACHE.encoded_texts == encoded_before, "the evaluator re-encoded class text"
 
-    ratio = statistics.median(evaluator) / statistics.median(reference)
+    median = {side: statistics.median(values) for side, values in speeds.items()}
+    default = loader_workers(image_size=loaded.image_size)
     print(
         f"model={args.model} images={args.images} image_size={args.image_size} batch={args.batch_size} "
-        f"workers={args.workers} torch_threads={torch.get_num_threads()} top1={evaluator_top1:.4f}"
+        f"default workers={default} torch_threads={torch.get_num_threads()} top1={top1['reference']:.4f}"
     )
+    for side, values in speeds.items():
+        print(f"{side:10s} images/s: {', '.join(f'{v:.1f}' for v in values)}  (median {median[side]:.1f})")
+    for side in list(sides)[1:]:
+        print(f"ratio evaluator {side} / reference: {median[side] / median['reference']:.2f}x")
     print(
-        "reference images/s: "
-        + ", ".join(f"{v:.1f}" for v in reference)
-        + f"  (median {statistics.median(reference):.1f})"
+        f"class text encoded once: {len(split.classnames) * len(templates)} prompts, "
+        f"0 re-encoded in {args.repeats} evaluator runs per side"
     )
-    print(
-        "evaluator images/s: "
-        + ", ".join(f"{v:.1f}" for v in evaluator)
-        + f"  (median {statistics.median(evaluator):.1f})"
-    )
-    print(f"ratio evaluator / reference: {ratio:.2f}x")
-    print(
-        f"class text encoded once: {len(split.classnames) * len(templates)} prompts, 0 re-encoded in {args.repeats} evaluator runs"
-    )
+    if is_recorded_configuration(parser, args):
+        record("eval_default_workers_vs_loop", median[f"workers={default}"] / median["reference"], "ratio")
 
 
 if __name__ == "__main__":

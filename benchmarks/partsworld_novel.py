@@ -16,6 +16,13 @@ quickstart's setting and the headline; the sweep repeats every seed at the other
     python benchmarks/partsworld_novel.py --out runs/bench-novel            # the recorded configuration
     python benchmarks/partsworld_novel.py --out /tmp/b --seeds 0 --sweep --steps 50 --n 256   # a smoke run
 
+Each noise level's annotation quality is scored against the generator's truth (`grainclip pipeline compare`'s
+truth scoring: description precision/recall, box recall at IoU 0.5, images with every part found) and shown
+beside the accuracy, with a plot of quality against GRAIN's advantage (quality_vs_advantage.png). Runs finished
+before the quality existed get it from their annotations/ folder when the results are read:
+
+    python benchmarks/partsworld_novel.py --out runs/bench-novel --report-only   # tables from finished runs only
+
 Prints markdown tables (mean ± std over seeds, one per noise level, and the sweep) and writes results.json +
 results.md under --out; in the recorded configuration (every option at its default but --out) it also records
 its headline figures in benchmarks/figures.json. Each (seed, noise) run keeps its result.json, so rerunning the
@@ -37,7 +44,8 @@ import pyarrow as pa
 from grainclip import schema
 from grainclip.annotate import annotate_rows, build_describer, build_grounder
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
-from grainclip.partsworld import generate
+from grainclip.partsworld import PartsWorldPaths, generate
+from grainclip.pipelines.compare import score_annotations
 from grainclip.pipelines.quickstart import evaluate_config, grounding_table, top1_table, train_config
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -68,6 +76,13 @@ HEADLINE_NOISE = "moderate"
 CLIP_D, GRAIN_D = "clip/test_novel/global+descriptors", "grain/test_novel/global+descriptors"
 GRAIN_G = "grain/test_novel/grain"
 NOVEL_MEAN_TARGET, NOVEL_SEED_TARGET = 0.60, 0.40  # GRAIN grain: mean over seeds, and every seed above
+# Annotation quality against the truth (pipelines.compare.score_against_truth), shown beside the accuracy.
+QUALITY = (
+    ("description_recall", "description recall"),
+    ("description_precision", "description precision"),
+    ("box_recall_at_0.5", "box recall@IoU0.5"),
+    ("all_parts_found", "images with every part found"),
+)
 
 
 def annotate_split(root: Path, noise: str, seed: int, out: Path) -> Path:
@@ -94,7 +109,7 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str) -> dict:
     work = args.out / f"seed{seed}-{noise}"
     done = work / "result.json"
     if done.exists():  # finished by an earlier, interrupted invocation: a long benchmark resumes per run
-        return json.loads(done.read_text())
+        return with_quality(json.loads(done.read_text()), work)
     root = work / "partsworld"
     started = time.perf_counter()
     if not (root / "manifest.json").exists():
@@ -115,12 +130,38 @@ def run_seed(args: argparse.Namespace, seed: int, noise: str) -> dict:
         "grounding": {"/".join(k): v for k, v in grounding_table(results).items()},
     }
     done.write_text(json.dumps(result, indent=1))
+    return with_quality(result, work)
+
+
+def with_quality(result: dict, work: Path) -> dict:
+    """`result` with the quality of its annotations against the truth, scored (and stored) once if missing."""
+    if "quality" in result:
+        return result
+    annotations, root = work / "annotations", work / "partsworld"
+    if not annotations.is_dir() or not (root / "manifest.json").exists():
+        log.warning("%s: no annotations/ and partsworld/ to score; its quality is left out", work)
+        return result
+    result["quality"] = score_annotations(annotations, PartsWorldPaths.at(root).truth("train"))
+    (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
+def finished_runs(args: argparse.Namespace, noise_levels: list[str]) -> list[dict]:
+    """--report-only: the result.json of every (seed, noise) already run, nothing trained."""
+    runs = []
+    for noise in noise_levels:
+        for seed in args.seeds:
+            work = args.out / f"seed{seed}-{noise}"
+            if (work / "result.json").exists():
+                runs.append(with_quality(json.loads((work / "result.json").read_text()), work))
+            else:
+                log.warning("seed %d noise %s has not finished (no %s): left out", seed, noise, work / "result.json")
+    return runs
+
+
 def values(runs: list[dict], key: str, table: str = "top1") -> list[float]:
-    """`key` ('model/split/mode' for top1, 'model/split' for grounding) of every run that has it."""
-    return [r[table][key] for r in runs if key in r.get(table, {})]
+    """`key` ('model/split/mode' for top1, 'model/split' for grounding, a QUALITY key) of every run that has it."""
+    return [r[table][key] for r in runs if r.get(table, {}).get(key) is not None]
 
 
 def mean_std(values: list[float], scale: float = 100, digits: int = 1) -> str:
@@ -155,6 +196,8 @@ def accuracy_table(runs: list[dict], noise: str) -> list[str]:
         lines.append(f"| {model} | {mode} | {mean_std(seen)} | {mean_std(novel)} |")
     recall = values(at, "grain/test_seen", "grounding")
     lines += ["", f"GRAIN grounding recall@IoU0.5 on test_seen: {mean_std(recall, scale=1, digits=2)}."]
+    quality = ", ".join(f"{label} {mean_std(values(at, key, 'quality'), scale=1, digits=3)}" for key, label in QUALITY)
+    lines.append(f"Annotation quality against the truth (training split): {quality}.")
     per_seed = [
         f"seed {r['seed']}: {100 * r['top1'][CLIP_D]:.1f} vs {100 * r['top1'][GRAIN_G]:.1f}"
         for r in sorted(at, key=lambda r: r["seed"])
@@ -170,17 +213,50 @@ def sweep_table(runs: list[dict]) -> list[str]:
         "Noise sweep: novel-class top-1 (%), mean ± std over seeds; both models trained at every level.",
         "",
         "| noise | seeds | CLIP global+descriptors | GRAIN global+descriptors | GRAIN grain | "
-        "GRAIN grain − CLIP global+descriptors | GRAIN grounding recall@IoU0.5 (test_seen) |",
-        "|---|---|---|---|---|---|---|",
+        "GRAIN grain − CLIP global+descriptors | GRAIN grounding recall@IoU0.5 (test_seen) | "
+        + " | ".join(f"annotation {label}" for _, label in QUALITY)
+        + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(QUALITY),
     ]
     for noise in levels(runs):
         at = [r for r in runs if r["noise"] == noise]
+        quality = " | ".join(mean_std(values(at, key, "quality"), scale=1, digits=3) for key, _ in QUALITY)
         lines.append(
             f"| {noise} | {len(at)} | {mean_std(values(at, CLIP_D))} | {mean_std(values(at, GRAIN_D))} | "
             f"{mean_std(values(at, GRAIN_G))} | {mean_std(gaps(at, GRAIN_G, CLIP_D))} | "
-            f"{mean_std(values(at, 'grain/test_seen', 'grounding'), scale=1, digits=2)} |"
+            f"{mean_std(values(at, 'grain/test_seen', 'grounding'), scale=1, digits=2)} | {quality} |"
         )
     return lines
+
+
+def plot_quality_vs_advantage(runs: list[dict], path: Path) -> Path | None:
+    """One point per run: annotation quality (x) against GRAIN grain − CLIP global+descriptors on novel classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in runs if r.get("quality") and GRAIN_G in r["top1"] and CLIP_D in r["top1"]]
+    if not scored:
+        return None
+    shown = QUALITY[0], QUALITY[2]  # description recall, box recall
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.8), sharey=True)
+    for ax, (key, label) in zip(axes, shown):
+        for noise in levels(scored):
+            at = [r for r in scored if r["noise"] == noise and r["quality"].get(key) is not None]
+            ax.scatter(
+                [r["quality"][key] for r in at],
+                [100 * (r["top1"][GRAIN_G] - r["top1"][CLIP_D]) for r in at],
+                label=noise,
+            )
+        ax.set_xlabel(f"annotation {label} (training split vs truth)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("novel top-1: GRAIN grain − CLIP+descriptors (points)")
+    axes[0].legend(title="noise")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def headline_figures(runs: list[dict]) -> dict[str, float]:
@@ -253,6 +329,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tables, quality and plot from the (seed, noise) runs already finished under --out",
+    )
+    parser.add_argument(
         "--sweep",
         nargs="*",
         default=["clean", "heavy"],
@@ -264,12 +345,18 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     noise_levels = [HEADLINE_NOISE, *(noise for noise in dict.fromkeys(args.sweep) if noise != HEADLINE_NOISE)]
-    runs = [run_seed(args, seed, noise) for noise in noise_levels for seed in args.seeds]
+    if args.report_only:
+        runs = finished_runs(args, noise_levels)
+    else:
+        runs = [run_seed(args, seed, noise) for noise in noise_levels for seed in args.seeds]
     table = markdown(runs)
+    plot = plot_quality_vs_advantage(runs, args.out / "quality_vs_advantage.png")
+    if plot is not None:
+        log.info("wrote %s", plot)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (args.out / "results.json").write_text(json.dumps({"settings": settings, "runs": runs}, indent=1))
     (args.out / "results.md").write_text(table + "\n")
-    if is_recorded_configuration(parser, args, ignore=("out",)):
+    if is_recorded_configuration(parser, args, ignore=("out", "report_only")):
         for name, value in headline_figures(runs).items():
             record(name, value, "fraction")
     else:

@@ -1,26 +1,31 @@
-"""Benchmark: images/s of the pipeline's describe stage vs plain `vllm.LLM.generate` on the same prompts.
+"""Benchmark: the pipeline's describe stage, with batches in flight and without, vs one `LLM.generate` over all prompts.
 
-One process, one engine: the pipeline's `DescribeStage` (the class Ray Data runs in each describe actor) is
-built with the `vllm` describer on the tiny offline chat model; the reference then calls `generate` on that
-same engine with the very prompts the describer renders (chat template applied) and the same sampling and
-structured-output settings. The stage's extra work -- reading the Arrow batch, decoding every image, rendering
-prompts, parsing the JSON answers, building the output columns -- is what the ratio measures. They are run in
-rotating order; the fastest pass of each is the headline (other jobs on a shared machine only add time), the
-median is printed beside it; prompt and output token totals are checked to be
-equal, so every side did the same generation work. Three references: `generate` on the prompt texts (what a
-plain vLLM user runs; tokenization included), on their token ids (the engine alone), and `chat` on the
-conversations the describer builds (chat-template rendering included, as the describer calls it). The stage's time is
-split into the describer's (`describer.describe`, which renders chat prompts through `LLM.chat`) and the
-stage's own (Arrow columns, image decoding).
+One process, the tiny offline chat model, the same engine arguments everywhere (`engine_args` of the describer
+config). Output lengths are long-tailed like real captions: each prompt gets its own `max_tokens`, drawn from a
+lognormal with median 40 and p99 400 (seeded), capped so prompt + answer fit max_model_len; the JSON schema may end
+an answer earlier. `--lengths fixed` gives every prompt `--max-tokens` instead (the old, uniform workload).
 
-    python benchmarks/pipeline_describe.py [--images 512] [--batch 256] [--repeats 5] [--max-tokens 64]
+Sides, run in rotating order, every one on the same prompts with the same per-prompt sampling:
+- `LLM.generate` once over all prompts (chat template applied, as the describer renders it): the engine sees every
+  request at once, the best continuous batching can do -- the reference;
+- `DescribeStage` (today's synchronous stage): one Arrow batch of `--batch` rows at a time, so the engine waits for
+  each batch's longest answer before the next batch arrives;
+- `InflightDescribeStage` with N batches in flight (each N of `--in-flight`), driven as Ray Data drives an async
+  actor with `max_concurrency` N.
+Both stages share one `vllm` describer (its AsyncLLM engine); the reference is a `vllm.LLM`. Prompt and output
+token totals are printed per side, so unequal work would show. Ratios are the stage's images/s over generate's
+(goal for in flight: >= 0.9); the median pass is the headline, the best beside it.
 
-Needs the `llm` tiny model (built into the grainclip cache on first use). Target: ratio >= 0.9.
+    python benchmarks/pipeline_describe.py [--images 1024] [--batch 32] [--in-flight 8 16 32] [--repeats 3]
+
+Needs the `llm` tiny model (built into the grainclip cache on first use). A run with the defaults records
+`describe_inflight_vs_generate` (at the vllm describer's default N) and `describe_sync_vs_generate`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -35,26 +40,54 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 from figures import is_recorded_configuration, record  # noqa: E402
 
+from grainclip.annotate.describers.vllm_engine import VLLMDescriber  # noqa: E402
+
+MEDIAN_TOKENS, P99_TOKENS = 40, 400
+
+
+class PerPromptLengths(VLLMDescriber):
+    """The vllm describer with the workload's max_tokens for each prompt text (`lengths`, set by the benchmark)."""
+
+    lengths: dict[str, object] = {}
+
+    def request_sampling(self, prompt):
+        return self.lengths[prompt.text]
+
+
+def long_tailed_max_tokens(n: int, caps: list[int], seed: int = 0) -> list[int]:
+    """Lognormal lengths with median MEDIAN_TOKENS and 99th percentile P99_TOKENS, each capped by its prompt's room."""
+    import numpy as np
+
+    sigma = math.log(P99_TOKENS / MEDIAN_TOKENS) / 2.3263  # z of the 99th percentile
+    draws = np.random.default_rng(seed).lognormal(math.log(MEDIAN_TOKENS), sigma, n)
+    return [int(max(1, min(round(d), cap))) for d, cap in zip(draws, caps, strict=True)]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=256, help="Rows per stage call = requests per engine call.")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=32, help="Rows per stage call (the pipeline's default).")
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[8, 16, 32], help="Batches in flight to measure.")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", choices=["longtail", "fixed"], default="longtail")
+    parser.add_argument("--max-tokens", type=int, default=64, help="Every prompt's max_tokens with --lengths fixed.")
+    parser.add_argument("--max-model-len", type=int, default=1024)
     args = parser.parse_args()
 
     import pyarrow as pa
     import pyarrow.compute as pc
+    from vllm import LLM
 
+    from grainclip.annotate.describers.vllm_engine import engine_args
     from grainclip.annotate.types import DescribeRequest
     from grainclip.config.annotate import DescriberConfig
     from grainclip.images import decode_image
     from grainclip.partsworld import generate
     from grainclip.pipelines.prepare import prepare_images
-    from grainclip.pipelines.stages import OUTPUT_TOKENS, PROMPT_TOKENS, DescribeStage
+    from grainclip.pipelines.stages import OUTPUT_TOKENS, PROMPT_TOKENS, DescribeStage, InflightDescribeStage
     from grainclip.schema import read_table
     from grainclip.testing import build_tiny_models, default_cache_dir
+    from grainclip.testing.actors import run_as_async_actor
 
     model = build_tiny_models(default_cache_dir() / "tiny-models", names=["llm"])["llm"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,120 +98,115 @@ def main() -> None:
     config = DescriberConfig(
         name="vllm",
         model=str(model),
-        batch_size=args.batch,
-        max_descriptions=3,
-        max_description_chars=24,
-        max_caption_chars=40,
-        sampling={"max_tokens": args.max_tokens},
-        engine={"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+        sampling={"max_tokens": P99_TOKENS},  # replaced per prompt below
+        engine={"dtype": "float32", "enforce_eager": True, "max_model_len": args.max_model_len},
     )
     started = time.perf_counter()
-    stage = DescribeStage(config)
+    describer = PerPromptLengths(config)
     startup = time.perf_counter() - started
-    describer = stage.describer
-    llm = describer.llm
+    llm = LLM(**engine_args(config)[0])
     tokenizer = llm.get_tokenizer()
 
-    # The exact prompts the describer sends, with the model's chat template applied: as text (what a plain
-    # generate() user passes; the template already holds BOS, so the tokenizer must not add another) and as
-    # token ids (the engine alone, without tokenization).
+    # The prompts the describer sends, chat template applied (it holds the BOS: the tokenizer must not add another).
     rows = images.to_pylist()
-    requests = [DescribeRequest(r["image_id"], decode_image(r["image"]), r["caption"]) for r in rows]
+    prompts = [
+        describer.to_prompt(DescribeRequest(r["image_id"], decode_image(r["image"]), r["caption"])) for r in rows
+    ]
     texts = [
         tokenizer.apply_chat_template(
-            [{"role": "user", "content": describer.to_prompt(r).text}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt.text}], tokenize=False, add_generation_prompt=True
         )
-        for r in requests
+        for prompt in prompts
     ]
-    token_ids = [{"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)} for text in texts]
-    conversations = [
-        [{"role": "user", "content": [{"type": "text", "text": describer.to_prompt(r).text}]}] for r in requests
-    ]  # what the describer hands to LLM.chat for a text-only model
+    room = [args.max_model_len - len(tokenizer.encode(text, add_special_tokens=False)) for text in texts]
+    if args.lengths == "fixed":
+        max_tokens = [min(args.max_tokens, cap) for cap in room]
+    else:
+        max_tokens = long_tailed_max_tokens(len(texts), room)
+    by_text = {prompt.text: n for prompt, n in zip(prompts, max_tokens, strict=True)}  # equal texts, equal length
+    params = {n: describer.sampling_params.clone() for n in set(by_text.values())}
+    for n, sampling in params.items():
+        sampling.max_tokens = n
+    PerPromptLengths.lengths = {text: params[n] for text, n in by_text.items()}
+    per_prompt = [PerPromptLengths.lengths[prompt.text] for prompt in prompts]
 
-    stage(batches[0].slice(0, 16))  # warm-up: first-call allocations are start-up, not throughput
-
-    describe_seconds = []  # time inside describer.describe, to split the stage's own overhead from it
-    describe = describer.describe
-
-    def timed_describe(requests):
-        started = time.perf_counter()
-        try:
-            return describe(requests)
-        finally:
-            describe_seconds.append(time.perf_counter() - started)
-
-    describer.describe = timed_describe
-
-    def run_stage() -> tuple[float, int, int]:
+    def run_sync() -> tuple[float, pa.Table]:
+        stage = DescribeStage(config, annotator=describer)
         started = time.perf_counter()
         outputs = [stage(batch) for batch in batches]
-        seconds = time.perf_counter() - started
-        table = pa.concat_tables(outputs)
-        return seconds, pc.sum(table[PROMPT_TOKENS]).as_py(), pc.sum(table[OUTPUT_TOKENS]).as_py()
+        return time.perf_counter() - started, pa.concat_tables(outputs)
 
-    def run_engine(method, prompts: list, **kwargs) -> tuple[float, int, int]:
+    def run_inflight(n: int) -> tuple[float, pa.Table]:
+        stage = InflightDescribeStage(config, batches_in_flight=n, annotator=describer)
         started = time.perf_counter()
-        outputs = [
-            output
-            for start in range(0, len(prompts), args.batch)
-            for output in method(
-                prompts[start : start + args.batch], describer.sampling_params, use_tqdm=False, **kwargs
-            )
-        ]
-        seconds = time.perf_counter() - started
-        return seconds, sum(len(o.prompt_token_ids) for o in outputs), sum(len(o.outputs[0].token_ids) for o in outputs)
+        outputs = run_as_async_actor(stage, batches, max_concurrency=n)
+        return time.perf_counter() - started, pa.concat_tables(outputs)
 
-    measure = {
-        "text": lambda: run_engine(llm.generate, texts, tokenization_kwargs={"add_special_tokens": False}),
-        "ids": lambda: run_engine(llm.generate, token_ids),
-        "chat": lambda: run_engine(llm.chat, conversations),
-        "stage": run_stage,
-    }
-    runs: dict[str, list[tuple[float, int, int]]] = {name: [] for name in measure}
+    def run_generate() -> tuple[float, list]:
+        started = time.perf_counter()
+        outputs = llm.generate(texts, per_prompt, use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
+        return time.perf_counter() - started, outputs
+
+    def tokens(result) -> tuple[int, int]:
+        if isinstance(result, pa.Table):
+            return pc.sum(result[PROMPT_TOKENS]).as_py(), pc.sum(result[OUTPUT_TOKENS]).as_py()
+        return sum(len(o.prompt_token_ids) for o in result), sum(len(o.outputs[0].token_ids) for o in result)
+
+    measure = {"generate": run_generate, "sync": run_sync}
+    measure.update({f"inflight{n}": (lambda n=n: run_inflight(n)) for n in args.in_flight})
+    DescribeStage(config, annotator=describer)(
+        batches[0].slice(0, 8)
+    )  # warm-up: first-call allocations are start-up, not throughput
+    run_generate()
+
+    seconds: dict[str, list[float]] = {name: [] for name in measure}
+    work: dict[str, set[tuple[int, int]]] = {name: set() for name in measure}
+    last: dict[str, object] = {}
     for repeat in range(args.repeats):
         order = list(measure)[repeat % len(measure) :] + list(measure)[: repeat % len(measure)]  # no side always first
         for name in order:
-            if name == "stage":
-                describe_seconds.clear()
-            runs[name].append(measure[name]())
-    # On a shared machine other jobs only ever add time: the fastest pass is the best estimate of each side's
-    # own cost; the median is printed beside it.
-    best = {name: min(r[0] for r in results) for name, results in runs.items()}
-    median = {name: statistics.median(r[0] for r in results) for name, results in runs.items()}
-    same_work = len({r[1:] for results in runs.values() for r in results}) == 1
+            elapsed, result = measure[name]()
+            seconds[name].append(elapsed)
+            work[name].add(tokens(result))
+            last[name] = result
+
     n = images.num_rows
+    lengths = sorted(len(o.outputs[0].token_ids) for o in last["generate"])
     print(
-        f"model: {model} (tiny random chat LLM, text-only), images: {n} ({64} px), batch: {args.batch}, "
-        f"max_tokens: {args.max_tokens}, repeats: {args.repeats}, engine start-up: {startup:.1f} s"
+        f"model: {model} (tiny random chat LLM, text-only), images: {n} (64 px), batch: {args.batch}, "
+        f"repeats: {args.repeats}, engine start-up: {startup:.1f} s, load average: {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"prompt/output tokens per pass: {runs['stage'][0][1]}/{runs['stage'][0][2]} "
-        f"(identical in every pass: {same_work})"
+        f"output tokens per answer ({args.lengths}): median {statistics.median(lengths)}, "
+        f"p99 {lengths[int(0.99 * (len(lengths) - 1))]}, max {lengths[-1]}, total {sum(lengths)}"
     )
-    labels = {
-        "text": "LLM.generate(prompt text)",
-        "ids": "LLM.generate(token ids)",
-        "chat": "LLM.chat(conversations)",
-        "stage": "DescribeStage",
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    best = {name: min(times) for name, times in seconds.items()}
+    for name, times in seconds.items():
+        print(
+            f"{name:11s}: median {median[name]:6.2f} s = {n / median[name]:6.1f} images/s, best {best[name]:6.2f} s  "
+            f"(runs: {', '.join(f'{t:.2f}' for t in times)}; prompt/output tokens {sorted(work[name])})"
+        )
+    answers = {
+        name: sorted(zip(t["image_id"].to_pylist(), t["llm_caption"].to_pylist(), t["descriptions"].to_pylist()))
+        for name, t in last.items()
+        if isinstance(t, pa.Table)
     }
-    for name, label in labels.items():
-        print(
-            f"{label:27s}: best {best[name]:6.2f} s = {n / best[name]:6.1f} images/s, median {median[name]:6.2f} s  "
-            f"(runs: {', '.join(f'{r[0]:.2f}' for r in runs[name])})"
-        )
-    inside = sum(describe_seconds)
-    print(
-        f"last stage pass: {runs['stage'][-1][0]:.2f} s = describer.describe {inside:.2f} s "
-        f"+ stage's own work (Arrow, image decoding, columns) {runs['stage'][-1][0] - inside:.2f} s"
-    )
-    for name in ("text", "ids", "chat"):
-        print(
-            f"ratio stage / {labels[name]:25s}: best {best[name] / best['stage']:.3f}, "
-            f"median {median[name] / median['stage']:.3f}" + ("  (target >= 0.9)" if name == "text" else "")
-        )
+    same = [name for name in answers if answers[name] == answers["sync"]]
+    print(f"sides whose rows equal the sync stage's: {', '.join(same)}")
+    for name in measure:
+        if name != "generate":
+            print(
+                f"ratio {name:11s} / generate: median {median['generate'] / median[name]:.3f}, "
+                f"best {best['generate'] / best[name]:.3f}"
+            )
+    default_n = VLLMDescriber.default_batches_in_flight
     if is_recorded_configuration(parser, args):
-        record("describe_vs_generate", best["text"] / best["stage"], "ratio")  # stage img/s over generate(text)'s, best
+        inflight = f"inflight{default_n}"
+        record("describe_inflight_vs_generate", median["generate"] / median[inflight], "ratio")
+        record("describe_sync_vs_generate", median["generate"] / median["sync"], "ratio")
     describer.close()
+    llm.llm_engine.engine_core.shutdown()
 
 
 if __name__ == "__main__":

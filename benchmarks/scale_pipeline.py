@@ -42,11 +42,12 @@ class RssSampler(threading.Thread):
         self.peak: dict[int, tuple[int, str]] = {}
         self.peak_uss: dict[int, int] = {}
         self.peak_total_workers = 0
+        self.peak_total_uss = 0  # the largest sum of USS over all processes at one sample
 
     def run(self) -> None:
         me = psutil.Process()
         while not self.stop.is_set():
-            total = 0
+            total = total_uss = 0
             for proc in me.children(recursive=True):
                 try:
                     memory, name = proc.memory_full_info(), " ".join(proc.cmdline())[:80]
@@ -56,9 +57,11 @@ class RssSampler(threading.Thread):
                 if rss > self.peak.get(proc.pid, (0, ""))[0]:
                     self.peak[proc.pid] = (rss, name)
                 self.peak_uss[proc.pid] = max(self.peak_uss.get(proc.pid, 0), memory.uss)
+                total_uss += memory.uss
                 if "ray::" in name or "default_worker" in name:
                     total += rss
             self.peak_total_workers = max(self.peak_total_workers, total)
+            self.peak_total_uss = max(self.peak_total_uss, total_uss)
             self.stop.wait(self.interval)
 
 

@@ -9,7 +9,7 @@ Same open_clip backbone, same batch, same process, same torch thread count:
   DataLoader workers) on its own, compared with the images/s a GRAIN step consumes; and, in a real loop
   with the loader feeding GRAIN steps, the fraction of wall time spent waiting for the next batch.
 
-    python benchmarks/train_step.py [--model tiny|small] [--batch 64] [--steps 20] [--workers 2] [--threads 1]
+    python benchmarks/train_step.py [--model tiny|small] [--batch 64] [--steps 20] [--workers N] [--threads 1]
 
 `tiny` is the test suite's open_clip config (vision width 64, 2 layers, 64 px, patch 16) with a 2-layer,
 d_model 64 decoder; `small` is a vision width 256 / 4 layers / 128 px / patch 16 ViT with a 2-layer,
@@ -60,7 +60,7 @@ MODELS = {
 }
 
 
-def make_config(args: argparse.Namespace, work: Path, mode: str) -> TrainConfig:
+def make_config(args: argparse.Namespace, work: Path, mode: str, workers: int | None = None) -> TrainConfig:
     model_cfg, decoder = MODELS[args.model]
     config_path = work / f"bench-{args.model}.json"
     config_path.write_text(json.dumps(model_cfg))
@@ -70,7 +70,7 @@ def make_config(args: argparse.Namespace, work: Path, mode: str) -> TrainConfig:
             "output_dir": str(work / "out"),
             "backbone": {"model": str(config_path)},
             "decoder": decoder,
-            "data": {"train": str(work / "data" / "train" / "truth"), "num_workers": args.workers},
+            "data": {"train": str(work / "data" / "train" / "truth"), "num_workers": workers},
             "batch_size": args.batch,
         }
     )
@@ -102,7 +102,13 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per mode.")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="DataLoader worker counts to measure the loader with (default: the trainer's own, data.num_workers).",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both modes).")
     parser.add_argument("--images", type=int, default=512)
     args = parser.parse_args()
@@ -132,38 +138,53 @@ def main() -> None:
         grain_s, clip_s = statistics.median(times["grain"]), statistics.median(times["clip"])
         step_ips = args.batch / grain_s
 
-        # Loader alone, fresh: images/s once every worker has delivered its first batch (start-up excluded).
-        loader = LocalBatches(grain_cfg, grain.backbone, None)
-        for _ in range(max(args.workers, 1)):
-            next(loader)
-        started = time.perf_counter()
-        for _ in range(args.steps):
-            next(loader)
-        loader_ips = args.steps * args.batch / (time.perf_counter() - started)
-        del loader
+        def loader_alone(cfg: TrainConfig, workers: int) -> float:
+            """Images/s of a fresh loader once every worker has delivered its first batch (start-up excluded)."""
+            loader = LocalBatches(cfg, grain.backbone, None)
+            for _ in range(max(workers, 1)):
+                next(loader)
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                next(loader)
+            return args.steps * args.batch / (time.perf_counter() - started)
 
-        # Real loop, fresh loader feeding GRAIN steps: the share of wall time spent waiting for a batch.
-        loader = LocalBatches(grain_cfg, grain.backbone, None)
-        for _ in range(max(args.workers, 1)):
-            grain.step(next(loader).to_device(torch.device("cpu"), mean, std))
-        waited = total = 0.0
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            batch = next(loader).to_device(torch.device("cpu"), mean, std)
-            t1 = time.perf_counter()
-            grain.step(batch)
-            waited += t1 - t0
-            total += time.perf_counter() - t0
+        def real_loop(cfg: TrainConfig, workers: int) -> tuple[float, float]:
+            """(share of wall time waiting for a batch, images/s) of a fresh loader feeding GRAIN steps."""
+            loader = LocalBatches(cfg, grain.backbone, None)
+            for _ in range(max(workers, 1)):
+                grain.step(next(loader).to_device(torch.device("cpu"), mean, std))
+            waited = total = 0.0
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                batch = next(loader).to_device(torch.device("cpu"), mean, std)
+                t1 = time.perf_counter()
+                grain.step(batch)
+                waited += t1 - t0
+                total += time.perf_counter() - t0
+            return waited / total, args.steps * args.batch / total
+
+        # Each worker count twice, the second round in reverse order, so load drifts hit every count alike.
+        counts = args.workers or [None]
+        configs = {w: make_config(args, work, "grain", w) for w in counts}
+        resolved = {w: cfg.data.workers(grain.backbone.image_size) for w, cfg in configs.items()}
+        loads: dict[int | None, list[tuple[float, float, float]]] = {w: [] for w in counts}
+        for order in (counts, counts[::-1]):
+            for w in order:
+                loads[w].append((loader_alone(configs[w], resolved[w]), *real_loop(configs[w], resolved[w])))
 
     unique = statistics.mean(len(b["unique_description_ids"]) for b in batches)
-    print(f"model={args.model} batch={args.batch} threads={args.threads} loader_workers={args.workers}")
+    default = grain_cfg.data.workers(grain.backbone.image_size)
+    print(f"model={args.model} batch={args.batch} threads={args.threads} default loader workers={default}")
     print(f"GRAIN step  median {grain_s * 1e3:8.1f} ms   (distinct descriptions per batch: {unique:.1f})")
     print(f"CLIP step   median {clip_s * 1e3:8.1f} ms")
     print(f"GRAIN/CLIP  {grain_s / clip_s:.2f}x   (target <= 1.25x)")
-    print(
-        f"loader alone {loader_ips:8.1f} img/s vs GRAIN step consumption {step_ips:8.1f} img/s -> {loader_ips / step_ips:.2f}x"
-    )
-    print(f"in a real loop: {100 * waited / total:.1f}% of wall time waiting for data")
+    for w, rounds in loads.items():
+        loader_ips, waiting, loop_ips = (statistics.mean(column) for column in zip(*rounds, strict=True))
+        print(
+            f"workers {resolved[w]}{' (default)' if w is None else ''}: loader alone {loader_ips:8.1f} img/s vs GRAIN "
+            f"step consumption {step_ips:8.1f} img/s -> {loader_ips / step_ips:.2f}x; in a real loop "
+            f"{100 * waiting:.1f}% of wall time waiting for data, {loop_ips:.1f} img/s (mean of 2 rounds)"
+        )
     if is_recorded_configuration(parser, args):
         record("grain_vs_clip_step", grain_s / clip_s, "ratio")  # median GRAIN step time over CLIP's
 

@@ -1,7 +1,7 @@
 """grainclip.evaluate: zero-shot classification (global / descriptors / region-aware), retrieval, grounding.
 
 `evaluate(cfg)` runs an EvaluateConfig and writes its report; `zero_shot_accuracy(loaded, split)` is the
-light evaluation a trainer's hook calls periodically (`zero_shot_hook(train_cfg.eval)` builds that hook),
+light evaluation a trainer's hook calls periodically (`zero_shot_hook(train_cfg)` builds that hook),
 with a split from `load_split`. The names are resolved on first
 use so that importing the package (the CLI does, to register its command) does not import torch.
 """

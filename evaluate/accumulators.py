@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from grainclip.boxes import box_iou
@@ -73,6 +74,7 @@ class ClassificationAccumulator:
         self.needs_regions = "grain" in text.modes
         self.seen = np.zeros(size, dtype=bool)
         self.labels = np.full(size, -1, dtype=np.int64)
+        self.image_ids = np.full(size, None, dtype=object)
         names = list(text.classifiers) + (["region"] if self.needs_regions else [])
         self.scores = {name: np.zeros((size, len(classnames)), dtype=np.float32) for name in names}
 
@@ -80,6 +82,7 @@ class ClassificationAccumulator:
         index = outputs.index
         self.seen[index] = True
         self.labels[index] = batch["label"]
+        self.image_ids[index] = batch["image_id"]
         for name, classifier in self.text.classifiers.items():
             self.scores[name][index] = (outputs.image @ classifier.T).cpu().numpy()
         if "region" in self.scores:
@@ -101,6 +104,28 @@ class ClassificationAccumulator:
         """What the report's image grid calls the prediction: the argmax of the most informed mode that ran."""
         shown = next((mode for mode in ("grain", "global+descriptors", "global") if mode in self.text.modes), None)
         return self.mode_scores(shown).argmax(axis=1) if shown else np.zeros(len(self.labels), dtype=np.int64)
+
+    def top_classes(self) -> pa.Table:
+        """Per mode and evaluated image: image_id, true class, the 5 best classes and their scores, best first.
+
+        The rows of predictions.parquet; ties keep class order, as the scores alone cannot break them.
+        """
+        rows = np.flatnonzero(self.seen)
+        names = np.asarray(self.classnames, dtype=object)
+        k = min(5, len(names))
+        tables = []
+        for mode in self.text.modes:
+            scores = self.mode_scores(mode)[rows]
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            columns = {
+                "mode": pa.array([mode] * len(rows), pa.string()),
+                "image_id": pa.array([str(i) for i in self.image_ids[rows]], pa.string()),
+                "label": pa.array(names[self.labels[rows]].tolist(), pa.string()),
+                "top5_classes": pa.array(names[order].tolist(), pa.list_(pa.string())),
+                "top5_scores": pa.array(np.take_along_axis(scores, order, 1).tolist(), pa.list_(pa.float32())),
+            }
+            tables.append(pa.table(columns))
+        return pa.concat_tables(tables) if tables else pa.table({})
 
     def result(self) -> dict[str, Any]:
         rows, labels = self.seen, self.labels[self.seen]

@@ -10,11 +10,13 @@ is trained on.
 from __future__ import annotations
 
 import hashlib
+import re
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from grainclip.articles import indefinite_article
 from grainclip.config.base import ConfigError
 
 if TYPE_CHECKING:
@@ -53,8 +55,17 @@ def descriptor_sentence(descriptor: str) -> str:
     return f"which has {descriptor}"
 
 
+_ARTICLE_BEFORE_CLASS = re.compile(r"\b([Aa])n? (?=\{\})")
+
+
+def class_prompt(template: str, classname: str) -> str:
+    """`template` with `classname` for its `{}`; an "a"/"an" just before `{}` is made to fit the class name."""
+    article = indefinite_article(classname)
+    return _ARTICLE_BEFORE_CLASS.sub(lambda m: f"{m.group(1)}{article[1:]} ", template).format(classname)
+
+
 def class_prompts(classname: str, templates: Sequence[str]) -> list[str]:
-    return [template.format(classname) for template in templates]
+    return [class_prompt(template, classname) for template in templates]
 
 
 def descriptor_prompts(classname: str, descriptors: Sequence[str], templates: Sequence[str]) -> list[str]:

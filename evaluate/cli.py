@@ -43,7 +43,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(
             ..., help="Descriptor JSON to write, in the Menon & Vondrick format the evaluator reads."
         ),
-        caption: str = typer.Option("a photo of a {}", help="Alt-text given to the describer; {} is the class name."),
+        caption: str = typer.Option(
+            "a photo of a {}",
+            help="Alt-text given to the describer; {} is the class name (an a/an before it is fitted to the name).",
+        ),
     ) -> None:
         """Write visual descriptors for class names with any describer (for global+descriptors and grain modes)."""
         from grainclip.annotate.registry import build_describer

@@ -8,7 +8,7 @@ A dataset's source (grainclip.sources) gives its rows in one of two shapes, and 
   descriptors itself (PartsWorld's classes.json and descriptors.json).
 
 Class order is always explicit and checked: class files must match the folders or labels present, and a
-descriptor file must cover exactly the split's classes; a mismatch is an error that names the classes.
+descriptor file must cover every class of the split (more is fine); a mismatch is an error that names the classes.
 
 Images are streamed: a torch DataLoader with worker processes reads, decodes and preprocesses them, so
 memory does not grow with the split. Every sample carries its row index; a row whose image cannot be
@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.utils.data
 
+from grainclip import storage
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import EvalDataset
-from grainclip.images import ImageDecodeError, load_image
-from grainclip.schema import RowGroup
+from grainclip.images import AlphaMode, ImageDecodeError, load_image
+from grainclip.schema import RowGroup, parquet_file
 from grainclip.sources import ClassFolderRows, TableRows
 
 if TYPE_CHECKING:
@@ -65,40 +65,56 @@ def read_class_file(path: Path) -> list[tuple[str, str]]:
     return entries
 
 
+def some_names(names: Sequence[str], shown: int = 5) -> str:
+    """The first `shown` names and how many more: a mismatch over 500 classes stays one readable line."""
+    listed = ", ".join(repr(name) for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def check_same_classes(expected: Sequence[str], found: Sequence[str], expected_from: str, found_from: str) -> None:
-    """Raise ConfigError naming the classes one side has and the other lacks."""
+    """Raise ConfigError naming (compactly) the classes one side has and the other lacks."""
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing from {found_from}: {missing}")
+            parts.append(f"{len(missing)} missing from {found_from}: {some_names(missing)}")
         if extra:
-            parts.append(f"in {found_from} but not in {expected_from}: {extra}")
+            parts.append(f"{len(extra)} in {found_from} but not in {expected_from}: {some_names(extra)}")
         raise ConfigError(f"classes of {found_from} do not match {expected_from}; " + "; ".join(parts))
 
 
-def read_descriptors(path: Path, classnames: Sequence[str], subset: bool = False) -> dict[str, list[str]]:
-    """Menon & Vondrick JSON {class: [descriptor, ...]} for exactly `classnames`, in their order.
+def read_descriptors(path: Path, classnames: Sequence[str]) -> tuple[dict[str, list[str]], int]:
+    """Menon & Vondrick JSON {class: [descriptor, ...]} for `classnames`, in their order, and how many other
+    classes the file holds.
 
-    `subset=True` lets the file hold more classes than the split (PartsWorld writes one file for all splits).
+    The file may cover more classes than the split, as their own loader allows (a published file for a whole
+    dataset, PartsWorld's one file for all splits): the extra classes are counted in one log line and in the
+    results. A class of the split that the file lacks is an error naming it.
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"descriptor file not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"descriptor file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"descriptor file {path} must map class names to lists of descriptors")
-    keys = [k for k in data if k in classnames] if subset else list(data)
-    check_same_classes(classnames, keys, "the dataset's classes", f"descriptor file {path}")
+    missing = [name for name in classnames if name not in data]
+    if missing:
+        raise ConfigError(
+            f"descriptor file {path} has no descriptors for {len(missing)} of the dataset's {len(classnames)} classes: "
+            f"{some_names(missing)}"
+        )
+    extra = len(data) - len(classnames)
+    if extra:
+        log.info("descriptor file %s: %d class(es) not in the dataset are ignored", path, extra)
     descriptors = {}
     for name in classnames:
         values = data[name]
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
             raise ConfigError(f"descriptor file {path}: class {name!r} needs a non-empty list of non-empty strings")
         descriptors[name] = [v.strip() for v in values]
-    return descriptors
+    return descriptors, extra
 
 
 # ----------------------------------------------------------------------------------------------- the samples
@@ -108,11 +124,12 @@ def make_sample(
     uri: str | None,
     preprocess: Callable[[Image.Image], torch.Tensor],
     keep_image: bool,
+    alpha: AlphaMode,
     **fields: Any,
 ) -> dict[str, Any]:
     """Decode and preprocess one row; a bad image becomes {'index', 'error', ...} instead of an exception."""
     try:
-        image = load_image(data, uri)
+        image = load_image(data, uri, alpha=alpha)
     except ImageDecodeError as exc:
         return {"index": index, "error": str(exc), **fields}
     return {
@@ -140,8 +157,10 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 class FolderImages(torch.utils.data.Dataset):
     """Map-style torch dataset over (path, label) pairs; nothing is read until an item is asked for."""
 
-    def __init__(self, items: Sequence[tuple[Path, int]], preprocess: Callable, keep_images: int = 0) -> None:
-        self.items, self.preprocess, self.keep_images = list(items), preprocess, keep_images
+    def __init__(
+        self, items: Sequence[tuple[Path, int]], preprocess: Callable, keep_images: int = 0, alpha: AlphaMode = "white"
+    ) -> None:
+        self.items, self.preprocess, self.keep_images, self.alpha = list(items), preprocess, keep_images, alpha
 
     def __len__(self) -> int:
         return len(self.items)
@@ -153,7 +172,7 @@ class FolderImages(torch.utils.data.Dataset):
         except OSError as exc:
             return {"index": index, "error": f"cannot read {path}: {exc}", "image_id": str(path)}
         return make_sample(
-            index, data, None, self.preprocess, index < self.keep_images, label=label, image_id=str(path)
+            index, data, None, self.preprocess, index < self.keep_images, self.alpha, label=label, image_id=str(path)
         )
 
 
@@ -175,12 +194,13 @@ class ParquetImages(torch.utils.data.IterableDataset):
         with_regions: bool,
         keep_images: int = 0,
         batch_rows: int = 32,
+        alpha: AlphaMode = "white",
     ) -> None:
         self.groups = list(groups)
         self.preprocess = preprocess
         self.label_column, self.class_index = label_column, class_index
         self.caption_column, self.with_regions = caption_column, with_regions
-        self.keep_images, self.batch_rows = keep_images, batch_rows
+        self.keep_images, self.batch_rows, self.alpha = keep_images, batch_rows, alpha
 
     def __len__(self) -> int:
         return sum(g.rows for g in self.groups)
@@ -195,7 +215,7 @@ class ParquetImages(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         unit = 0
         for group in self.groups:
-            parquet = pq.ParquetFile(group.path)
+            parquet = parquet_file(group.path)
             index, end = group.start, group.start + group.rows
             for batch in parquet.iter_batches(
                 self.batch_rows, row_groups=[group.index], columns=self._columns(parquet.schema_arrow)
@@ -218,7 +238,13 @@ class ParquetImages(torch.utils.data.IterableDataset):
         if self.with_regions:
             fields["regions"] = [(r["text"], r["box"]) for r in row.get("regions") or []]
         return make_sample(
-            index, row.get("image"), row.get("image_uri"), self.preprocess, index < self.keep_images, **fields
+            index,
+            row.get("image"),
+            row.get("image_uri"),
+            self.preprocess,
+            index < self.keep_images,
+            self.alpha,
+            **fields,
         )
 
 
@@ -229,15 +255,18 @@ class EvalSplit:
 
     name: str
     size: int
-    make_dataset: Callable[[Callable, Sequence[str], int], torch.utils.data.Dataset] = field(repr=False)
+    make_dataset: Callable[[Callable, Sequence[str], int, AlphaMode], torch.utils.data.Dataset] = field(repr=False)
     classnames: list[str] | None = None
     descriptors: dict[str, list[str]] | None = None
     has_captions: bool = False
     has_regions: bool = False
+    descriptor_classes_ignored: int = 0  # classes of the descriptor file that this split does not have
 
-    def dataset(self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0) -> torch.utils.data.Dataset:
+    def dataset(
+        self, preprocess: Callable, tasks: Sequence[str], keep_images: int = 0, alpha: AlphaMode = "white"
+    ) -> torch.utils.data.Dataset:
         """A fresh streaming dataset yielding preprocessed samples (the first `keep_images` also keep the image)."""
-        return self.make_dataset(preprocess, tasks, keep_images)
+        return self.make_dataset(preprocess, tasks, keep_images, alpha)
 
     def check_tasks(self, tasks: Sequence[str]) -> None:
         needs = {
@@ -270,12 +299,12 @@ def folder_split(spec: EvalDataset, rows: ClassFolderRows) -> EvalSplit:
     if not items:
         raise ConfigError(f"dataset {spec.name!r}: no image files in the class folders under {root}")
     classnames = [name for _, name in entries]
-    descriptors = read_descriptors(spec.descriptors, classnames) if spec.descriptors else None
+    descriptors, ignored = read_descriptors(spec.descriptors, classnames) if spec.descriptors else (None, 0)
 
-    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> FolderImages:
-        return FolderImages(items, preprocess, keep_images)
+    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int, alpha: AlphaMode) -> FolderImages:
+        return FolderImages(items, preprocess, keep_images, alpha)
 
-    return EvalSplit(spec.name, len(items), make, classnames, descriptors)
+    return EvalSplit(spec.name, len(items), make, classnames, descriptors, descriptor_classes_ignored=ignored)
 
 
 def _first_rows(groups: list[RowGroup], limit: int | None) -> list[RowGroup]:
@@ -289,14 +318,14 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
     """A split over Parquet row groups; classes from the class file, the source, or the sorted distinct labels."""
     name, label_column = spec.name, spec.label_column
     files = sorted({g.path for g in rows.groups})
-    schema = pq.read_schema(files[0])
+    schema = parquet_file(files[0]).schema_arrow
     groups = _first_rows(rows.groups, spec.limit)
     class_entries = read_class_file(spec.classnames) if spec.classnames else None
     if class_entries is None and rows.classes is not None:
         class_entries = [(c, c) for c in rows.classes]
     classnames = class_index = None
     if label_column in schema.names:
-        labels = pa.chunked_array([pq.read_table(f, columns=[label_column]).column(0) for f in files])
+        labels = pa.chunked_array([parquet_file(f).read(columns=[label_column]).column(0) for f in files])
         if labels.null_count:
             raise ConfigError(f"dataset {name!r}: {labels.null_count} row(s) have no {label_column!r}")
         present = sorted(pc.unique(labels).to_pylist())
@@ -314,14 +343,13 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
     has_captions = caption_column in schema.names
     has_regions = "regions" in schema.names
     descriptors = spec.descriptors or rows.descriptors
-    descriptor_map = None
+    descriptor_map, ignored = None, 0
     if descriptors is not None:
         if classnames is None:
             raise ConfigError(f"dataset {name!r}: descriptors given but the data has no {label_column!r} column")
-        # A source's own descriptor file may cover more classes than this split (PartsWorld: one for all splits).
-        descriptor_map = read_descriptors(descriptors, classnames, subset=spec.descriptors is None)
+        descriptor_map, ignored = read_descriptors(descriptors, classnames)
 
-    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int) -> ParquetImages:
+    def make(preprocess: Callable, tasks: Sequence[str], keep_images: int, alpha: AlphaMode) -> ParquetImages:
         return ParquetImages(
             groups,
             preprocess,
@@ -330,9 +358,11 @@ def table_split(spec: EvalDataset, rows: TableRows) -> EvalSplit:
             caption_column if "retrieval" in tasks else None,
             with_regions="grounding" in tasks,
             keep_images=keep_images,
+            alpha=alpha,
         )
 
-    return EvalSplit(name, sum(g.rows for g in groups), make, classnames, descriptor_map, has_captions, has_regions)
+    size = sum(g.rows for g in groups)
+    return EvalSplit(name, size, make, classnames, descriptor_map, has_captions, has_regions, ignored)
 
 
 def load_split(spec: EvalDataset) -> EvalSplit:

@@ -1,6 +1,6 @@
 """Descriptors for class names nobody has described yet, written by any grainclip describer.
 
-Each class name becomes a text-only describe request whose alt-text is "a photo of a {class}", so the
+Each class name becomes a text-only describe request whose alt-text is "a photo of a/an {class}", so the
 describer's own versioned prompt (e.g. grain-v1's text-only variant: "list short visual descriptions of
 parts, colours, textures...") produces the descriptors, exactly as it would for an image with that alt-text.
 The result is the Menon & Vondrick JSON format the evaluator reads: {class name: [descriptor, ...]}.
@@ -13,6 +13,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from grainclip.evaluate.class_text import class_prompt
 
 if TYPE_CHECKING:
     from grainclip.annotate.base import Describer
@@ -32,7 +34,7 @@ def describe_classes(
     from grainclip.schema import Status
 
     requests = [
-        DescribeRequest(image_id=f"class-{i}", image=None, caption=caption_template.format(name))
+        DescribeRequest(image_id=f"class-{i}", image=None, caption=class_prompt(caption_template, name))
         for i, name in enumerate(classnames)
     ]
     answers = describer.describe(requests)

@@ -9,7 +9,7 @@ import torch
 
 from grainclip.config.base import ConfigError
 from grainclip.config.evaluate import CheckpointModel, ModelSpec, OpenClipModel
-from grainclip.model_api import LoadedModel, RegionModel
+from grainclip.model_api import LoadedModel, RegionModel, input_side
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ def load_open_clip(name: str, pretrained: str | None, device: torch.device) -> L
     model_name = resolve_model_name(name, field="open_clip model")
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
     model.eval()
-    return LoadedModel(model, preprocess, open_clip.get_tokenizer(model_name), "clip", model_name)
+    size = input_side(open_clip.get_model_preprocess_cfg(model)["size"])
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(model_name), "clip", model_name, size)
 
 
 def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:

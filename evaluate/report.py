@@ -1,4 +1,6 @@
-"""Write an evaluation's results: results.json, a markdown summary, and PNG plots a person can read.
+"""Write an evaluation's results: results.json, a markdown summary, PNG plots a person can read, and
+predictions.parquet (every image's top-5 classes per model, dataset and mode, for error analysis and for
+comparing with other tools image by image).
 
 Figures are built with matplotlib's object API (no pyplot), so writing a report never changes the
 backend or state of a notebook or program that calls `evaluate`.
@@ -15,6 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PREDICTIONS_FILE = "predictions.parquet"
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("dataset", pa.string()),
+        ("mode", pa.string()),
+        ("image_id", pa.string()),
+        ("label", pa.string()),
+        ("top5_classes", pa.list_(pa.string())),
+        ("top5_scores", pa.list_(pa.float32())),
+    ]
+)
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -134,6 +151,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"- {r['model']} on {r['dataset']}: {u.get('mode') or u.get('task')} unavailable: {u['reason']}"
         for r in runs
         for u in r["unavailable"]
+    ]
+    notes += [
+        f"- {r['dataset']}: the descriptor file's {r['descriptor_classes_ignored']} other class(es) were ignored"
+        for r in runs
+        if r.get("descriptor_classes_ignored") and r["model"] == runs[0]["model"]
     ]
     for r in runs:
         skipped = r["skipped_images"]
@@ -290,6 +312,40 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "x"
 
 
+class PredictionsFile:
+    """predictions.parquet under `out`, written as each (model, dataset) finishes so memory stays flat.
+
+    It is written under a temporary name and renamed when closed: a file by that name is always complete.
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / PREDICTIONS_FILE
+        self.tmp = self.path.with_name(f".{PREDICTIONS_FILE}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, model: str, dataset: str, table: pa.Table) -> int:
+        """Add one (model, dataset)'s rows (ClassificationAccumulator.top_classes); returns how many."""
+        if table.num_rows == 0:
+            return 0
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, PREDICTIONS_SCHEMA)
+        n = table.num_rows
+        named = table.add_column(0, "dataset", pa.array([dataset] * n, pa.string()))
+        named = named.add_column(0, "model", pa.array([model] * n, pa.string()))
+        self.writer.write_table(named.select(PREDICTIONS_SCHEMA.names).cast(PREDICTIONS_SCHEMA))
+        return n
+
+    def close(self) -> Path | None:
+        """Rename the finished file into place; None (and no file, not even an older one) when nothing was written."""
+        if self.writer is None:
+            self.path.unlink(missing_ok=True)
+            return None
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
 def write_report(results: dict[str, Any], grids: dict[tuple[str, str], list[dict]], out: str | Path) -> dict[str, Path]:
     """plots/*.png, results.md, then results.json under `out`; returns the written paths by name."""
     out = Path(out)
@@ -310,6 +366,8 @@ def write_report(results: dict[str, Any], grids: dict[tuple[str, str], list[dict
         )
     results["plots"] = {name: str(path.relative_to(out)) for name, path in written.items()}
     text = markdown(results)
+    if results.get("predictions"):
+        text += f"\nEvery image's top-5 classes per model, dataset and mode: `{results['predictions']}`.\n"
     text += "\n## Plots\n\n" + "\n".join(f"![{name}]({rel})" for name, rel in results["plots"].items()) + "\n"
     (out / "results.md").write_text(text)
     # results.json last and atomically: its presence means the evaluation finished (pipelines resume on it).

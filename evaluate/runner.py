@@ -8,19 +8,22 @@ pixels. Class text is encoded once per model and text set (class_text's cache).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from grainclip import storage
 from grainclip.config.evaluate import MODES, EvaluateConfig, ScoringConfig
-from grainclip.devices import autocast, resolve_device
+from grainclip.devices import autocast, loader_workers, resolve_device
 from grainclip.evaluate import class_text, scoring
 from grainclip.evaluate.accumulators import (
     Accumulator,
@@ -35,6 +38,7 @@ from grainclip.evaluate.accumulators import (
 from grainclip.evaluate.datasets import EvalSplit, collate, load_split
 from grainclip.evaluate.geometry import input_window
 from grainclip.evaluate.models import has_regions, load_model
+from grainclip.images import AlphaMode
 from grainclip.model_api import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -50,10 +54,11 @@ class PassSettings:
     templates: Sequence[str] = class_text.DEFAULT_TEMPLATES
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # None: grainclip.devices.loader_workers()
     precision: str = "auto"
     grid_images: int = 0
     progress: bool = False
+    image_alpha: AlphaMode = "white"
 
 
 def prepare_class_text(
@@ -126,8 +131,12 @@ class SplitPass:
         )  # not tqdm.auto: its asyncio variant calls iter() in __init__, starting a second set of workers
 
         keep_images = self.grid.size if self.grid is not None else 0
-        dataset = self.split.dataset(self.loaded.preprocess, self.tasks, keep_images=keep_images)
+        dataset = self.split.dataset(
+            self.loaded.preprocess, self.tasks, keep_images=keep_images, alpha=self.settings.image_alpha
+        )
         workers = self.settings.num_workers
+        if workers is None:
+            workers = loader_workers(image_size=self.loaded.image_size)
         loader = DataLoader(
             dataset,
             batch_size=self.settings.batch_size,
@@ -180,6 +189,8 @@ class SplitPass:
             "n_evaluated": int(self.done.sum()),
             "unavailable": self.unavailable,
         }
+        if self.split.descriptor_classes_ignored:
+            out["descriptor_classes_ignored"] = self.split.descriptor_classes_ignored
         out["skipped_images"] = {
             "count": len(self.errors),
             "examples": [
@@ -193,12 +204,23 @@ class SplitPass:
 
 
 def evaluate_split(
-    loaded: LoadedModel, split: EvalSplit, tasks: Sequence[str], settings: PassSettings, device: torch.device
+    loaded: LoadedModel,
+    split: EvalSplit,
+    tasks: Sequence[str],
+    settings: PassSettings,
+    device: torch.device,
+    keep_predictions: Callable[[pa.Table], int] | None = None,
 ) -> tuple[dict[str, Any], list[dict]]:
-    """All requested tasks of one model on one split: (results dict, grid items for the report)."""
+    """All requested tasks of one model on one split: (results dict, grid items for the report).
+
+    `keep_predictions` receives the per-image top-5 classes of every mode (predictions.parquet's rows) and
+    returns how many it kept, recorded as the run's `n_predictions`.
+    """
     evaluation = SplitPass(loaded, split, tasks, settings, device)
     images_per_second = evaluation.run()
     results = evaluation.results()
+    if keep_predictions is not None and evaluation.classification is not None:
+        results["n_predictions"] = keep_predictions(evaluation.classification.top_classes())
     results["images_per_second"] = images_per_second
     if evaluation.errors:
         log.warning(
@@ -219,11 +241,13 @@ def zero_shot_accuracy(
     scoring_config: ScoringConfig | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    image_alpha: AlphaMode = "white",
 ) -> dict[str, float]:
     """Light hook for periodic evaluation during training: {'<mode>/top1': ..., '<mode>/top5': ..., ...}.
 
     Runs on the model's own device in eval mode and puts the model back in the mode it was in. Modes the
     model or split cannot run are left out. Build `split` once with `grainclip.evaluate.load_split`.
+    `image_alpha` should be what the model trains on (the train config's data.image_alpha).
     """
     model = loaded.model
     device = next(model.parameters()).device
@@ -237,6 +261,7 @@ def zero_shot_accuracy(
             batch_size=batch_size,
             num_workers=num_workers,
             precision="fp32",
+            image_alpha=image_alpha,
         )
         results, _ = evaluate_split(loaded, split, ["classification"], settings, device)
     finally:
@@ -253,31 +278,49 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Every model on every dataset; writes results.json, results.md and plots under cfg.out; returns the results."""
     from grainclip.evaluate import report
 
-    splits = [(spec, load_split(spec)) for spec in cfg.datasets]  # all data checked before any model loads
-    device = resolve_device(cfg.device)
-    settings = PassSettings(
-        modes=cfg.modes,
-        templates=class_text.load_templates(cfg.templates),
-        scoring=cfg.scoring,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        precision=cfg.precision,
-        grid_images=cfg.grid_images,
-        progress=cfg.progress,
-    )
-    results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "device": str(device), "models": [], "runs": []}
-    grids: dict[tuple[str, str], list[dict]] = {}
-    for model_spec in cfg.models:
-        loaded = load_model(model_spec, device)
-        results["models"].append(
-            {"label": model_spec.label, "name": loaded.name, "kind": loaded.kind, "region_modes": has_regions(loaded)}
+    with storage.configured(cfg.storage):
+        splits = [(spec, load_split(spec)) for spec in cfg.datasets]  # all data checked before any model loads
+        device = resolve_device(cfg.device)
+        settings = PassSettings(
+            modes=cfg.modes,
+            templates=class_text.load_templates(cfg.templates),
+            scoring=cfg.scoring,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            precision=cfg.precision,
+            grid_images=cfg.grid_images,
+            progress=cfg.progress,
+            image_alpha=cfg.image_alpha,
         )
-        for spec, split in splits:
-            log.info("evaluating %s on %s (%d images)", model_spec.label, spec.name, split.size)
-            run, grid = evaluate_split(loaded, split, spec.tasks, settings, device)
-            results["runs"].append({"model": model_spec.label, "dataset": spec.name, "tasks": list(spec.tasks), **run})
-            if grid:
-                grids[(model_spec.label, spec.name)] = grid
-        del loaded
-    report.write_report(results, grids, cfg.out)
-    return results
+        results: dict[str, Any] = {
+            "config": cfg.model_dump(mode="json"),
+            "device": str(device),
+            "models": [],
+            "runs": [],
+        }
+        grids: dict[tuple[str, str], list[dict]] = {}
+        predictions = report.PredictionsFile(cfg.out)
+        for model_spec in cfg.models:
+            loaded = load_model(model_spec, device)
+            results["models"].append(
+                {
+                    "label": model_spec.label,
+                    "name": loaded.name,
+                    "kind": loaded.kind,
+                    "region_modes": has_regions(loaded),
+                }
+            )
+            for spec, split in splits:
+                log.info("evaluating %s on %s (%d images)", model_spec.label, spec.name, split.size)
+                keep = functools.partial(predictions.write, model_spec.label, spec.name)
+                run, grid = evaluate_split(loaded, split, spec.tasks, settings, device, keep)
+                results["runs"].append(
+                    {"model": model_spec.label, "dataset": spec.name, "tasks": list(spec.tasks), **run}
+                )
+                if grid:
+                    grids[(model_spec.label, spec.name)] = grid
+            del loaded
+        written = predictions.close()
+        results["predictions"] = written.name if written else None
+        report.write_report(results, grids, cfg.out)
+        return results

@@ -1,4 +1,4 @@
-"""Core commands: PartsWorld synthesis, rendering annotations, tiny offline models."""
+"""Core commands: PartsWorld synthesis, rendering annotations, tiny offline models, the config reference."""
 
 from __future__ import annotations
 
@@ -10,6 +10,37 @@ from grainclip.errors import user_errors
 
 
 def register(app: typer.Typer) -> None:
+    config_app = typer.Typer(help="The config reference (docs/config.md) and example YAMLs.", no_args_is_help=True)
+    app.add_typer(config_app, name="config")
+
+    @config_app.command("docs")
+    @user_errors
+    def config_docs(
+        out: Path = typer.Option(Path("docs/config.md"), help="Markdown file to write (run from the repository root)."),
+        check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if OUT differs from the models."),
+    ) -> None:
+        """Write the reference of every pipeline, train and evaluate config key, generated from the models."""
+        from grainclip.config.reference import reference_markdown
+
+        text = reference_markdown()
+        if check:
+            if not out.is_file() or out.read_text() != text:
+                typer.secho(f"error: {out} is stale: run `grainclip config docs --out {out}`", err=True, fg="red")
+                raise typer.Exit(1)
+            typer.echo(f"{out} is up to date")
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+
+    @config_app.command("example")
+    @user_errors
+    def config_example(kind: str = typer.Argument(..., help="pipeline, train or evaluate.")) -> None:
+        """Print a commented example config of KIND that loads as it is: every key, at its default."""
+        from grainclip.config.reference import example_yaml
+
+        typer.echo(example_yaml(kind), nl=False)
+
     @app.command()
     @user_errors
     def synth(

@@ -27,7 +27,9 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
             logging.getLogger("grainclip").debug("user error", exc_info=True)
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            # An error that found several problems (preflight) carries them: one `error:` line each.
+            for problem in getattr(exc, "problems", None) or [exc]:
+                typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -7,7 +7,7 @@ GRAIN checkpoints go through the same code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -45,12 +45,21 @@ class RegionModel(ZeroShotModel, Protocol):
     def encode_regions(self, images: torch.Tensor, normalize: bool = False) -> RegionOutput: ...
 
 
+def input_side(size: int | Sequence[int]) -> int:
+    """The side of a model's square image input, from an open_clip preprocess config's `size` (int or (h, w))."""
+    return int(size if isinstance(size, int) else size[0])
+
+
 @dataclass
 class LoadedModel:
-    """What a loader hands to the evaluator: the model, its eval image transform and its tokenizer."""
+    """What a loader hands to the evaluator: the model, its eval image transform and its tokenizer.
+
+    `image_size` (the input side, None if unknown) sizes the evaluator's default loader workers.
+    """
 
     model: ZeroShotModel
     preprocess: Callable[[Image.Image], torch.Tensor]
     tokenizer: Callable[[list[str]], torch.Tensor]
     kind: Literal["grain", "clip"]
     name: str
+    image_size: int | None = None

@@ -11,8 +11,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from grainclip import storage
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,34 @@ def conform(table: pa.Table, kind: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=with_metadata(pa.schema(fields), kind))
 
 
+def schema_problems(schema: pa.Schema, kind: str) -> list[str]:
+    """What keeps a file with `schema` from `conform`ing to contract `kind`, known from its schema alone.
+
+    Preflight reads only the files' footers, so a missing `image_id` or a text `width` is refused before Ray
+    starts instead of failing inside a read task. A column whose cast could only fail on some values (text to
+    integer) counts as a problem: a crawl's Parquet would then fail half-way.
+    """
+    problems = []
+    for field in schema_for(kind):
+        if field.name not in schema.names:
+            if not field.nullable:
+                problems.append(f"required column {field.name!r} is missing (have {schema.names})")
+            continue
+        have = schema.field(field.name).type
+        if have.equals(field.type):
+            continue
+        text_to_other = (pa.types.is_string(have) or pa.types.is_large_string(have)) and not (
+            pa.types.is_string(field.type) or pa.types.is_binary(field.type)
+        )
+        try:
+            pa.array([], type=have).cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            text_to_other = True
+        if text_to_other:
+            problems.append(f"column {field.name!r} has type {have}, expected {field.type}")
+    return problems
+
+
 def validate(table: pa.Table, kind: str) -> pa.Table:
     """Conform `table` and check the value rules the types cannot express; returns the conformed table."""
     table = conform(table, kind)
@@ -173,37 +201,36 @@ def region_problem(region: dict) -> str | None:
     return None
 
 
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """A Parquet file on local disk or object storage, opened for its footer and row groups."""
+    filesystem, inner = storage.resolve(path)
+    return pq.ParquetFile(inner, filesystem=filesystem)
+
+
 def kind_of(path: str | Path) -> str | None:
     """The contract a Parquet file declares in its metadata (`images`/`annotations`), or None."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = parquet_file(path).schema_arrow.metadata or {}
     value = meta.get(METADATA_KEY)
     return value.decode().split("/")[0] if value else None
 
 
-def write_shard(table: pa.Table, path: str | Path, kind: str, compression: str = "zstd") -> Path:
-    """Validate and write one Parquet shard atomically (temp file + rename): a crash never leaves half a file."""
+def write_shard(table: pa.Table, path: str | Path, kind: str, compression: str = "zstd") -> str:
+    """Validate and commit one Parquet shard whole (`storage.write_bytes`): a crash never leaves half a file."""
     table = validate(table, kind)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp, compression=compression)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression=compression)
+    storage.write_bytes(path, buffer.getvalue().to_pybytes())
+    return str(path)
 
 
-def parquet_files(path: str | Path) -> list[Path]:
-    """Parquet files under a file or directory, sorted, ignoring hidden/temporary files."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
+def parquet_files(path: str | Path) -> list[Path | str]:
+    """Parquet files under a file or directory (local or object storage), sorted, ignoring hidden/temporary files."""
+    if storage.is_file(path):
+        return [storage.location(path)]
+    files = storage.list_files(path, ".parquet")
+    if not files and not storage.is_dir(path):
         raise FileNotFoundError(f"no Parquet file or directory at {path}")
-    return sorted(
-        p for p in path.rglob("*.parquet") if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
+    return files
 
 
 @dataclass(frozen=True)
@@ -228,7 +255,7 @@ def list_row_groups(path: str | Path | Sequence[str | Path]) -> list[RowGroup]:
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     groups, start = [], 0
     for file in (f for p in paths for f in parquet_files(p)):
-        metadata = pq.ParquetFile(file).metadata
+        metadata = parquet_file(file).metadata
         for index in range(metadata.num_row_groups):
             rows = metadata.row_group(index).num_rows
             if rows:
@@ -244,13 +271,19 @@ def read_table(path: str | Path, kind: str, columns: Sequence[str] | None = None
     files = parquet_files(path)
     if not files:
         raise FileNotFoundError(f"no Parquet files under {path}")
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+    table = parquet_dataset(files).to_table(columns=columns)
     return table if columns else conform(table, kind)
+
+
+def parquet_dataset(files: Sequence[str | Path]) -> ds.Dataset:
+    """A pyarrow dataset over Parquet files that all live on one filesystem (local or one object store)."""
+    filesystem, inner = storage.resolve_all(files)
+    return ds.dataset(inner, format="parquet", filesystem=filesystem)
 
 
 def iter_batches(
     path: str | Path, columns: Sequence[str] | None = None, batch_size: int = 256
 ) -> Iterable[pa.RecordBatch]:
     """Stream record batches from every shard under `path`; memory stays flat in dataset size."""
-    dataset = ds.dataset([str(f) for f in parquet_files(path)], format="parquet")
+    dataset = parquet_dataset(parquet_files(path))
     yield from dataset.to_batches(columns=columns, batch_size=batch_size)

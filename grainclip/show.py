@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from grainclip.config.base import ConfigError
 from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
-from grainclip.schema import SchemaError, iter_batches, parquet_files, region_problem
+from grainclip.schema import SchemaError, iter_batches, parquet_file, parquet_files, region_problem
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ def read_rows(path: str | Path, limit: int) -> Iterator[dict]:
     if not files:
         raise FileNotFoundError(f"no Parquet files under {path}")
     try:
-        available = pq.read_schema(files[0]).names
+        available = parquet_file(files[0]).schema_arrow.names
         batches = iter_batches(path, columns=[c for c in SHOWN_COLUMNS if c in available], batch_size=min(limit, 256))
         seen = 0
         for batch in batches:

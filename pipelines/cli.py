@@ -1,4 +1,4 @@
-"""`grainclip pipeline run/submit/status/logs/report`: drive annotation runs locally or on a Ray cluster.
+"""`grainclip pipeline run/submit/status/logs/report/compare`: drive annotation runs locally or on a Ray cluster.
 
 Only typer and config are imported here; Ray and the pipeline modules load inside the commands.
 """
@@ -137,7 +137,9 @@ def logs(
 
 @pipeline_app.command()
 @user_errors
-def report(output: Path = typer.Argument(..., help="Run directory (the pipeline's `output`).")) -> None:
+def report(
+    output: str = typer.Argument(..., help="Run directory (the pipeline's `output`), a folder or s3://."),
+) -> None:
     """Print a run's table (statuses, throughput, annotators) and write its PNG plots under OUT/report/."""
     from grainclip.pipelines.report import report as make_report
 
@@ -145,6 +147,24 @@ def report(output: Path = typer.Argument(..., help="Run directory (the pipeline'
     print_table(rows, title=f"pipeline run {output}")
     for path in plots:
         typer.echo(f"wrote {path}")
+
+
+@pipeline_app.command()
+@user_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., help="RUN_A [RUN_B]: run directories (the pipelines' `output`)."),
+    out: Path = typer.Option(..., "--out", help="Folder for compare.json, compare.md and the PNGs."),
+    truth: Path | None = typer.Option(
+        None, "--truth", help="PartsWorld truth folder, or a COCO-style JSON of phrase + bbox per image_id."
+    ),
+) -> None:
+    """Compare two runs on the image_ids they share (and/or score them against --truth)."""
+    from grainclip.pipelines.compare import compare as compare_runs
+
+    result, warnings = compare_runs(runs, out, truth)
+    for warning in warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"compared {len(runs)} run(s) on {result['shared']['image_ids']} shared image_ids: {out}/compare.md")
 
 
 def register(app: typer.Typer) -> None:

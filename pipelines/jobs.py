@@ -8,7 +8,7 @@ What is packaged: a staging folder with the config (`pipeline.yaml`) becomes the
 config's `job.runtime_env` (pip packages, env vars, py_modules with custom annotator plugins) is added to it.
 The cluster must have grainclip installed, or get it through that runtime_env. Paths: the job's working dir
 is a temporary copy, so relative paths are made absolute here (`with_absolute_paths`); they must name storage every
-node sees (a shared filesystem), like any multi-node Ray output.
+node sees (a shared filesystem, or `s3://` object storage), like any multi-node Ray output (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def submit(config_path: Path, address: str, force_new_run: bool = False) -> str:
     command = ["python", "-m", "grainclip.cli", "pipeline", "run", CONFIG_NAME]
     if force_new_run:
         command.append("--force-new-run")
+    entrypoint = job_entrypoint(command)
     client = _client(address)
     with tempfile.TemporaryDirectory(prefix="grainclip-job-") as staging:  # uploaded by submit_job
         (Path(staging) / CONFIG_NAME).write_text(dump_config(config))
@@ -49,7 +50,7 @@ def submit(config_path: Path, address: str, force_new_run: bool = False) -> str:
         while True:
             try:
                 return client.submit_job(
-                    entrypoint=shlex.join(command),
+                    entrypoint=entrypoint,
                     runtime_env={**config.job.runtime_env, "working_dir": staging},
                     entrypoint_num_cpus=config.job.entrypoint_num_cpus,
                     metadata={"grainclip.output": config.output},
@@ -60,6 +61,23 @@ def submit(config_path: Path, address: str, force_new_run: bool = False) -> str:
                     raise
                 log.info("the cluster's job agent is not up yet; retrying")
                 time.sleep(2.0)
+
+
+#: What the job prints when the cluster's python has no grainclip (before the run's own command would fail with
+#: "No module named 'grainclip'" deep in the job log).
+MISSING_GRAINCLIP = (
+    "error: grainclip is not installed in the Ray cluster's python ($(command -v python)). Install it on every "
+    "node (pip install grainclip), or ship it with the job: set job.runtime_env in the pipeline YAML, e.g. "
+    "job: {{runtime_env: {{pip: [grainclip=={version}]}}}} (or py_modules for a local checkout)"
+)
+
+
+def job_entrypoint(command: list[str]) -> str:
+    """The job's shell command: check that grainclip imports on the cluster, then run `command`."""
+    from importlib.metadata import version
+
+    message = MISSING_GRAINCLIP.format(version=version("grainclip"))
+    return f'python -c "import grainclip" 2>/dev/null || {{ echo "{message}" >&2; exit 2; }}; {shlex.join(command)}'
 
 
 def status(job_id: str, address: str) -> tuple[str, str | None]:

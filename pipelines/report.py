@@ -8,6 +8,7 @@ image), and rows committed over time (one line per attempt, so a resumed run sho
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from grainclip import storage
 from grainclip.pipelines.manifest import DescribeThroughput, RunManifest
 from grainclip.pipelines.rundir import RunDir
-from grainclip.schema import Status
+from grainclip.schema import Status, parquet_dataset
 
 DESCRIBED = [Status.OK.value, Status.NO_REGIONS.value]
 PLOTS = ("regions_per_image.png", "region_scores.png", "description_lengths.png", "throughput.png")
@@ -40,7 +41,7 @@ def read_figures(run: RunDir) -> AnnotationFigures:
     if not files:
         raise FileNotFoundError(f"no committed annotation shards under {run.annotations}")
     columns = ["status", "descriptions", "regions"]
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+    table = parquet_dataset(files).to_table(columns=columns)
     described = table.filter(pc.is_in(table.column("status"), value_set=pa.array(DESCRIBED)))
     regions, descriptions = described.column("regions"), described.column("descriptions")
     flat_regions = pc.list_flatten(regions)
@@ -58,22 +59,23 @@ def _numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def write_plots(run: RunDir) -> list[Path]:
-    """Write the report PNGs under OUT/report/ and return their paths."""
+def write_plots(run: RunDir) -> list[Path | str]:
+    """Write the report PNGs under OUT/report/ (each one whole file, also on object storage); return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figures = read_figures(run)
-    run.report_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
-        path = run.report_dir / name
-        fig.savefig(path, dpi=100)
+        path = storage.join(run.report_dir, name)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
         plt.close(fig)
+        storage.write_bytes(path, png.getvalue())
         paths.append(path)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -129,6 +131,9 @@ def summary_rows(manifest: RunManifest) -> list[tuple[str, str]]:
         out.append((f"  {status}", f"{n} ({n / rows:.1%})" if rows else str(n)))
     if manifest.duplicates_dropped:
         out.append(("duplicate ids dropped", str(manifest.duplicates_dropped)))
+    if manifest.descriptions_from is not None:
+        reused = manifest.descriptions_from
+        out.append(("descriptions from", f"run {reused.origin_run_id}, reused via {reused.run_id} ({reused.path})"))
     for kind, info in manifest.annotators.items():
         label = info.get("model") or info.get("name")
         out.append((kind, f"{info.get('name')} ({label})" + (" SIMULATED" if info.get("simulated") else "")))
@@ -156,10 +161,13 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:,.2f}" if isinstance(value, float) else str(value)
 
 
-def report(output: str | Path) -> tuple[list[tuple[str, str]], list[Path]]:
-    """The table rows and the written plot paths for the run in `output`."""
-    run = RunDir(Path(output))
+def report(output: str | Path) -> tuple[list[tuple[str, str]], list[Path | str]]:
+    """The table rows and the written plot paths for the run in `output` (a folder or an s3:// prefix)."""
+    run = RunDir(output)
     manifest = run.read_manifest()
     if manifest is None:
         raise FileNotFoundError(f"no pipeline run at {output} (manifest.json missing)")
-    return summary_rows(manifest), write_plots(run)
+    if manifest.mark_interrupted():  # a `running` attempt whose driver is gone on this machine
+        run.write_manifest(manifest)
+    # A run killed before its first commit still gets its table (the plots need rows).
+    return summary_rows(manifest), write_plots(run) if run.committed_files() else []

@@ -8,14 +8,19 @@ Layout of OUT:
     _superseded/<run_id>/    an older run moved aside by --force-new-run (nothing is deleted)
 
 Exactly-once, in three rules:
-1. A shard is committed by `schema.write_shard` (temp file + rename): it exists whole or not at all.
+1. A shard is committed by `schema.write_shard` (temp file + rename locally, one PUT on object storage): it
+   exists whole or not at all.
 2. A rerun reads the image_ids of every committed shard and filters them out of the input before the model
    stages (`committed_ids` + `contains_sorted`), so finished rows are never redone and unfinished ones are.
 3. A shard's name is a hash of its image_ids, so a retried commit task (worker died after the rename)
    rewrites the same file instead of adding a second copy. Whatever duplicates remain possible -- the same
-   image_id twice in the input, or an orphaned task racing a rerun -- are removed when a run completes by
-   `drop_duplicate_ids`, which keeps the first occurrence (shard name order) and rewrites the affected shards
-   atomically. The number dropped is recorded in the manifest, never silent.
+   image_id twice in the input, or an orphaned task racing a rerun -- are removed whenever an attempt ends
+   (complete, stopped or failed) and when the next one starts after a kill, by `drop_duplicate_ids`, which
+   keeps the first occurrence (shard name order) and rewrites the affected shards atomically. The number
+   dropped is recorded in the manifest, never silent.
+
+OUT may be a local folder or an `s3://bucket/prefix` (`grainclip.storage`): everything here is reads, whole-file
+writes and listings, so both behave the same.
 
 The identity of a run is the hash of the config parts that decide the output rows (`RESUME_FIELDS`);
 resources, shard size and steps may change between attempts.
@@ -26,9 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,14 +42,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from grainclip import storage
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import RESUME_FIELDS, RESUME_IGNORED, PipelineConfig
 from grainclip.pipelines.manifest import RunManifest
-from grainclip.schema import write_shard
+from grainclip.schema import parquet_dataset, parquet_file, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -117,33 +119,51 @@ def contains_sorted(sorted_ids: np.ndarray, ids: list[str]) -> np.ndarray:
     return sorted_ids[position] == probe
 
 
+def fixed_width_bytes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A string column as a numpy `S<width>` array (the same values `str.encode()` gives), copied from the Arrow
+    buffers without a Python object per value. Values must not be null (image_ids never are)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = array.cast(pa.large_string())  # one offset width (int64) for both string types
+    _, offset_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max(initial=0)), 1)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]] if len(array) else []
+    out = np.zeros((len(array), width), dtype=np.uint8)
+    out[np.arange(width) < lengths[:, None]] = data  # row-major fill: each row gets its own bytes, zero-padded
+    return out.view(f"S{width}").ravel()
+
+
 @dataclass(frozen=True)
 class RunDir:
-    root: Path
+    root: Path | str  # a local folder or an object-storage URI (`storage.location`)
     # The layout under root, derived from it: committed shards, the manifest, per-shard stats, the report.
-    annotations: Path = field(init=False)
-    manifest_path: Path = field(init=False)
-    stats_dir: Path = field(init=False)
-    report_dir: Path = field(init=False)
+    annotations: Path | str = field(init=False)
+    manifest_path: Path | str = field(init=False)
+    stats_dir: Path | str = field(init=False)
+    report_dir: Path | str = field(init=False)
+    ray_processes_path: Path | str = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "root", storage.location(self.root))
         layout = {
             "annotations": "annotations",
             "manifest_path": "manifest.json",
             "stats_dir": "stats",
             "report_dir": "report",
+            "ray_processes_path": "ray-processes.json",  # an embedded Ray's PIDs while its driver runs
         }
         for name, leaf in layout.items():
-            object.__setattr__(self, name, self.root / leaf)  # frozen: set once, here
+            object.__setattr__(self, name, storage.join(self.root, leaf))  # frozen: set once, here
 
     # --- manifest -------------------------------------------------------------------------------------------
 
     def read_manifest(self) -> RunManifest | None:
         """The manifest on disk, or None; ManifestUnreadable (one line) if it is not JSON or not a manifest."""
-        if not self.manifest_path.exists():
+        if not storage.exists(self.manifest_path):
             return None
         try:
-            return RunManifest.model_validate(json.loads(self.manifest_path.read_text()))
+            return RunManifest.model_validate(json.loads(storage.read_text(self.manifest_path)))
         except json.JSONDecodeError as exc:
             raise ManifestUnreadable(f"{self.manifest_path} is not valid JSON ({exc}); {MOVE_ASIDE}") from None
         except ValidationError as exc:
@@ -152,41 +172,47 @@ class RunDir:
 
     def write_manifest(self, manifest: RunManifest) -> None:
         """Atomic rewrite, so a kill mid-write leaves the previous manifest, never half of one."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_name(f".manifest.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2))
-        os.replace(tmp, self.manifest_path)
+        storage.write_text(self.manifest_path, json.dumps(manifest.model_dump(mode="json"), indent=2))
 
     # --- committed shards -----------------------------------------------------------------------------------
 
-    def shard_path(self, image_ids: Iterable[str]) -> Path:
+    def shard_path(self, image_ids: Iterable[str]) -> Path | str:
         """Deterministic name from the shard's content: a retried commit overwrites instead of duplicating."""
         digest = hashlib.sha1("\n".join(sorted(image_ids)).encode()).hexdigest()[:24]
-        return self.annotations / f"part-{digest}.parquet"
+        return storage.join(self.annotations, f"part-{digest}.parquet")
 
-    def committed_files(self) -> list[Path]:
-        if not self.annotations.is_dir():
-            return []
-        return sorted(p for p in self.annotations.glob("part-*.parquet"))
+    def committed_files(self) -> list[Path | str]:
+        """The committed shards, from one listing (a prefix listing on object storage)."""
+        files = storage.list_files(self.annotations, ".parquet", recursive=False)
+        return [f for f in files if storage.name(f).startswith("part-")]
 
     def committed_ids(self) -> np.ndarray:
-        """Sorted bytes array of every committed image_id (input for `contains_sorted`)."""
+        """Sorted bytes array of every committed image_id (input for `contains_sorted`).
+
+        Built batch by batch straight from the Arrow buffers, never as Python strings: at a million committed
+        rows that is the array itself (~16 bytes an id) and one batch in flight, not ~10x that in objects.
+        """
         files = self.committed_files()
         if not files:
             return np.array([], dtype="S1")
-        ids = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["image_id"]).column("image_id")
-        return np.sort(np.array([i.encode() for i in ids.to_pylist()]))
+        batches = parquet_dataset(files).to_batches(columns=["image_id"])
+        return np.sort(np.concatenate([fixed_width_bytes(batch.column(0)) for batch in batches]))
 
     def status_counts(self) -> dict[str, int]:
         files = self.committed_files()
         if not files:
             return {}
-        table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["status"])
+        table = parquet_dataset(files).to_table(columns=["status"])
         counts = table.group_by("status").aggregate([("status", "count")])
         return dict(sorted(zip(counts.column("status").to_pylist(), counts.column("status_count").to_pylist())))
 
     def remove_stale_temp_files(self) -> int:
-        """Temp files of commits a killed attempt never finished (only call while no writer is running)."""
+        """Temp files of commits a killed attempt never finished (only call while no writer is running).
+
+        Only local commits leave any: an object-storage commit is a single PUT.
+        """
+        if storage.is_uri(self.root):
+            return 0
         stale = [p for folder in (self.annotations, self.stats_dir) if folder.is_dir() for p in folder.glob(".*.tmp")]
         for path in stale:
             path.unlink(missing_ok=True)
@@ -197,7 +223,7 @@ class RunDir:
         files = self.committed_files()
         if not files:
             return 0
-        tables = [pq.read_table(f, columns=["image_id"]) for f in files]
+        tables = [parquet_file(f).read(columns=["image_id"]) for f in files]
         ids = pa.concat_arrays([t.column("image_id").combine_chunks() for t in tables])
         order = pa.array(np.arange(len(ids)))
         groups = (
@@ -216,36 +242,47 @@ class RunDir:
             if mask.all():
                 continue
             dropped += int((~mask).sum())
-            kept = pq.read_table(path).filter(pa.array(mask))
+            kept = parquet_file(path).read().filter(pa.array(mask))
             if kept.num_rows:
                 write_shard(kept, path, "annotations", compression=compression)
             else:
-                path.unlink()
+                storage.delete(path)
+            self._recount_shard_stats(storage.name(path), kept)
         log.warning("dropped %d duplicate image_id row(s); the first occurrence of each id was kept", dropped)
         return dropped
 
     # --- per-shard stats ------------------------------------------------------------------------------------
 
     def write_shard_stats(self, shard_name: str, stats: dict[str, Any]) -> None:
-        """Stats of one committed shard, beside it in stats/ (atomic, like the shard itself)."""
-        self.stats_dir.mkdir(parents=True, exist_ok=True)
-        path = self.stats_dir / f"{shard_name}.json"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(stats))
-        os.replace(tmp, path)
+        """Stats of one committed shard, beside it in stats/ (whole, like the shard itself)."""
+        storage.write_text(storage.join(self.stats_dir, f"{shard_name}.json"), json.dumps(stats))
+
+    def _recount_shard_stats(self, shard_name: str, kept: pa.Table) -> None:
+        """A shard lost duplicate rows: its stats count what it holds now, so every count agrees with the shards."""
+        path = storage.join(self.stats_dir, f"{shard_name}.json")
+        if not storage.exists(path):
+            return
+        if not kept.num_rows:
+            storage.delete(path)
+            return
+        stats = json.loads(storage.read_text(path))
+        statuses = kept.column("status").to_pylist()
+        stats["rows"], stats["statuses"] = kept.num_rows, {s: statuses.count(s) for s in sorted(set(statuses))}
+        self.write_shard_stats(shard_name, stats)
 
     def read_shard_stats(self) -> list[dict[str, Any]]:
         """Stats of the shards that are committed now, oldest first."""
+        written = set(map(str, storage.list_files(self.stats_dir, ".json", recursive=False)))  # one listing
         stats = []
         for shard in self.committed_files():
-            path = self.stats_dir / f"{shard.name}.json"
-            if path.exists():  # absent only if a kill fell between the shard's rename and its stats'
-                stats.append(json.loads(path.read_text()))
+            path = str(storage.join(self.stats_dir, f"{storage.name(shard)}.json"))
+            if path in written:  # absent only if a kill fell between the shard's commit and its stats'
+                stats.append(json.loads(storage.read_text(path)))
         return sorted(stats, key=lambda s: s["committed_at"])
 
     # --- starting or resuming a run ---------------------------------------------------------------------------
 
-    def supersede(self, run_id: str) -> Path:
+    def supersede(self, run_id: str) -> Path | str:
         """Move the current run's files to _superseded/<run_id>/ (kept, not deleted).
 
         The run id comes from the manifest on disk, which anyone may have edited: one that is not a plain name
@@ -254,11 +291,10 @@ class RunDir:
         if not SAFE_RUN_ID.fullmatch(str(run_id)):
             log.warning("previous run id %r is not a plain name; superseding it as unknown", run_id)
             run_id = f"unknown-{new_run_id()}"
-        target = self.root / "_superseded" / run_id
-        target.mkdir(parents=True, exist_ok=True)
+        target = storage.join(self.root, "_superseded", run_id)
         for path in (self.annotations, self.stats_dir, self.manifest_path, self.report_dir):
-            if path.exists():
-                shutil.move(str(path), str(target / path.name))
+            if storage.exists(path):
+                storage.move(path, storage.join(target, storage.name(path)))
         log.warning("moved the previous run %s to %s", run_id, target)
         return target
 
@@ -288,6 +324,11 @@ class RunDir:
             return new_run_id(), None
         if previous.config_hash == config_hash(view):
             return previous.run_id, previous
+        if not has_shards:
+            # The previous run committed nothing (it failed before its first shard): there is nothing to
+            # protect, so the corrected config starts here instead of needing --force-new-run.
+            log.info("run %s in %s committed nothing; starting a new run in its place", previous.run_id, self.root)
+            return new_run_id(), None
         if not force_new_run:
             changes = config_changes(previous.resume_config, view)
             listed = "\n".join(f"  {c}" for c in changes) or "  (the stored config could not be compared)"
@@ -298,3 +339,17 @@ class RunDir:
             )
         self.supersede(previous.run_id)
         return new_run_id(), None
+
+
+def existing_run(path: str | Path) -> tuple[RunDir, RunManifest]:
+    """A run to read back (compare, stage reuse); ConfigError (one line) unless it is one with committed rows."""
+    run = RunDir(path)
+    try:
+        manifest = run.read_manifest()
+    except ManifestUnreadable:
+        manifest = None
+    if manifest is None:
+        raise ConfigError(f"{path} is not a pipeline run directory (no run manifest at {run.manifest_path})")
+    if not run.committed_files():
+        raise ConfigError(f"run {manifest.run_id} at {path} has no committed annotation shards")
+    return run, manifest

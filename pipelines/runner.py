@@ -5,9 +5,13 @@ The plan is one streaming Ray Data pipeline:
     read source -> prepare_images (tasks) -> DescribeStage (actor pool) -> GroundStage (actor pool)
                 -> commit_shard (tasks) -> one summary row per shard, streamed to this driver
 
+(A source that carries an earlier run's descriptions replaces DescribeStage by `reuse.keep_descriptions`.)
+With `describe.batches_in_flight` > 1 (the default for describers that serve batches concurrently: vllm, openai)
+the describe actors are async (`InflightDescribeStage`) and work on that many batches at once.
+
 The driver consumes the summaries as shards commit: it logs progress and stops the run when the failed
 fraction of this attempt's rows exceeds `max_error_fraction`. Ray Data's own progress bars show each stage
-while it runs. When the stream ends, duplicates are removed
+while it runs. When an attempt ends, however it ends, duplicates are removed
 (see `rundir`), counts are taken from the committed shards themselves, the manifest is finalised and the
 report written. Then the optional train/evaluate steps run on the same Ray cluster.
 
@@ -18,9 +22,11 @@ test cluster, the quickstart) is reused and left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import time
 import warnings
 from collections import Counter
@@ -31,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from grainclip import storage
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.errors import USER_ERRORS
 from grainclip.pipelines.manifest import Attempt, RunManifest, RunStatus
@@ -38,7 +45,7 @@ from grainclip.pipelines.preflight import check_resources, preflight, preflight_
 from grainclip.pipelines.prepare import prepare_images
 from grainclip.pipelines.rundir import RunDir, config_hash, resume_view
 from grainclip.pipelines.sink import FAILED_STATUSES, commit_shard
-from grainclip.pipelines.stages import DescribeStage, GroundStage
+from grainclip.pipelines.stages import DescribeStage, GroundStage, InflightDescribeStage
 from grainclip.pipelines.steps import import_training_stack, plan_steps, run_steps
 
 if TYPE_CHECKING:
@@ -62,7 +69,7 @@ class ErrorFractionExceeded(PipelineError):
 class RunResult:
     """What a finished annotation run produced (the manifest has the full record)."""
 
-    output: Path
+    output: Path | str
     run_id: str
     rows: int
     counts: dict[str, int]
@@ -73,8 +80,8 @@ class RunResult:
     steps: dict[str, str] = field(default_factory=dict)
 
     @property
-    def annotations(self) -> Path:
-        return self.output / "annotations"
+    def annotations(self) -> Path | str:
+        return RunDir(self.output).annotations
 
 
 @dataclass
@@ -85,6 +92,7 @@ class AttemptProgress:
     rows: int = 0
     shards: int = 0
     counts: Counter = field(default_factory=Counter)
+    committed_before: Counter = field(default_factory=Counter)  # rows per status of earlier attempts
     error_examples: dict[str, str] = field(default_factory=dict)
     last_log: float = field(default_factory=time.monotonic)
 
@@ -95,26 +103,22 @@ class AttemptProgress:
         for status, example in stats["error_examples"].items():
             self.error_examples.setdefault(status, example)
 
-    @property
-    def failed(self) -> int:
-        return sum(n for status, n in self.counts.items() if status in FAILED_STATUSES)
+    def check_errors(self, max_fraction: float, min_rows: int) -> None:
+        """While the run goes on: stop it when the failed fraction of the run's rows is over the limit.
 
-    def check_errors(self, max_fraction: float, min_rows: int, final: bool = False) -> None:
-        """Raise ErrorFractionExceeded when the failed fraction is over the limit (after `min_rows` rows)."""
-        if not self.rows or (self.rows < min_rows and not final):
+        The rows are the run's, not the attempt's: those committed before it (`committed_before`) and its own,
+        as in the end-of-run check (`check_final_errors`). Checked only once `min_rows` rows are in, so one bad
+        first shard does not stop a run.
+        """
+        counts = self.committed_before + self.counts
+        rows = sum(counts.values())
+        if rows < min_rows:
             return
-        fraction = self.failed / self.rows
-        if fraction <= max_fraction:
-            return
-        detail = "; ".join(
-            f"{status}: {self.counts[status]} (e.g. {self.error_examples.get(status) or 'no message'!r})"
-            for status in sorted(FAILED_STATUSES)
-            if self.counts.get(status)
-        )
-        raise ErrorFractionExceeded(
-            f"stopped: {self.failed} of {self.rows} rows failed ({fraction:.1%} > max_error_fraction "
-            f"{max_fraction:.1%}). {detail}. Committed shards are kept; fix the cause and rerun to resume."
-        )
+        problem = error_fraction_problem(counts, self.error_examples, max_fraction)
+        if problem is not None:
+            raise ErrorFractionExceeded(
+                f"stopped after {rows} rows: {problem}. Committed shards are kept; fix the cause and rerun to resume."
+            )
 
     def log_progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -128,39 +132,144 @@ class AttemptProgress:
         )
 
 
+def error_fraction_problem(counts: dict[str, int], examples: dict[str, str], max_fraction: float) -> str | None:
+    """'N failed rows (x% > max_error_fraction y%); status: n (e.g. ...)' when over the limit, else None.
+
+    The one meaning of max_error_fraction: failed rows (FAILED_STATUSES) over all rows counted, mid-run and at
+    the end alike.
+    """
+    rows = sum(counts.values())
+    failed = sum(n for status, n in counts.items() if status in FAILED_STATUSES)
+    if not rows or failed / rows <= max_fraction:
+        return None
+    detail = "; ".join(
+        f"{status}: {counts[status]} (e.g. {examples.get(status) or 'no message'!r})"
+        for status in sorted(FAILED_STATUSES)
+        if counts.get(status)
+    )
+    return f"{failed} failed rows ({failed / rows:.1%} > max_error_fraction {max_fraction:.1%}); {detail}"
+
+
+def check_final_errors(manifest: RunManifest, run: RunDir, max_fraction: float) -> None:
+    """After a run has committed every row: the same fraction over all its committed rows, every attempt's.
+
+    A rerun of a complete run with the same failures therefore gives the same answer (and exit status).
+    """
+    examples: dict[str, str] = {}
+    for stats in run.read_shard_stats():
+        for status, example in stats["error_examples"].items():
+            examples.setdefault(status, example)
+    problem = error_fraction_problem(manifest.counts, examples, max_fraction)
+    if problem is not None:
+        raise ErrorFractionExceeded(
+            f"completed with {problem}. Every row is written (the failed ones with their error); fix the cause "
+            "and rerun with --force-new-run, or raise max_error_fraction to accept them."
+        )
+
+
 def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_run: bool = False) -> RunResult:
-    """Annotate `config.source` into `config.output` (resuming a killed run), then run the configured steps."""
+    """Annotate `config.source` into `config.output` (resuming a killed run), then run the configured steps.
+
+    Storage (`config.storage`) is configured for the whole run, so the train and evaluate steps keep it."""
     import ray
 
     config = config.with_absolute_paths()
-    preflight(config, address)
-    run = RunDir(Path(config.output))
-    run_id, previous = run.open(config, force_new_run)
-    preflight_resources(config, address)
-    view = resume_view(config)
-    manifest = previous or RunManifest.new(run_id, view, config_hash(view))
-    log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
-    steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
-    if steps is not None:
-        import_training_stack()
+    with storage.configured(config.storage):  # the run's workers read the variables it names
+        preflight(config, address)
+        run = RunDir(config.output)
+        run_id, previous = run.open(config, force_new_run)
+        preflight_resources(config, address)
+        view = resume_view(config)
+        manifest = previous or RunManifest.new(run_id, view, config_hash(view))
+        if config.source.carries_descriptions:  # an earlier run's descriptions are kept (grainclip.pipelines.reuse)
+            from grainclip.pipelines.reuse import check_unchanged
 
-    started_ray = not ray.is_initialized()
-    embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
-    if started_ray:
-        # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
-        # machine last started with `ray start`.
-        # An embedded Ray gets at least the CPUs the train step needs, or its data pipeline never starts on
-        # a small machine (Ray's CPU count is a scheduling token, not a thread count).
-        num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
-        ray.init(address="local" if embedded else address, num_cpus=num_cpus, log_to_driver=True)
-    try:
-        result = run_attempt(config, run, manifest, address or ("local" if embedded else "attached"), embedded)
+            if previous is not None:
+                check_unchanged(config.source, previous)
+            manifest.descriptions_from = config.source.provenance()
+        log.info("%s run %s in %s", "resuming" if previous else "starting", run_id, run.root)
+        steps = plan_steps(config, run)  # a mistake in a step's config fails now, not after the annotation
         if steps is not None:
-            result.steps = run_steps(steps, manifest, run)
-        return result
-    finally:
+            import_training_stack()
+
+        started_ray = not ray.is_initialized()
+        embedded = started_ray and address is None and not os.environ.get("RAY_ADDRESS")
         if started_ray:
-            ray.shutdown()
+            # "local" forces a new embedded instance: a bare ray.init() would attach to whatever cluster this
+            # machine last started with `ray start`.
+            # An embedded Ray gets at least the CPUs the train step needs, or its data pipeline never starts on
+            # a small machine (Ray's CPU count is a scheduling token, not a thread count).
+            num_cpus = max(os.cpu_count() or 1, steps.min_cpus) if embedded and steps is not None else None
+            if embedded:
+                end_leftover_ray(run)
+            ray.init(
+                address="local" if embedded else address,
+                num_cpus=num_cpus,
+                log_to_driver=True,
+                # An embedded Ray's workers inherit this environment; an attached cluster's get the names here.
+                runtime_env=None if embedded else storage.ray_runtime_env(),
+            )
+            if embedded:
+                record_ray_processes(run)
+        try:
+            result = run_attempt(config, run, manifest, address or ("local" if embedded else "attached"), embedded)
+            if steps is not None:
+                result.steps = run_steps(steps, manifest, run)
+            return result
+        finally:
+            if started_ray:
+                ray.shutdown()
+                storage.delete(run.ray_processes_path)
+
+
+def record_ray_processes(run: RunDir) -> None:
+    """Write the embedded Ray's processes (this driver's descendants) into the run directory.
+
+    A driver killed with SIGKILL cannot shut its Ray down; the next run of the same directory ends exactly
+    these processes (`end_leftover_ray`), never another Ray on the machine.
+    """
+    import psutil
+
+    processes = [
+        {"pid": p.pid, "name": p.name(), "create_time": p.create_time()}
+        for p in psutil.Process().children(recursive=True)
+    ]
+    record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "processes": processes}
+    storage.write_text(run.ray_processes_path, json.dumps(record, indent=2))
+
+
+def end_leftover_ray(run: RunDir) -> int:
+    """End the recorded Ray processes of a dead driver of this run, and their children; returns how many.
+
+    A recorded PID is only ended when its start time matches the record (no reused PIDs) and the driver that
+    recorded it is gone; a record from another machine is left alone.
+    """
+    import psutil
+
+    if not storage.exists(run.ray_processes_path):
+        return 0
+    record = json.loads(storage.read_text(run.ray_processes_path))
+    if record.get("host") != socket.gethostname() or psutil.pid_exists(record.get("driver_pid", -1)):
+        return 0
+    leftovers = []
+    for entry in record.get("processes", []):
+        try:
+            process = psutil.Process(entry["pid"])
+            if abs(process.create_time() - entry["create_time"]) < 1.0:
+                leftovers += [process, *process.children(recursive=True)]
+        except psutil.Error:
+            continue
+    for process in leftovers:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(leftovers, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    if leftovers:
+        log.warning("ended %d Ray process(es) a killed run of %s left behind", len(set(leftovers)), run.root)
+    storage.delete(run.ray_processes_path)
+    return len(set(leftovers))
 
 
 def run_attempt(
@@ -176,20 +285,22 @@ def run_attempt(
         stale = run.remove_stale_temp_files()
         if stale:
             log.info("removed %d temp file(s) left by a killed attempt", stale)
+        manifest.duplicates_dropped += run.drop_duplicate_ids(config.sink.compression)  # a killed attempt's
         check_resources(config, ray.cluster_resources(), autoscaling=not embedded)
         done = run.committed_ids()
         attempt.rows_skipped = len(done)
+        progress.committed_before = Counter(run.status_counts())
         if len(done):
             log.info("%d image(s) already committed; they are skipped", len(done))
         summaries = build_plan(config, run, manifest.run_id, ray.put(done))
-        for batch in summaries.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for line in batch.column("stats").to_pylist():
-                progress.add(json.loads(line))
-                progress.log_progress()
-                progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
+        # Closed on the way out, so a stopped run's executor ends before its duplicates are dropped.
+        with contextlib.closing(iter(summaries.iter_batches(batch_size=None, batch_format="pyarrow"))) as batches:
+            for batch in batches:
+                for line in batch.column("stats").to_pylist():
+                    progress.add(json.loads(line))
+                    progress.log_progress()
+                    progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
         progress.log_progress(force=True)
-        progress.check_errors(config.max_error_fraction, config.error_check_min_rows, final=True)
-        duplicates = run.drop_duplicate_ids(config.sink.compression)
     except ErrorFractionExceeded as exc:
         _close_attempt(manifest, attempt, progress, "stopped", str(exc), run, config)
         raise
@@ -200,9 +311,14 @@ def run_attempt(
             raise user_error from None
         raise
 
-    manifest.duplicates_dropped += duplicates
     _close_attempt(manifest, attempt, progress, "complete", None, run, config)
     _write_report(run)
+    try:
+        check_final_errors(manifest, run, config.max_error_fraction)
+    except ErrorFractionExceeded as exc:
+        manifest.message = str(exc)
+        run.write_manifest(manifest)
+        raise
     log.info(
         "run %s complete: %d rows in %s (%s)",
         manifest.run_id,
@@ -228,17 +344,26 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
 
     dataset = config.source.read()
     dataset = dataset.map_batches(_prepare, batch_format="pyarrow", fn_kwargs={"done_ids": done_ids})
+    in_flight = batches_in_flight(config)
+    describe_stage = InflightDescribeStage if in_flight > 1 else DescribeStage
+    stages = (
+        (describe_stage, config.describe, config.describe.describer, describer_class, in_flight),
+        (GroundStage, config.ground, config.ground.grounder, grounder_class, 1),
+    )
+    if config.source.carries_descriptions:  # no describer is built: the rows keep an earlier run's descriptions
+        from grainclip.pipelines.reuse import keep_descriptions, reuse_kwargs
+
+        kwargs = reuse_kwargs(config.source)
+        dataset = dataset.map_batches(keep_descriptions, batch_format="pyarrow", fn_kwargs=kwargs)
+        stages = stages[1:]
     # Blocks of one shard's rows: each flows through the stages as a unit and is committed as soon as it is
     # grounded, so progress streams and a kill loses at most the shards in flight. (Readers otherwise make
     # blocks of up to 128 MiB, i.e. thousands of images that would all commit at the very end.)
     dataset = dataset.repartition(target_num_rows_per_block=config.sink.rows_per_shard)
-    stages = (
-        (DescribeStage, config.describe, config.describe.describer, describer_class),
-        (GroundStage, config.ground, config.ground.grounder, grounder_class),
-    )
-    for stage, stage_config, annotator, annotator_class in stages:
+    for stage, stage_config, annotator, annotator_class, concurrency in stages:
         runtime_env = annotator_class(annotator.name).runtime_env
-        dataset = _actor_stage(dataset, stage, {"config": annotator}, config, stage_config, runtime_env)
+        kwargs = {"config": annotator, **({"batches_in_flight": concurrency} if concurrency > 1 else {})}
+        dataset = _actor_stage(dataset, stage, kwargs, config, stage_config, runtime_env, concurrency)
     return dataset.map_batches(
         commit_shard,
         batch_format="pyarrow",
@@ -254,6 +379,15 @@ def _prepare(batch: pa.Table, done_ids: ray.ObjectRef) -> pa.Table:
     return prepare_images(batch, committed)
 
 
+def batches_in_flight(config: PipelineConfig) -> int:
+    """Batches each describe actor works on at once: the stage config's, else the describer's default."""
+    from grainclip.annotate.registry import describer_class
+
+    return (
+        config.describe.batches_in_flight or describer_class(config.describe.describer.name).default_batches_in_flight
+    )
+
+
 def _actor_stage(
     dataset: ray.data.Dataset,
     stage_class: type,
@@ -261,6 +395,7 @@ def _actor_stage(
     config: PipelineConfig,
     stage: StageConfig,
     annotator_env: dict[str, Any] | None,
+    concurrency: int,
 ) -> ray.data.Dataset:
     with warnings.catch_warnings():
         # Ray 2.60 has no named map_batches parameter for max_restarts/max_task_retries; they go through
@@ -271,12 +406,16 @@ def _actor_stage(
             fn_constructor_kwargs={**annotator, "max_pixels": config.max_pixels},
             batch_format="pyarrow",
             batch_size=stage.batch_size,
-            **actor_pool_options(stage, annotator_env),
+            **actor_pool_options(stage, annotator_env, concurrency),
         )
 
 
-def actor_pool_options(stage: StageConfig, annotator_env: dict[str, Any] | None) -> dict[str, Any]:
+def actor_pool_options(
+    stage: StageConfig, annotator_env: dict[str, Any] | None, concurrency: int = 1
+) -> dict[str, Any]:
     """map_batches keyword arguments for a model stage: actor pool, resources, restarts, runtime_env.
+
+    `concurrency` > 1: calls each (async) actor runs at once, so that many batches can be in flight in it.
 
     The actors run in the annotator's own runtime_env (e.g. groundingdino-py's pip list) unless the stage
     sets one, which replaces it (e.g. a prebuilt environment via py_executable; `{}` = the main environment).
@@ -284,7 +423,11 @@ def actor_pool_options(stage: StageConfig, annotator_env: dict[str, Any] | None)
     import ray.data
 
     options: dict[str, Any] = {
-        "compute": ray.data.ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors or stage.min_actors),
+        "compute": ray.data.ActorPoolStrategy(
+            min_size=stage.min_actors,
+            max_size=stage.max_actors or stage.min_actors,
+            max_concurrent_calls_per_actor=concurrency if concurrency > 1 else None,
+        ),
         "num_cpus": stage.num_cpus,
         # Bounded, unlike Ray Data's default (restart forever): a backend that keeps crashing fails the run.
         "max_restarts": stage.max_restarts,
@@ -325,8 +468,13 @@ def _close_attempt(
     run: RunDir,
     config: PipelineConfig,
 ) -> None:
-    """Close the attempt and rewrite the manifest from what is committed on disk."""
+    """Close the attempt and rewrite the manifest from what is committed on disk.
+
+    Duplicate ids are dropped first, whatever the outcome: committed shards never keep two rows for one id,
+    even in a run that stopped or failed (a killed attempt's are dropped when the next one starts).
+    """
     seconds = time.monotonic() - progress.started
+    manifest.duplicates_dropped += run.drop_duplicate_ids(config.sink.compression)
     manifest.close_attempt(
         attempt, status, message, progress.rows, seconds, run.status_counts(), run.read_shard_stats(), config
     )

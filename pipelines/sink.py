@@ -2,12 +2,13 @@
 
 Why a `map_batches` commit stage and not `write_parquet` or a `Datasink`: `write_parquet` writes in place (a
 kill leaves half-written files that a rerun would read) and neither gives the driver anything while the run
-goes on. Here each task validates and writes its shard with `schema.write_shard` (temp file + rename, so the
-file is whole or absent), under a name derived from its image_ids (`RunDir.shard_path`: a retried task rewrites
-the same file), and returns a summary row -- statuses, an example error per failed status, busy seconds and
-tokens per stage, the annotators' info(). The driver streams those summaries (`Dataset.iter_batches`): that is
-the run's progress and the max-error-fraction check, with no extra machinery. The same stats are written
-next to the shard (`RunDir.write_shard_stats`) so a killed attempt's shards still count in the manifest.
+goes on. Here each task validates and writes its shard with `schema.write_shard` (temp file + rename, or one
+PUT on object storage, so the file is whole or absent), under a name derived from its image_ids
+(`RunDir.shard_path`: a retried task rewrites the same file), and returns a summary row -- statuses, an example
+error per failed status, busy seconds and tokens per stage, the annotators' info(). The driver streams those
+summaries (`Dataset.iter_batches`): that is the run's progress and the max-error-fraction check, with no extra
+machinery. The same stats are written next to the shard (`RunDir.write_shard_stats`) so a killed attempt's
+shards still count in the manifest.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import json
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from grainclip import storage
 from grainclip.pipelines.rundir import RunDir
 from grainclip.pipelines.stages import (
     DESCRIBE_SECONDS,
     DESCRIBER_INFO,
+    DESCRIPTIONS_FROM,
     GROUND_SECONDS,
     GROUNDER_INFO,
     OUTPUT_TOKENS,
@@ -41,7 +43,7 @@ FAILED_STATUSES = frozenset(
 
 def commit_shard(batch: pa.Table, output: str, run_id: str, compression: str) -> pa.Table:
     """Write `batch` as one shard of run `run_id` under `output`, then its stats; return the stats as one row."""
-    run = RunDir(Path(output))
+    run = RunDir(output)
     path = run.shard_path(batch.column("image_id").to_pylist())
     internal = [name for name in batch.column_names if name.startswith(STATS_PREFIX)]
     table = batch.drop_columns(internal)
@@ -52,11 +54,12 @@ def commit_shard(batch: pa.Table, output: str, run_id: str, compression: str) ->
 
     statuses = table.column("status").to_pylist()
     examples: dict[str, str] = {}
-    for status, error in zip(statuses, table.column("error").to_pylist()):
+    ids = table.column("image_id").to_pylist()
+    for image_id, status, error in zip(ids, statuses, table.column("error").to_pylist()):
         if status in FAILED_STATUSES and status not in examples:
-            examples[status] = error or ""
+            examples[status] = f"{image_id}: {error or 'no message'}"  # the run's message names the input
     stats = {
-        "file": path.name,
+        "file": storage.name(path),
         "rows": table.num_rows,
         "committed_at": time.time(),
         "node": socket.gethostname(),
@@ -68,8 +71,9 @@ def commit_shard(batch: pa.Table, output: str, run_id: str, compression: str) ->
         "output_tokens": int(_sum(batch, OUTPUT_TOKENS)),
         "describer": _info(batch, DESCRIBER_INFO),
         "grounder": _info(batch, GROUNDER_INFO),
+        "descriptions_from": _info(batch, DESCRIPTIONS_FROM),  # an earlier run's, when the describer was reused
     }
-    run.write_shard_stats(path.name, stats)
+    run.write_shard_stats(storage.name(path), stats)
     return pa.table({"stats": [json.dumps(stats)]})
 
 

@@ -30,6 +30,8 @@ hf, plugins) and lets the CPU test suite run the real vLLM engine. Revisit when 
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import os
@@ -55,6 +57,7 @@ OUTPUT_TOKENS = STATS_PREFIX + "output_tokens"
 DESCRIBER_INFO = STATS_PREFIX + "describer"
 GROUND_SECONDS = STATS_PREFIX + "ground_seconds"
 GROUNDER_INFO = STATS_PREFIX + "grounder"
+DESCRIPTIONS_FROM = STATS_PREFIX + "descriptions_from"  # set instead of running a describer (pipelines.reuse)
 
 
 def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -148,10 +151,13 @@ class _ImageStage:
     stage: str  # "describe" or "ground": the annotator method called, and the name in logs
     build: Callable[[Any], Any]  # the registry's builder for this stage's annotator config
 
-    def __init__(self, config: DescriberConfig | GrounderConfig, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, config: DescriberConfig | GrounderConfig, max_pixels: int | None = None, annotator: Any = None
+    ) -> None:
+        """`annotator`: one already built from `config` (stages sharing one engine in a benchmark or notebook)."""
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         started = time.perf_counter()
-        self.annotator = type(self).build(config)
+        self.annotator = annotator or type(self).build(config)
         self.info = stage_info(self.annotator)
         log.info("%s %r ready in %.1f s", self.stage, config.name, time.perf_counter() - started)
 
@@ -175,15 +181,15 @@ class _ImageStage:
     def finish(
         self,
         batch: pa.Table,
-        started: float,
+        seconds: float,
         columns: list[tuple[str, pa.Array]],
         seconds_column: str,
         info_column: str,
     ) -> pa.Table:
-        """The batch with the stage's columns set, its per-row seconds and the annotator's info."""
+        """The batch with the stage's columns set, its busy `seconds` shared over its rows, the annotator's info."""
         n = batch.num_rows
-        seconds = (time.perf_counter() - started) / max(n, 1)
-        columns += [(seconds_column, pa.array([seconds] * n, pa.float64())), (info_column, constant(self.info, n))]
+        per_row = seconds / max(n, 1)
+        columns += [(seconds_column, pa.array([per_row] * n, pa.float64())), (info_column, constant(self.info, n))]
         for name, values in columns:
             batch = set_column(batch, name, values)
         return batch
@@ -204,32 +210,47 @@ class DescribeStage(_ImageStage):
     stage, build = "describe", build_describer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from grainclip.annotate.types import DescribeRequest, Description
+        from grainclip.annotate.types import Description
 
-        started, n = time.perf_counter(), batch.num_rows
+        started = time.perf_counter()
+        column, requests, positions = self.requests(batch)
+        results = self.call(requests, Description.failed)
+        return self.output(batch, column, positions, results, time.perf_counter() - started)
+
+    def requests(self, batch: pa.Table) -> tuple[dict[str, list], list[Any], list[int]]:
+        """The batch's columns as lists, and a DescribeRequest (with its row) for each pending row that decodes."""
+        from grainclip.annotate.types import DescribeRequest
+
         column = as_lists(batch, ("image_id", "image", "image_uri", "caption", "width", "height", "status", "error"))
-        status, error, width, height = column["status"], column["error"], column["width"], column["height"]
+        status, width, height = column["status"], column["width"], column["height"]
 
         def request(row: int, image: Any) -> DescribeRequest:
             width[row], height[row] = width[row] or image.width, height[row] or image.height
             return DescribeRequest(column["image_id"][row], image, column["caption"][row])
 
         requests, positions = self.decoded_requests(column, lambda row: status[row] is None, request)
-        results = self.call(requests, Description.failed)
+        return column, requests, positions
+
+    def output(
+        self, batch: pa.Table, column: dict[str, list], positions: list[int], results: list[Any], seconds: float
+    ) -> pa.Table:
+        """The batch with the describer's results in their rows."""
+        n = batch.num_rows
+        status, error = column["status"], column["error"]
         llm_caption: list[str | None] = [None] * n
         descriptions: list[list[str]] = [[] for _ in range(n)]
         prompt_tokens, output_tokens = [0] * n, [0] * n
-        for row, result in zip(positions, results):
+        for row, result in zip(positions, results, strict=True):
             llm_caption[row], descriptions[row] = result.llm_caption, list(result.descriptions)
             status[row], error[row] = result.status, result.error
             prompt_tokens[row], output_tokens[row] = result.num_prompt_tokens, result.num_output_tokens
 
         return self.finish(
             batch,
-            started,
+            seconds,
             [
-                ("width", pa.array(width, pa.int32())),
-                ("height", pa.array(height, pa.int32())),
+                ("width", pa.array(column["width"], pa.int32())),
+                ("height", pa.array(column["height"], pa.int32())),
                 ("llm_caption", pa.array(llm_caption, pa.string())),
                 ("descriptions", pa.array(descriptions, pa.list_(pa.string()))),
                 ("status", pa.array(status, pa.string())),
@@ -240,6 +261,70 @@ class DescribeStage(_ImageStage):
             DESCRIBE_SECONDS,
             DESCRIBER_INFO,
         )
+
+
+class SharedClock:
+    """Wall time shared among overlapping batches: in an interval with k batches in flight each is charged 1/k of
+    it, so the seconds of all batches still sum to the actor's busy time (the manifest's images per actor-second)."""
+
+    def __init__(self) -> None:
+        self._charged: dict[int, float] = {}
+        self._last = time.perf_counter()
+        self._keys = itertools.count()
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        if self._charged:
+            share = (now - self._last) / len(self._charged)
+            for key in self._charged:
+                self._charged[key] += share
+        self._last = now
+
+    def start(self) -> int:
+        self._advance()
+        key = next(self._keys)
+        self._charged[key] = 0.0
+        return key
+
+    def stop(self, key: int) -> float:
+        self._advance()
+        return self._charged.pop(key)
+
+
+class InflightDescribeStage(DescribeStage):
+    """The describe stage as an async actor with up to `batches_in_flight` batches in the describer at once.
+
+    Ray Data runs an async `__call__` on the actor's event loop, and the actor's `max_concurrency` lets that many
+    batches arrive together (runner.actor_pool_options); the semaphore holds the describer to exactly
+    `batches_in_flight` however Ray splits blocks into batches. While they generate, the next batch's images are
+    decoded. The describer isolates failures per row (`describe_async`), so anything it raises means a broken
+    backend: the actor exits, Ray restarts it and retries every batch it held.
+    """
+
+    def __init__(
+        self,
+        config: DescriberConfig,
+        max_pixels: int | None = None,
+        batches_in_flight: int = 2,
+        annotator: Any = None,
+    ) -> None:
+        super().__init__(config, max_pixels, annotator)
+        self.slots = asyncio.Semaphore(batches_in_flight)
+        self.clock = SharedClock()
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        key = self.clock.start()
+        column, requests, positions = self.requests(batch)
+        results: list[Any] = []
+        if requests:
+            async with self.slots:
+                try:
+                    results = await self.annotator.describe_async(requests)
+                except Exception as exc:  # noqa: BLE001 -- per-row failures are statuses; this is the backend
+                    exit_for_restart(self.stage, exc)
+        if len(results) != len(requests):
+            raise RuntimeError(f"describe_async returned {len(results)} results for {len(requests)} requests")
+        return self.output(batch, column, positions, results, self.clock.stop(key))
 
 
 class GroundStage(_ImageStage):
@@ -264,7 +349,7 @@ class GroundStage(_ImageStage):
 
         return self.finish(
             batch,
-            started,
+            time.perf_counter() - started,
             [
                 ("regions", pa.array(regions, pa.list_(REGION_TYPE))),
                 ("status", pa.array(status, pa.string())),

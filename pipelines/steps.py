@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from grainclip import storage
 from grainclip.config.base import ConfigError, parse_config, set_dotted
 from grainclip.config.pipeline import EvaluateStep, PipelineConfig, TrainStep
 from grainclip.pipelines.manifest import RunManifest
@@ -50,10 +51,20 @@ def train_config(step: TrainStep, run: RunDir):
 
     data = _read_yaml(step.config)
     set_dotted(data, "data.train", str(run.annotations))
-    data.setdefault("output_dir", str(run.root / "train"))
+    data.setdefault("output_dir", str(storage.join(run.root, "train")))
     for dotted, value in step.overrides.items():
         set_dotted(data, dotted, value)
+    _on_a_filesystem("train", "output_dir", data["output_dir"])
     return parse_config(data, TrainConfig, source=step.config)
+
+
+def _on_a_filesystem(step: str, key: str, value: Any) -> None:
+    """Checkpoints and evaluation reports are written as files: refuse an object-storage folder for them."""
+    if storage.is_uri(str(value)):
+        raise ConfigError(
+            f"{step} step: {key} {value} is on object storage, but {step} writes its outputs to a filesystem; "
+            f"set `{key}` to a local or shared path in the step's config or overrides"
+        )
 
 
 def evaluate_config(step: EvaluateStep, run: RunDir, model_dir: Path, label: str):
@@ -62,9 +73,10 @@ def evaluate_config(step: EvaluateStep, run: RunDir, model_dir: Path, label: str
 
     data = _read_yaml(step.config)
     data["models"] = [{"label": label, "type": "checkpoint", "path": str(model_dir)}, *(data.get("models") or [])]
-    data.setdefault("out", str(run.root / "evaluate"))
+    data.setdefault("out", str(storage.join(run.root, "evaluate")))
     for dotted, value in step.overrides.items():
         set_dotted(data, dotted, value)
+    _on_a_filesystem("evaluate", "out", data["out"])
     return parse_config(data, EvaluateConfig, source=step.config)
 
 
@@ -84,7 +96,7 @@ class StepPlan:
     def min_cpus(self) -> int:
         """Logical CPUs Ray Train needs: one per worker plus its data actors and read tasks (as in
         grainclip.train.ray_train, which asks for the same when it starts Ray itself)."""
-        return self.train.workers + max(self.train.data.num_workers, 1) + 1
+        return self.train.workers + max(self.train.data.workers(), 1) + 1
 
 
 def import_training_stack() -> None:
@@ -138,7 +150,7 @@ def _train(cfg) -> str:
     from grainclip.train import train
 
     cfg = cfg.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address})
-    result = train(cfg, eval_hook=zero_shot_hook(cfg.eval))
+    result = train(cfg, eval_hook=zero_shot_hook(cfg))
     return f"trained {result.steps} steps with Ray Train; model at {result.model_dir}"
 
 

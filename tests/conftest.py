@@ -7,6 +7,8 @@ clone builds them from seeds, without network.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,38 @@ def partsworld_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("partsworld")
     generate(out, n=64, n_test=32, seed=0, image_size=64)
     return out
+
+
+@dataclass(frozen=True)
+class S3:
+    """A running loopback S3 server with one bucket; the AWS variables point at it while tests run."""
+
+    endpoint: str
+    bucket: str
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """`moto_server` on loopback (one per session) with bucket `grainclip-test`; the AWS_* variables are set to it
+    (dummy keys) for the rest of the session and restored after. Ray started later inherits them."""
+    from grainclip.testing.s3 import TEST_ENV, create_bucket, moto_server
+
+    with moto_server() as endpoint:
+        env = {**TEST_ENV, "AWS_ENDPOINT_URL": endpoint}
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            create_bucket(endpoint, "grainclip-test")
+            yield S3(endpoint, "grainclip-test")
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -275,3 +275,63 @@ def test_groundingdino_py_runs_in_its_own_environment_through_ray(tiny_models, i
         assert {r.text for r in result.regions} <= set(DESCRIPTIONS) and 0 < len(result.regions) <= 5
         assert all(schema.region_problem(r.to_dict()) is None for r in result.regions)
     assert results[0].regions != results[3].regions  # different pixels, different boxes
+
+
+# --- CPU preparation overlapping the forward pass ------------------------------------------------------
+
+
+def ground_stage_batch(images: list[Image.Image]) -> pa.Table:
+    """A described batch as the ground stage receives it: every image twice over (three grounder batches of 3
+    at batch_size 3), one row without descriptions and one whose bytes do not decode."""
+    from grainclip.images import encode_image
+
+    rows = [
+        {"image_id": f"{i}", "image": encode_image(image), "descriptions": DESCRIPTIONS[: 1 + i % 3]}
+        for i, image in enumerate(images * 2)
+    ]
+    rows += [
+        {"image_id": "empty", "image": encode_image(images[0]), "descriptions": []},
+        {"image_id": "garbage", "image": b"not an image", "descriptions": DESCRIPTIONS},
+    ]
+    for row in rows:
+        row.update(image_uri=None, status=Status.OK.value, error=None)
+    return pa.Table.from_pylist(rows)
+
+
+@pytest.mark.parametrize("name", ["grounding-dino", "owlv2"])
+def test_the_overlap_changes_no_row(name, tiny_models, images, one_thread):
+    """The ground stage with batches prepared ahead on the prefetch thread writes exactly the rows (regions,
+    statuses, errors, in order) that preparing each batch just before its forward pass writes."""
+    from grainclip.pipelines.stages import GROUND_SECONDS, GroundStage
+
+    batch = ground_stage_batch(images)
+    outputs = {}
+    for ahead in (0, 2):
+        config = GrounderConfig(
+            name=name,
+            model=str(tiny_models[name]),
+            box_threshold=0.0,
+            text_threshold=0.0,
+            batch_size=3,
+            prefetch_batches=ahead,
+        )
+        stage = GroundStage(config)
+        outputs[ahead] = stage(batch).drop_columns([GROUND_SECONDS])
+        stage.annotator.close()
+    assert outputs[2].equals(outputs[0])
+    statuses = outputs[0].column("status").to_pylist()
+    assert statuses[-2:] == [Status.NO_REGIONS, Status.DECODE_FAILED] and Status.OK in statuses[:-2]
+    assert all(outputs[0].column("regions").to_pylist()[:-2])  # every grounded row has boxes at threshold 0
+
+
+@pytest.mark.parametrize("name", ["grounding-dino", "owlv2"])
+def test_a_broken_image_among_prefetched_batches_fails_alone(name, request, images, monkeypatch):
+    """A batch whose preparation raises on the prefetch thread is rerun and split as without the overlap."""
+    grounder = request.getfixturevalue(name.replace("-", "_"))
+    assert grounder.config.prefetch_batches == 1 and grounder.config.batch_size == 3
+    requests = [GroundRequest(str(i), image, DESCRIPTIONS) for i, image in enumerate(images * 2)]
+    requests.insert(4, GroundRequest("broken", None, DESCRIPTIONS))  # in the second of three batches
+    results = grounder.ground(requests)
+    assert [r.status == Status.GROUND_FAILED for r in results] == [i == 4 for i in range(len(requests))]
+    monkeypatch.setattr(grounder, "config", grounder.config.model_copy(update={"prefetch_batches": 0}))
+    assert grounder.ground(requests) == results

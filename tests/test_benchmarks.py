@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def test_tables_per_noise_level_and_the_sweep():
     sweep = [line for line in text.splitlines() if line.startswith(("| clean |", "| moderate |", "| heavy |"))]
     assert [line.split(" | ")[0] for line in sweep] == ["| clean", "| moderate", "| heavy"]
     # heavy: grain − CLIP+descriptors per seed 0.30, 0.18, 0.27
-    assert sweep[2] == "| heavy | 3 | 10.0 ± 2.0 | 5.0 ± 0.0 | 35.0 ± 5.0 | 25.0 ± 6.2 | 0.60 ± 0.10 |"
+    # ...and the annotation quality columns, n/a for runs without it
+    assert sweep[2] == "| heavy | 3 | 10.0 ± 2.0 | 5.0 ± 0.0 | 35.0 ± 5.0 | 25.0 ± 6.2 | 0.60 ± 0.10 |" + " n/a |" * 4
 
 
 def write_finished_runs(out: Path, runs: list[dict]) -> None:
@@ -144,3 +146,30 @@ def test_main_resumes_finished_runs_and_records_only_the_recorded_configuration(
     assert stored["novel_grain_top1_mean"]["command"] == "python " + " ".join(argv)
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert len(results["runs"]) == 9 and {r["noise"] for r in results["runs"]} == set(partsworld_novel.NOISE)
+
+
+def test_report_only_scores_the_annotations_of_finished_runs(tmp_path, monkeypatch, partsworld_small):
+    """Runs finished before quality existed get it from their annotations/ folder; nothing is trained."""
+    monkeypatch.setattr(figures, "FIGURES", tmp_path / "figures.json")
+    out = tmp_path / "bench"
+    runs = [r for r in synthetic_runs() if r["seed"] == 0]
+    write_finished_runs(out, runs)
+    for run in runs:  # the data and annotations each run trained on, where the benchmark keeps them
+        work = out / f"seed0-{run['noise']}"
+        shutil.copytree(partsworld_small, work / "partsworld")
+        partsworld_novel.annotate_split(work / "partsworld", run["noise"], 0, work / "annotations")
+    monkeypatch.setattr(sys, "argv", ["partsworld_novel.py", "--out", str(out), "--seeds", "0", "--report-only"])
+    partsworld_novel.main()
+
+    quality = {r["noise"]: r["quality"] for r in json.loads((out / "results.json").read_text())["runs"]}
+    clean, moderate, heavy = quality["clean"], quality["moderate"], quality["heavy"]
+    # Noise-free simulated annotators replay the truth exactly.
+    assert clean["description_recall"] == clean["description_precision"] == clean["box_recall_at_0.5"] == 1.0
+    assert clean["all_parts_found"] == 1.0 and clean["images"] == 64
+    assert heavy["description_recall"] < moderate["description_recall"] < 1.0
+    assert heavy["box_recall_at_0.5"] < moderate["box_recall_at_0.5"] < 1.0
+    assert json.loads((out / "seed0-heavy" / "result.json").read_text())["quality"] == heavy  # scored once, kept
+    text = (out / "results.md").read_text()
+    assert "annotation description recall" in text and "Annotation quality against the truth" in text
+    assert (out / "quality_vs_advantage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "figures.json").exists()  # one seed: not the recorded configuration

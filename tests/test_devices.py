@@ -32,3 +32,23 @@ def test_bf16_when_asked_or_by_default_on_cuda_never_by_default_on_cpu():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "auto"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_default_loader_workers_follow_the_cores_and_the_image_size():
+    from grainclip.devices import SMALL_IMAGE_SIDE, loader_workers
+
+    assert [loader_workers(cpus=c, image_size=224) for c in (1, 2)] == [0, 0]  # torch's threads have every core
+    assert [loader_workers(cpus=c, image_size=224) for c in (4, 8, 16, 64)] == [2, 4, 8, 8]
+    assert [loader_workers(cpus=c, image_size=SMALL_IMAGE_SIDE - 1) for c in (4, 8, 16, 64)] == [1, 2, 4, 8]
+    assert loader_workers(cpus=16) == loader_workers(cpus=16, image_size=SMALL_IMAGE_SIDE)  # unknown: not small
+
+
+def test_the_trainer_defaults_to_the_same_workers_for_its_resolution(tmp_path, monkeypatch):
+    import grainclip.devices
+    from grainclip.config.train import DataConfig
+
+    monkeypatch.setattr(grainclip.devices, "available_cpus", lambda: 16)
+    data = DataConfig(train=str(tmp_path))
+    assert data.num_workers is None and data.workers(224) == 8
+    assert data.model_copy(update={"image_size": 64}).workers() == data.workers(64) == 4  # its own resolution
+    assert DataConfig(train=str(tmp_path), num_workers=3).workers(224) == 3

@@ -15,6 +15,7 @@ from grainclip.evaluate.class_text import (
     DEFAULT_TEMPLATES,
     TextEmbeddingCache,
     class_embeddings,
+    class_prompts,
     descriptor_prompts,
     descriptor_sentence,
     load_templates,
@@ -55,6 +56,40 @@ def test_descriptor_prompts_join_template_and_sentence():
         "a photo of a florp, which is a tail",
         "art of florp, which has red crest",
         "art of florp, which is a tail",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("classname", "prompt"),
+    [
+        ("overskirt", "a photo of an overskirt."),  # vowel letter
+        ("cardinal", "a photo of a cardinal."),  # consonant letter
+        ("Egyptian cat", "a photo of an Egyptian cat."),  # the rule reads the letter, not its case
+        ("unicorn", "a photo of a unicorn."),  # documented exceptions: vowel letter, consonant sound
+        ("one-piece swimsuit", "a photo of a one-piece swimsuit."),
+        ("euphonium", "a photo of a euphonium."),
+        ("umbrella", "a photo of an umbrella."),  # 'u' is otherwise a vowel sound
+        ("hourglass", "a photo of an hourglass."),  # silent h
+        ("horse", "a photo of a horse."),
+    ],
+)
+def test_article_before_the_class_name_fits_it(classname, prompt):
+    assert class_prompts(classname, ["a photo of a {}."]) == [prompt]
+
+
+def test_article_rule_keeps_the_template_text_around_it():
+    templates = ["An {} in the wild.", "an image showing a {}.", "a photo of an {}.", "art of {}", "a banana and a {}"]
+    assert class_prompts("owl", templates) == [
+        "An owl in the wild.",
+        "an image showing an owl.",
+        "a photo of an owl.",
+        "art of owl",
+        "a banana and an owl",
+    ]
+    assert class_prompts("kiwi", templates)[:3] == [
+        "A kiwi in the wild.",
+        "an image showing a kiwi.",
+        "a photo of a kiwi.",
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
@@ -85,6 +86,20 @@ def test_evaluate_command_writes_the_report(models, partsworld_small, tmp_path):
     assert "grounding" not in clip
     assert [m["region_modes"] for m in results["models"]] == [True, False]
 
+    # predictions.parquet: one row per (model, dataset, mode, image); its top-1 agrees with the reported top-1.
+    predictions = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert results["predictions"] == "predictions.parquet"
+    for (model, dataset), run in runs.items():
+        for record in run["classification"]:
+            rows = [r for r in predictions if (r["model"], r["dataset"], r["mode"]) == (model, dataset, record["mode"])]
+            assert len(rows) == record["n_images"] == 32 and len({r["image_id"] for r in rows}) == 32
+            assert all(len(r["top5_classes"]) == 5 and r["top5_scores"] == sorted(r["top5_scores"], reverse=True)
+                       for r in rows)  # fmt: skip
+            assert sum(r["top5_classes"][0] == r["label"] for r in rows) / 32 == pytest.approx(record["top1"])
+            assert sum(r["label"] in r["top5_classes"] for r in rows) / 32 == pytest.approx(record["top5"])
+        assert run["n_predictions"] == 32 * len(run["classification"])
+    assert len(predictions) == sum(run["n_predictions"] for run in runs.values())
+
     markdown = (out / "results.md").read_text()
     assert "| GRAIN | novel | grain |" in markdown and "grain unavailable: clip model has no region head" in markdown
     for name in ("modes.png", "alpha_sweep.png", "regions_GRAIN_seen.png", "regions_GRAIN_novel.png"):
@@ -100,7 +115,7 @@ def test_user_mistakes_are_one_line_errors(models, tmp_path):
     (tmp_path / "descriptors.json").write_text(json.dumps({"eagle": ["sharp beak"]}))
     clip = [{"label": "c", "type": "open_clip", "name": str(models["clip"])}]
     cases = {
-        "classes of descriptor file": {
+        "has no descriptors for 1 of the dataset's 1 classes: 'owl'": {
             "models": clip,
             "datasets": [
                 {

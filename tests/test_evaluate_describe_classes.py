@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 from grainclip.cli import app
 from grainclip.evaluate.datasets import read_descriptors
 
+ALT_TEXTS: list[str] = []  # what the endpoint was asked about
+
 
 class ChatCompletions(BaseHTTPRequestHandler):
     """POST /v1/chat/completions -> descriptors of the class named in the prompt's alt-text."""
@@ -28,7 +30,8 @@ class ChatCompletions(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = request["messages"][0]["content"]
         prompt = prompt if isinstance(prompt, str) else " ".join(part.get("text", "") for part in prompt)
-        name = re.search(r'alt-text: "a photo of a ([^"]+)"', prompt).group(1)
+        alt_text, name = re.search(r'alt-text: "(a photo of an? ([^"]+))"', prompt).groups()
+        ALT_TEXTS.append(alt_text)
         if name == "unknowable":
             content = "I cannot help with that."
         else:
@@ -91,7 +94,7 @@ def test_describe_classes_writes_descriptors_the_evaluator_reads(tmp_path, endpo
     )
     assert result.exit_code == 0, result.output
     names = ["black footed albatross", "northern cardinal"]
-    assert read_descriptors(out, names) == {
+    assert read_descriptors(out, names)[0] == {
         "black footed albatross": ["black footed albatross head", "long black footed albatross tail"],
         "northern cardinal": ["northern cardinal head", "long northern cardinal tail"],
     }
@@ -106,4 +109,5 @@ def test_classes_without_descriptors_fail_and_write_nothing(tmp_path, endpoint):
     )
     assert result.exit_code == 1
     assert "1 of 2 classes got no descriptors ('unknowable': unusable LLM output" in result.output
+    assert "a photo of an unknowable" in ALT_TEXTS  # the article fits the class name
     assert not out.exists()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from grainclip.images import ImageDecodeError, decode_image, load_image_bytes
 from grainclip.testing.bad_images import bad_images
@@ -30,6 +33,16 @@ def test_specific_conversions():
     assert rgba[0, 0].tolist() == [255, 255, 255] or rgba[0, 0].min() > 200  # alpha 0 -> white background
     gray16 = np.asarray(decode_image(CORPUS["gray_16bit_png"][0]))
     assert gray16.max() > 200, "16-bit values must be scaled into 8 bits, not clipped"
+
+
+@pytest.mark.parametrize("name", ["rgba", "palette_transparency"])
+def test_alpha_drop_reads_what_pil_convert_rgb_reads(name):
+    data = CORPUS[name][0]
+    with Image.open(io.BytesIO(data)) as image:
+        expected = np.asarray(image.convert("RGB"))
+    dropped, white = np.asarray(decode_image(data, alpha="drop")), np.asarray(decode_image(data))
+    assert np.array_equal(dropped, expected)
+    assert not np.array_equal(white, expected)  # the default composites the transparent pixels on white
 
 
 def test_pixel_limit_is_configurable():

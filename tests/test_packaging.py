@@ -31,5 +31,5 @@ def test_every_package_folder_is_listed_in_pyproject():
 def test_cli_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "grainclip.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    for command in ("synth", "show", "tiny-models", "quickstart", "train", "evaluate", "pipeline"):
+    for command in ("synth", "show", "tiny-models", "quickstart", "train", "evaluate", "pipeline", "config"):
         assert command in result.stdout

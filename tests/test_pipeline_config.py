@@ -16,8 +16,20 @@ from grainclip.config.base import ConfigError, load_config, parse_config
 from grainclip.config.pipeline import PipelineConfig, StageConfig
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
-from grainclip.pipelines.rundir import RunConfigChanged, RunDir, config_hash, contains_sorted, resume_view
-from grainclip.pipelines.runner import AttemptProgress, ErrorFractionExceeded, actor_pool_options
+from grainclip.pipelines.rundir import (
+    RunConfigChanged,
+    RunDir,
+    config_hash,
+    contains_sorted,
+    fixed_width_bytes,
+    resume_view,
+)
+from grainclip.pipelines.runner import (
+    AttemptProgress,
+    ErrorFractionExceeded,
+    actor_pool_options,
+    error_fraction_problem,
+)
 from grainclip.pipelines.steps import plan_steps, run_steps
 from grainclip.schema import read_table, write_shard
 
@@ -108,12 +120,16 @@ def test_a_rerun_resumes_only_with_the_same_output_deciding_config(tmp_path: Pat
     assert run.open(faster, force_new_run=False)[0] == run_id
 
     changed = minimal(tmp_path, ground={"grounder": {"box_threshold": 0.5}})
+    # A run that committed nothing protects nothing: another config starts a new run in its place.
+    fresh_id, previous = run.open(changed, force_new_run=False)
+    assert fresh_id != run_id and previous is None
+
+    write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
     with pytest.raises(RunConfigChanged) as error:
         run.open(changed, force_new_run=False)
     assert "ground.grounder.box_threshold: 0.3 -> 0.5" in str(error.value)
     assert "--force-new-run" in str(error.value)
 
-    write_shard(pa.table({"image_id": ["a"], "status": ["ok"]}), run.annotations / "part-x.parquet", "annotations")
     new_id, previous = run.open(changed, force_new_run=True)
     assert new_id != run_id and previous is None
     assert not run.annotations.exists() and not run.manifest_path.exists()
@@ -180,7 +196,7 @@ def test_a_manifest_written_by_earlier_versions_resumes_and_keeps_its_keys(tmp_p
     written = json.loads(run.manifest_path.read_text())
     assert list(written) == list(old)
     assert written["created_at"] == old["created_at"] and written["versions"] == old["versions"]
-    assert [a["status"] for a in written["attempts"]] == ["running", "complete"]  # the killed attempt stays
+    assert [a["status"] for a in written["attempts"]] == ["interrupted", "complete"]  # the killed attempt, named
     assert written["attempts"][1]["rows_per_second"] == 2.0 and written["rows"] == 3 and written["simulated"] is True
     assert written["throughput"]["describe"]["output_tokens_per_actor_second"] == 8.0
     assert written["throughput"]["ground"]["rows_per_actor_second"] == 6.0
@@ -211,6 +227,18 @@ def test_contains_sorted_matches_exact_ids_only():
     assert contains_sorted(done, ids).tolist() == [True, False, False, False, True, True, False, False]
     assert contains_sorted(np.array([], dtype="S1"), ["a"]).tolist() == [False]
     assert contains_sorted(done, []).tolist() == []
+
+
+def test_fixed_width_bytes_equals_encoding_each_id_and_committed_ids_reads_every_shard(tmp_path):
+    ids = ["abc", "", "img-10", "é日本", "z"]
+    sliced = pa.chunked_array([pa.array(["skipped", *ids[:2]]), pa.array(ids[2:])]).slice(1)
+    assert fixed_width_bytes(sliced).tolist() == [i.encode() for i in ids]
+    assert fixed_width_bytes(pa.array([], pa.string())).tolist() == []
+    run, committed = RunDir(tmp_path), [i for i in ids if i]  # a shard never holds an empty id
+    for name, shard in (("part-a.parquet", committed[:2]), ("part-b.parquet", committed[2:])):
+        write_shard(pa.table({"image_id": shard, "status": ["ok"] * len(shard)}), run.annotations / name, "annotations")
+    assert run.committed_ids().tolist() == sorted(i.encode() for i in committed)
+    assert contains_sorted(run.committed_ids(), ["é日本", "img-1", "z"]).tolist() == [True, False, True]
 
 
 def test_prepare_marks_broken_rows_and_skips_committed_ones():
@@ -292,10 +320,12 @@ def test_error_fraction_stops_with_counts_and_an_example():
     )
     progress.check_errors(max_fraction=0.1, min_rows=100)  # too few rows to judge yet
     with pytest.raises(ErrorFractionExceeded) as error:
-        progress.check_errors(max_fraction=0.1, min_rows=100, final=True)
+        progress.check_errors(max_fraction=0.1, min_rows=50)
     message = str(error.value)
-    assert "45 of 50 rows failed" in message and "describe_failed: 45" in message
-    assert "connection refused" in message
+    assert "stopped after 50 rows: 45 failed rows (90.0% > max_error_fraction 10.0%)" in message
+    assert "describe_failed: 45" in message and "connection refused" in message
+    # The end-of-run check words the same fraction over the committed rows as "completed with ...".
+    assert error_fraction_problem(progress.counts, progress.error_examples, 0.1) in message
     progress.add({"rows": 950, "statuses": {"ok": 950}, "error_examples": {}})
     progress.check_errors(max_fraction=0.1, min_rows=100)  # 4.5 % now
 
@@ -310,6 +340,21 @@ def test_a_stage_runtime_env_replaces_the_annotators():
     options = actor_pool_options(StageConfig(min_actors=2, max_actors=4, num_gpus=1, max_restarts=5), None)
     assert (options["compute"].min_size, options["compute"].max_size) == (2, 4)
     assert options["num_gpus"] == 1 and options["max_restarts"] == 5 and "runtime_env" not in options
+
+
+def test_batches_in_flight_default_from_the_describer_and_need_describe_async(tmp_path: Path):
+    from grainclip.pipelines.preflight import preflight
+    from grainclip.pipelines.runner import batches_in_flight
+
+    vllm = {"describer": {"name": "vllm", "model": "m"}}
+    assert batches_in_flight(minimal(tmp_path, describe=vllm)) == describer_class("vllm").default_batches_in_flight > 1
+    assert batches_in_flight(minimal(tmp_path, describe={**vllm, "batches_in_flight": 1})) == 1
+    assert batches_in_flight(minimal(tmp_path)) == 1  # partsworld serves one batch at a time
+    with pytest.raises(ConfigError, match="describer 'partsworld' serves one batch at a time"):
+        preflight(minimal(tmp_path, describe={"batches_in_flight": 3}))
+    options = actor_pool_options(StageConfig(), None, concurrency=3)
+    assert options["compute"].max_concurrent_calls_per_actor == 3  # Ray: max_concurrency of each actor
+    assert actor_pool_options(StageConfig(), None)["compute"].max_concurrent_calls_per_actor is None
 
 
 def test_step_configs_point_at_the_run_and_finished_steps_are_skipped(tmp_path: Path):
@@ -371,7 +416,7 @@ def test_source_kinds_resolve_by_name_and_a_plugin_kind_owns_its_paths(tmp_path:
     ).with_absolute_paths()
     assert (config.source.path, config.source.index) == (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
     (tmp_path / "a.txt").write_text("x\n")
-    with pytest.raises(FileNotFoundError, match=r"source path\(s\) not found: .*b\.txt$"):
+    with pytest.raises(ConfigError, match=r"source path\(s\) not found: .*b\.txt$"):
         preflight(config)
     with pytest.raises(ConfigError, match=r"source\.indx: unknown key"):
         parse_config({"output": "out", "source": {"kind": "lines", "path": "a", "indx": "b"}}, PipelineConfig)

@@ -1,9 +1,11 @@
 """Exactly-once resume under real SIGKILLs: the driver of a 2000-image run is killed midway, the rerun has one
-of its describe actors killed midway, and the output still holds every input image exactly once.
+of its describe actors killed midway, and the output still holds every input image exactly once. The same for a
+grounder swap that reuses an earlier run's descriptions (its ground actor is the one killed).
 
 Simulated PartsWorld annotators keep the run itself cheap; what is under test is Ray, the commit protocol and
 the resume bookkeeping. Runs are separate `grainclip pipeline run` processes (each with its embedded Ray), so
-a SIGKILL hits a real driver; every process they started is killed by pid at the end.
+a SIGKILL hits a real driver; every process they started is killed by pid at the end. One more run uses the real
+tiny vLLM describer with batches in flight and has its engine core killed midway.
 """
 
 from __future__ import annotations
@@ -15,66 +17,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from grainclip.partsworld import generate
 from grainclip.schema import read_table
+from grainclip.testing.runs import PipelineProcess
 
 pytestmark = pytest.mark.slow
 
 N_IMAGES = 2000
 ROWS_PER_SHARD = 10
-
-
-class Run:
-    """A `grainclip pipeline run` subprocess and every process it started (tracked to clean up after kills)."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log.open("w")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "grainclip.cli", "pipeline", "run", str(config)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self.seen: dict[int, psutil.Process] = {}
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        for child in children:
-            self.seen.setdefault(child.pid, child)
-        return children
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            self.descendants()
-            if self.process.poll() is not None:
-                raise AssertionError(f"run exited ({self.process.returncode}) before the condition held")
-            if time.monotonic() > deadline:
-                raise AssertionError("timed out waiting for the run")
-            time.sleep(0.05)
-
-    def kill_everything(self) -> None:
-        self.descendants()
-        for proc in [psutil.Process(self.process.pid) if self.process.poll() is None else None, *self.seen.values()]:
-            try:
-                if proc is not None and proc.is_running():
-                    proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.process.wait(timeout=30)
-        self.log.close()
 
 
 def committed_rows(annotations: Path) -> int:
@@ -93,27 +49,14 @@ def digests(annotations: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in annotations.glob("part-*.parquet")}
 
 
-def test_sigkilled_driver_and_worker_actor_leave_every_image_exactly_once(tmp_path: Path):
-    generate(tmp_path / "pw", n=N_IMAGES, seed=3, n_test=1, image_size=32)
-    inputs = read_table(tmp_path / "pw" / "train" / "images", "images", columns=["image_id"]).column("image_id")
-    assert len(inputs) == N_IMAGES
-    out = tmp_path / "run"
-    annotations = out / "annotations"
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "output": str(out),
-                "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
-                "describe": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD, "max_restarts": 2},
-                "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
-                "sink": {"rows_per_shard": ROWS_PER_SHARD},
-            }
-        )
-    )
+def killed_twice(config: Path, out: Path, stage: str, total: int, logs: Path) -> tuple[int, dict[str, str], str]:
+    """Attempt 1: SIGKILL the driver once a few shards are committed. Attempt 2 (same config, so it resumes):
+    SIGKILL one `stage` actor once it is working, and let the run finish.
 
-    # Attempt 1: SIGKILL the driver once a few shards are committed.
-    first = Run(config, tmp_path / "attempt1.log")
+    Returns the rows committed when attempt 1 died, their shards' digests, and attempt 2's log.
+    """
+    annotations = out / "annotations"
+    first = PipelineProcess(config, logs / "attempt1.log")
     try:
         first.wait_until(lambda: committed_rows(annotations) >= 5 * ROWS_PER_SHARD)
         os.kill(first.process.pid, signal.SIGKILL)
@@ -122,38 +65,166 @@ def test_sigkilled_driver_and_worker_actor_leave_every_image_exactly_once(tmp_pa
         first.kill_everything()  # Ray's agents and actors outlive a SIGKILLed driver
     time.sleep(1)
     after_kill = committed_rows(annotations)
-    assert 0 < after_kill < N_IMAGES, "the kill must land midway"
+    assert 0 < after_kill < total, "the kill must land midway"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "running"  # the killed attempt never got to close its record
     before = digests(annotations)
 
-    # Attempt 2: same config, resumes; SIGKILL one describe actor once it is working.
-    second = Run(config, tmp_path / "attempt2.log")
+    second = PipelineProcess(config, logs / "attempt2.log")
     try:
         second.wait_until(lambda: committed_rows(annotations) >= after_kill + 2 * ROWS_PER_SHARD)
-        actors = [p for p in second.descendants() if "DescribeStage" in " ".join(p.cmdline())]
-        assert actors, "no describe actor process found"
-        killed_while_running = committed_rows(annotations) < N_IMAGES
+        actors = [p for p in second.descendants() if stage in " ".join(p.cmdline())]
+        assert actors, f"no {stage} actor process found"
+        killed_while_running = committed_rows(annotations) < total
         actors[0].send_signal(signal.SIGKILL)
         returncode = second.process.wait(timeout=300)
     finally:
         second.kill_everything()
-    log = (tmp_path / "attempt2.log").read_text()
+    log = (logs / "attempt2.log").read_text()
     assert returncode == 0, log[-4000:]
     assert killed_while_running, "the actor kill must land before the run ends"
+    return after_kill, before, log
 
+
+def assert_exactly_once(out: Path, inputs: list[str], after_kill: int, before: dict[str, str], log: str) -> dict:
+    """Every input image once, finished shards not redone; returns the manifest."""
+    annotations = out / "annotations"
     table = read_table(annotations, "annotations", columns=["image_id", "status"])
     ids = table.column("image_id").to_pylist()
-    assert len(ids) == N_IMAGES and len(set(ids)) == N_IMAGES
-    assert set(ids) == set(inputs.to_pylist())
+    assert len(ids) == len(inputs) and len(set(ids)) == len(inputs)
+    assert set(ids) == set(inputs)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["rows"] == N_IMAGES
-    assert sum(manifest["counts"].values()) == N_IMAGES
-    assert set(manifest["counts"]) <= {"ok", "no_regions"}
+    assert manifest["status"] == "complete" and manifest["rows"] == len(inputs)
+    assert sum(manifest["counts"].values()) == len(inputs)
     first_attempt, second_attempt = manifest["attempts"]
-    assert first_attempt["status"] == "running" and second_attempt["status"] == "complete"
+    assert first_attempt["status"] == "interrupted" and second_attempt["status"] == "complete"
     # Finished shards were not redone: skipped + annotated now == input, and the old files are untouched.
     assert second_attempt["rows_skipped"] == after_kill
-    assert second_attempt["rows_skipped"] + second_attempt["rows"] - manifest["duplicates_dropped"] == N_IMAGES
+    assert second_attempt["rows_skipped"] + second_attempt["rows"] - manifest["duplicates_dropped"] == len(inputs)
     assert {name: digest for name, digest in digests(annotations).items() if name in before} == before
     assert "already committed; they are skipped" in log
+    return manifest
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_sigkilled_driver_and_worker_actor_leave_every_image_exactly_once(tmp_path: Path):
+    generate(tmp_path / "pw", n=N_IMAGES, seed=3, n_test=1, image_size=32)
+    inputs = read_table(tmp_path / "pw" / "train" / "images", "images", columns=["image_id"]).column("image_id")
+    assert len(inputs) == N_IMAGES
+    out = tmp_path / "run"
+    config = write_config(
+        tmp_path / "pipeline.yaml",
+        {
+            "output": str(out),
+            "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
+            "describe": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD, "max_restarts": 2},
+            "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
+            "sink": {"rows_per_shard": ROWS_PER_SHARD},
+        },
+    )
+    after_kill, before, log = killed_twice(config, out, "DescribeStage", N_IMAGES, tmp_path)
+    manifest = assert_exactly_once(out, inputs.to_pylist(), after_kill, before, log)
+    assert set(manifest["counts"]) <= {"ok", "no_regions"}
+
+
+def test_a_grounder_swap_reusing_descriptions_resumes_exactly_once_after_kills(tmp_path: Path):
+    """The same kills on a run whose source is an earlier run (annotations_run): no describer, same guarantee."""
+    n = N_IMAGES // 2
+    generate(tmp_path / "pw", n=n, seed=4, n_test=1, image_size=32)
+    described = tmp_path / "described"
+    first = write_config(
+        tmp_path / "described.yaml",
+        {
+            "output": str(described),
+            "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
+            "describe": {"num_cpus": 0.25, "describer": {"name": "partsworld", "options": {"drop_prob": 0.2}}},
+            "ground": {"num_cpus": 0.25},
+            "sink": {"rows_per_shard": 250},
+        },
+    )
+    done = subprocess.run([sys.executable, "-m", "grainclip.cli", "pipeline", "run", str(first)], capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    earlier = {r["image_id"]: r for r in read_table(described / "annotations", "annotations").to_pylist()}
+
+    out = tmp_path / "reused"
+    config = write_config(
+        tmp_path / "reuse.yaml",
+        {
+            "output": str(out),
+            "source": {"kind": "annotations_run", "path": str(described)},
+            "ground": {
+                "num_cpus": 0.25,
+                "batch_size": ROWS_PER_SHARD,
+                "max_restarts": 2,
+                "grounder": {"name": "partsworld", "options": {"jitter": 0.1}},
+            },
+            "sink": {"rows_per_shard": ROWS_PER_SHARD},
+        },
+    )
+    after_kill, before, log = killed_twice(config, out, "GroundStage", n, tmp_path)
+    manifest = assert_exactly_once(out, list(earlier), after_kill, before, log)
+    assert manifest["descriptions_from"]["run_id"] == json.loads((described / "manifest.json").read_text())["run_id"]
+    assert manifest["throughput"]["describe"]["busy_actor_seconds"] == 0
+    for row in read_table(out / "annotations", "annotations").to_pylist():
+        assert row["descriptions"] == earlier[row["image_id"]]["descriptions"]
+        assert row["status"] == earlier[row["image_id"]]["status"]  # simulated grounder finds every described part
+
+
+def test_a_killed_vllm_engine_restarts_its_actor_and_every_image_is_written_once(tmp_path: Path, tiny_models):
+    """The describe actor keeps 2 batches in flight on the real tiny vLLM engine; its engine core is SIGKILLed
+    midway: the in-flight requests raise EngineDeadError, the actor exits, Ray restarts it (a fresh engine) and
+    retries its batches, and the run still ends with every image exactly once."""
+    n_images = 120
+    generate(tmp_path / "pw", n=n_images, seed=4, n_test=1, image_size=32)
+    out = tmp_path / "run"
+    annotations = out / "annotations"
+    describer = {
+        "name": "vllm",
+        "model": str(tiny_models["llm"]),
+        "max_descriptions": 3,
+        "max_description_chars": 24,
+        "max_caption_chars": 40,
+        "sampling": {"max_tokens": 96},
+        "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
+    }
+    config = write_config(
+        tmp_path / "pipeline.yaml",
+        {
+            "output": str(out),
+            "source": {"kind": "partsworld", "path": str(tmp_path / "pw")},
+            "describe": {
+                "describer": describer,
+                "batches_in_flight": 2,
+                "num_cpus": 0.5,
+                "batch_size": ROWS_PER_SHARD,
+                "max_restarts": 2,
+            },
+            "ground": {"num_cpus": 0.25, "batch_size": ROWS_PER_SHARD},
+            "sink": {"rows_per_shard": ROWS_PER_SHARD},
+            "max_error_fraction": 1.0,  # random weights: quality is not under test, exactly-once is
+        },
+    )
+    run = PipelineProcess(config, tmp_path / "run.log")
+    try:
+        run.wait_until(lambda: committed_rows(annotations) >= 2 * ROWS_PER_SHARD, timeout=900)  # engine start
+        engines = [p for p in run.descendants() if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
+        assert engines, "no vLLM engine core process found"
+        killed_while_running = committed_rows(annotations) < n_images
+        engines[0].send_signal(signal.SIGKILL)
+        returncode = run.process.wait(timeout=600)
+    finally:
+        run.kill_everything()
+    log = (tmp_path / "run.log").read_text()
+    assert returncode == 0, log[-4000:]
+    assert killed_while_running, "the engine kill must land before the run ends"
+    assert "exiting so Ray restarts the actor" in log, log[-4000:]
+
+    ids = read_table(annotations, "annotations", columns=["image_id"]).column("image_id").to_pylist()
+    assert len(ids) == n_images and len(set(ids)) == n_images
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["rows"] == n_images
+    assert manifest["annotators"]["describer"]["name"] == "vllm"

@@ -15,6 +15,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -243,6 +245,8 @@ def test_cli_refuses_to_resume_a_run_made_with_another_config(partsworld_small, 
             }
         )
     )
+    (out / "annotations").mkdir()  # a run that committed something is protected; one that committed nothing is not
+    pq.write_table(pa.table({"image_id": ["img-0"]}), out / "annotations" / "part-00000.parquet")
     refused = subprocess.run([*CLI, "run", str(path)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert "refusing to resume" in refused.stderr and "source.split: 'test_seen' -> 'train'" in refused.stderr

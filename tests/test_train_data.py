@@ -83,6 +83,15 @@ def test_boxes_follow_the_pixels_through_every_augmentation(tokenizer, augment):
     assert (flipped > 0) == bool(augment)  # without flip the box stays on the right half
 
 
+@pytest.mark.parametrize(("image_alpha", "expected"), [("white", [255, 255, 255]), ("drop", [255, 0, 0])])
+def test_transparent_pixels_train_as_the_image_alpha_option_says(tokenizer, image_alpha, expected):
+    pixels = np.zeros((SIZE, SIZE, 4), dtype=np.uint8)
+    pixels[..., 0] = 255  # red under fully transparent alpha: white when composited, red when the alpha is dropped
+    row = {**red_box_row((0, 0, 8, 8)), "image": encode_image(Image.fromarray(pixels, "RGBA"))}
+    sample = builder_for(tokenizer, image_alpha=image_alpha)(row, epoch=0)
+    assert sample["image"][:, SIZE // 2, SIZE // 2].tolist() == expected
+
+
 def test_invalid_regions_are_dropped_with_their_texts_and_the_rest_stay_aligned(tokenizer):
     row = red_box_row((50, 10, 80, 40))
     row["regions"] = [

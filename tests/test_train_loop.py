@@ -178,9 +178,7 @@ def test_clip_baseline_trains_through_the_same_loop_with_the_eval_hook(clip_fold
         eval={"every": 2, "datasets": [{"name": "novel", "limit": 8, "source": {
             "kind": "partsworld", "path": str(partsworld_small), "split": "test_novel"}}]},
     )  # fmt: skip
-    result = train(
-        cfg, eval_hook=zero_shot_hook(cfg.eval)
-    )  # the caller builds the hook: train does not import evaluate
+    result = train(cfg, eval_hook=zero_shot_hook(cfg))  # the caller builds the hook: train does not import evaluate
     metrics = read_metrics(result.output_dir)
     assert set(k for k in metrics[-1] if k.startswith("loss/")) == {"loss/caption", "loss/total"}
     assert 0.0 <= metrics[-1]["eval/novel/global/top1"] <= 1.0

@@ -18,6 +18,7 @@ import torch
 
 from grainclip.config.base import ConfigError
 from grainclip.config.train import BackboneConfig
+from grainclip.model_api import input_side
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,7 @@ class Backbone:
 
     @property
     def image_size(self) -> int:
-        size = self.preprocess_cfg["size"]
-        return int(size if isinstance(size, int) else size[0])
+        return input_side(self.preprocess_cfg["size"])
 
 
 def resolve_model_name(model: str, field: str = "backbone.model") -> str:

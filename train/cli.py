@@ -11,12 +11,12 @@ import typer
 from grainclip.errors import user_errors
 
 if TYPE_CHECKING:
-    from grainclip.config.train import EvalHookConfig
+    from grainclip.config.train import TrainConfig
     from grainclip.train.trainer import EvalHook
 
 
-def register(app: typer.Typer, make_eval_hook: Callable[[EvalHookConfig], EvalHook | None] | None = None) -> None:
-    """Add `grainclip train`; `make_eval_hook(cfg.eval)` builds the zero-shot hook (the CLI's root passes
+def register(app: typer.Typer, make_eval_hook: Callable[[TrainConfig], EvalHook | None] | None = None) -> None:
+    """Add `grainclip train`; `make_eval_hook(cfg)` builds the zero-shot hook (the CLI's root passes
     grainclip.evaluate's, which this package must not import)."""
 
     @app.command()
@@ -45,7 +45,7 @@ def register(app: typer.Typer, make_eval_hook: Callable[[EvalHookConfig], EvalHo
         from grainclip.train.launch import train as run_training
         from grainclip.train.metrics import METRICS_FILE
 
-        eval_hook = make_eval_hook(cfg.eval) if make_eval_hook else None
+        eval_hook = make_eval_hook(cfg) if make_eval_hook else None
         result = run_training(cfg, resume=resume, eval_hook=eval_hook)
         typer.echo(f"model: {result.model_dir}")
         typer.echo(f"metrics: {result.output_dir / METRICS_FILE}")

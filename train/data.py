@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from grainclip.config.base import ConfigError
-from grainclip.schema import ANNOTATIONS_SCHEMA, RowGroup, SchemaError
+from grainclip.schema import ANNOTATIONS_SCHEMA, RowGroup, SchemaError, parquet_file
 from grainclip.train.samples import TRAINABLE_STATUSES, SampleBuilder, Skipped, SkipTally
 
 READ_COLUMNS = ("image_id", "image", "image_uri", "caption", "llm_caption", "regions", "status")
@@ -35,7 +35,7 @@ def check_trainable(groups: list[RowGroup], num_shards: int) -> dict[str, int]:
     """Rows per status (read from the small status column only); fails early if nothing can train."""
     statuses: dict[str, int] = {}
     for path in sorted({group.path for group in groups}):
-        for status in pq.read_table(path, columns=["status"]).column("status").to_pylist():
+        for status in parquet_file(path).read(columns=["status"]).column("status").to_pylist():
             statuses[status] = statuses.get(status, 0) + 1
     trainable = sum(count for status, count in statuses.items() if status in TRAINABLE_STATUSES)
     if not trainable:
@@ -89,7 +89,7 @@ class EpochOrder:
     def read(self, groups: list[RowGroup]) -> pa.Table:
         tables = []
         for group in groups:
-            file = self._files.get(group.path) or self._files.setdefault(group.path, pq.ParquetFile(group.path))
+            file = self._files.get(group.path) or self._files.setdefault(group.path, parquet_file(group.path))
             present = [name for name in READ_COLUMNS if name in file.schema_arrow.names]
             table = file.read_row_group(group.index, columns=present)
             for name in READ_COLUMNS:

@@ -26,7 +26,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from safetensors.torch import load_file, save_file
 
 from grainclip.config.train import DecoderConfig
-from grainclip.model_api import LoadedModel
+from grainclip.model_api import LoadedModel, input_side
 from grainclip.train.backbone import LOCAL_DIR, OPEN_CLIP_CONFIG, Backbone
 from grainclip.train.layout import MODEL_CONFIG
 from grainclip.train.model import ClipModel, GrainModel, build_model
@@ -133,4 +133,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 def loaded_model(model: ClipModel, preprocess_cfg: dict[str, Any], tokenizer: Any, kind: str, name: str) -> LoadedModel:
     """A model as inference code sees it (the evaluator, the trainer's eval hook), with eval-time preprocessing."""
     preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
-    return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, kind=kind, name=name)
+    return LoadedModel(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        kind=kind,
+        name=name,
+        image_size=input_side(preprocess_cfg["size"]),
+    )

@@ -16,13 +16,13 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.data
 from PIL import Image
 
+from grainclip import storage
 from grainclip.config.train import TrainConfig
 from grainclip.images import encode_image
-from grainclip.schema import parquet_files
+from grainclip.schema import parquet_file, parquet_files
 from grainclip.train.data import READ_COLUMNS
 from grainclip.train.samples import SampleBuilder, Skipped, SkipTally
 
@@ -78,10 +78,11 @@ def epochs_needed(cfg: TrainConfig, start_step: int, trainable_rows: int) -> int
 
 
 def training_dataset(cfg: TrainConfig, builder: SampleBuilder, start_epoch: int, epochs: int) -> ray.data.Dataset:
-    files = [str(path) for path in parquet_files(cfg.data.train)]
-    columns = [name for name in READ_COLUMNS if name in pq.read_schema(files[0]).names]
+    files = parquet_files(cfg.data.train)
+    columns = [name for name in READ_COLUMNS if name in parquet_file(files[0]).schema_arrow.names]
+    filesystem, inner = storage.resolve_all(files)
     passes = [
-        ray.data.read_parquet(files, columns=columns)
+        ray.data.read_parquet(inner, columns=columns, filesystem=filesystem)
         .randomize_block_order(seed=cfg.seed + epoch)
         .map_batches(partial(tag_epoch, epoch=epoch), batch_format="pyarrow", batch_size=None)
         for epoch in range(start_epoch, start_epoch + epochs)
@@ -92,7 +93,7 @@ def training_dataset(cfg: TrainConfig, builder: SampleBuilder, start_epoch: int,
         fn_constructor_kwargs={"builder": builder},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.data.num_workers, 1)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.data.workers(builder.image_size), 1)),
     )
     # Blocks of exactly one worker batch: with order preserved, the equal streaming split then deals them out
     # round-robin (each block goes to the worker with the fewest rows), so global batch k = stream rows k*W*B..

@@ -23,6 +23,7 @@ import ray.train.torch
 from ray.train import DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from grainclip import storage
 from grainclip.config.train import TrainConfig
 from grainclip.schema import list_row_groups
 from grainclip.train.backbone import Backbone, build_backbone
@@ -85,7 +86,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Workers do not share the driver's working directory: send them absolute paths."""
     update: dict[str, Any] = {
         "output_dir": cfg.output_dir.resolve(),
-        "data": cfg.data.model_copy(update={"train": cfg.data.train.resolve()}),
+        "data": cfg.data.model_copy(update={"train": storage.absolute(cfg.data.train)}),
     }
     if Path(cfg.backbone.model).exists():
         update["backbone"] = cfg.backbone.model_copy(update={"model": str(Path(cfg.backbone.model).resolve())})
@@ -109,8 +110,9 @@ def train_with_ray(cfg: TrainConfig, resume: str | None, eval_hook: EvalHook | N
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         # Ray's CPU count is a scheduling token: on a small machine the data actors and read tasks still
         # need CPUs beside the training workers, or the pipeline never starts. A cluster brings its own.
-        num_cpus = None if address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.num_workers, 1) + 1)
-        ray.init(address=address, num_cpus=num_cpus)
+        num_cpus = None if address else max(os.cpu_count() or 1, cfg.workers + max(cfg.data.workers(), 1) + 1)
+        # An embedded Ray's workers inherit this environment; an attached cluster's get the storage names here.
+        ray.init(address=address, num_cpus=num_cpus, runtime_env=storage.ray_runtime_env() if address else None)
     try:
         statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)
         trainable = sum(count for status, count in statuses.items() if status in TRAINABLE_STATUSES)

@@ -125,7 +125,9 @@ class SampleBuilder:
         if row.get("status") not in TRAINABLE_STATUSES:
             return Skipped("status")
         try:
-            image = decode_image(load_image_bytes(row.get("image"), row.get("image_uri")))
+            image = decode_image(
+                load_image_bytes(row.get("image"), row.get("image_uri")), alpha=self.config.image_alpha
+            )
         except ImageDecodeError:
             return Skipped("image")
         rng_seed = sample_seed(self.seed, epoch, str(row["image_id"]))

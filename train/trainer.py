@@ -81,7 +81,8 @@ class LocalBatches:
         self, cfg: TrainConfig, backbone: Backbone, state: dict[str, Any] | None, rank: int = 0, world_size: int = 1
     ) -> None:
         groups = list_row_groups(cfg.data.train)
-        num_shards = world_size * max(cfg.data.num_workers, 1)
+        workers = cfg.data.workers(backbone.image_size)
+        num_shards = world_size * max(workers, 1)
         check_trainable(groups, num_shards)
         order = EpochOrder(groups, cfg.data.shuffle_row_groups, cfg.seed)
         self.position = StreamPosition.from_state(state, num_shards) if state else StreamPosition(num_shards)
@@ -89,7 +90,7 @@ class LocalBatches:
             order,
             sample_builder(cfg, backbone),
             cfg.batch_size,
-            cfg.data.num_workers,
+            workers,
             cfg.data.prefetch_batches,
             self.position,
             rank=rank,

@@ -1,7 +1,8 @@
 """`openai` describer: any OpenAI-compatible chat endpoint (a `vllm serve` fleet, a hosted API).
 
-Requests run concurrently on a private asyncio loop in a background thread (so `describe` works the same
-from scripts, notebooks with their own running loop, and Ray actors), bounded by a semaphore. Timeouts,
+Requests run concurrently on the describer's private asyncio loop (`ConcurrentChatDescriber`), bounded by one
+semaphore for all of them: with several batches in flight (`describe_async`) the next batch's requests take the
+slots the last one's slowest answers leave free, so the pool stays busy across batches. Timeouts,
 HTTP 429 and 5xx are retried with exponential backoff and jitter; a request that still fails becomes a
 describe_failed row. The API key is read from the environment variable NAMED in the config; the key itself
 never appears in the config, logs, errors or manifest.
@@ -14,21 +15,17 @@ import base64
 import logging
 import os
 import random
-import threading
-from collections.abc import Coroutine, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import Field
 
-from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
+from grainclip.annotate.describers.chat import ChatPrompt, Completion, ConcurrentChatDescriber
 from grainclip.annotate.image_prep import fit_within
 from grainclip.config.annotate import DescriberConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
 from grainclip.images import encode_image
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 NO_AUTH_KEY = "EMPTY"  # what servers without authentication (vllm serve) accept
 
@@ -65,7 +62,7 @@ def image_data_url(image, image_format: str) -> str:
     return f"data:image/{mime};base64,{base64.b64encode(encode_image(image, image_format, quality=90)).decode()}"
 
 
-class OpenAIDescriber(ChatDescriber):
+class OpenAIDescriber(ConcurrentChatDescriber):
     """`multimodal` must be set in the config to send images: an endpoint cannot be asked what it accepts."""
 
     def __init__(self, config: DescriberConfig) -> None:
@@ -77,12 +74,9 @@ class OpenAIDescriber(ChatDescriber):
         # Servers may echo the credential in an error body; every error text is scrubbed of it before it
         # becomes a row's error (Parquet, stats, manifest examples) or a log line.
         self._secret = api_key if api_key != NO_AUTH_KEY else None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-describer", daemon=True)
-        self._thread.start()
         # The client and semaphore are created on the loop they are used on.
-        self._client = self._run(self._make_client(openai.AsyncOpenAI, api_key))
-        self._semaphore = self._run(self._make_semaphore())
+        self._client = self.loop.run(self._make_client(openai.AsyncOpenAI, api_key))
+        self._semaphore = self.loop.run(self._make_semaphore())
 
     def _api_key(self) -> str:
         name = self.options.api_key_env
@@ -102,16 +96,7 @@ class OpenAIDescriber(ChatDescriber):
     async def _make_semaphore(self) -> asyncio.Semaphore:
         return asyncio.Semaphore(self.options.max_concurrency)
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
-        return self._run(self._complete_all(prompts))
-
-    async def _complete_all(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
-        return list(await asyncio.gather(*(self._complete_one(prompt) for prompt in prompts)))
-
-    async def _complete_one(self, prompt: ChatPrompt) -> Completion:
+    async def complete_one(self, prompt: ChatPrompt) -> Completion:
         opts = self.options
         request = self._request(prompt)
         attempt = 0
@@ -168,12 +153,10 @@ class OpenAIDescriber(ChatDescriber):
         return {**super().info(), **self.options.model_dump()}
 
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self.loop.closed:
             return
-        self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self.loop.run(self._client.close())
+        self.loop.close()
 
 
 def _describe_error(exc: BaseException) -> str:

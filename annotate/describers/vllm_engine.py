@@ -1,49 +1,173 @@
-"""`vllm` describer: an in-process `vllm.LLM` engine, the throughput path on GPU nodes.
+"""`vllm` describer: an in-process vLLM async engine (`AsyncLLM`), the throughput path on GPU nodes.
 
-The engine applies the model's chat template (`LLM.chat`). Multimodal models (vLLM's own model config says
-so, unless `multimodal` is set) get the image as a PIL image part; text-only models get the alt-text prompt.
-With `structured_output` the decoder is constrained to the bounded JSON schema of prompts.py
-(`StructuredOutputsParams(json=...)`; vLLM 0.32 removed `guided_json`, which would be silently ignored).
+Every prompt is its own engine request on the describer's loop (`ConcurrentChatDescriber`): the engine's
+continuous batching schedules the requests of every batch a caller keeps in flight (`describe_async`), so it never
+idles on the longest answer of one batch while the next waits. A request the engine rejects (a prompt longer than
+max_model_len) fails its row alone. The model's chat template is applied by vLLM's own renderer, exactly as
+`LLM.chat` does. Multimodal models (vLLM's own model config says so, unless `multimodal` is set) get the image as
+a PIL image part; text-only models get the alt-text prompt. With `structured_output` the decoder is constrained to
+the bounded JSON schema of prompts.py (`StructuredOutputsParams(json=...)`; vLLM 0.32 removed `guided_json`,
+which would be silently ignored).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion
-from grainclip.config.annotate import DescriberConfig
+from grainclip.annotate.describers.chat import ChatDescriber, ChatPrompt, Completion, ConcurrentChatDescriber
+from grainclip.config.annotate import DEFAULT_MAX_MODEL_LEN, DescriberConfig, EngineConfig
 from grainclip.config.base import ConfigError
 
+log = logging.getLogger(__name__)
 
-class VLLMDescriber(ChatDescriber):
+#: Keys of a Hugging Face config.json that bound the context (the ones vLLM reads), and the vision-tower keys
+#: that make a model multimodal.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "visual")
+#: vLLM's default sequences per engine step on CPU (EngineArgs, LLM class), and the share of the available RAM a
+#: CPU engine's KV cache may take by default.
+CPU_DEFAULT_MAX_NUM_SEQS = 256
+CPU_KV_CACHE_SHARE = 0.25
+#: vLLM's own CPU setting (GiB); when set it wins over the engine arguments.
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+DTYPE_BYTES = {"float32": 4, "float": 4, "float64": 8}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model's local config.json says about its limits, read without vLLM or the hub."""
+
+    path: Path
+    context: int | None  # None: unbounded or scaled (rope_scaling) -- left to vLLM
+    context_key: str | None
+    multimodal: bool
+    model_type: str | None
+    kv_bytes_per_token: int | None
+
+    @classmethod
+    def read(cls, model: str, dtype: str) -> ModelFacts | None:
+        """The facts of a local folder or an already downloaded hub model; None when neither is here."""
+        path = Path(model) / "config.json"
+        if not path.is_file():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(model, "config.json")
+            except Exception:  # noqa: BLE001 -- not a hub id either: vLLM will say what it is
+                return None
+            if not isinstance(cached, str):
+                return None
+            path = Path(cached)
+        config = json.loads(path.read_text())
+        text = config.get("text_config") or config.get("llm_config") or config
+        context_key = next((k for k in CONTEXT_KEYS if isinstance(text.get(k), int)), None)
+        scaled = bool(text.get("rope_scaling") or config.get("rope_scaling"))
+        layers, heads = text.get("num_hidden_layers"), text.get("num_attention_heads")
+        hidden = text.get("hidden_size")
+        head_dim = text.get("head_dim") or (hidden // heads if hidden and heads else None)
+        kv_heads = text.get("num_key_value_heads") or heads
+        torch_dtype = str(config.get("torch_dtype") or config.get("dtype") or text.get("dtype") or "bfloat16")
+        width = DTYPE_BYTES.get(torch_dtype if dtype == "auto" else dtype, 2)
+        return cls(
+            path=path,
+            context=None if scaled or context_key is None else int(text[context_key]),
+            context_key=context_key,
+            multimodal=any(key in config for key in VISION_KEYS),
+            model_type=config.get("model_type"),
+            kv_bytes_per_token=2 * layers * kv_heads * head_dim * width if layers and kv_heads and head_dim else None,
+        )
+
+
+def max_model_len(engine: EngineConfig, facts: ModelFacts | None) -> int | None:
+    """The context to ask vLLM for: the configured one, else the model's own limit capped at the default."""
+    if engine.max_model_len is not None:
+        return engine.max_model_len
+    if facts is None or facts.context is None:
+        return None if facts is not None else DEFAULT_MAX_MODEL_LEN
+    return min(facts.context, DEFAULT_MAX_MODEL_LEN)
+
+
+def cpu_kv_cache_bytes(engine: EngineConfig, facts: ModelFacts | None, available: int) -> tuple[int, str]:
+    """KV-cache bytes of an engine on CPU and how they were chosen ("config" or "machine").
+
+    vLLM on CPU otherwise reserves `gpu_memory_utilization` (0.9) of ALL the RAM, which fails on any machine
+    that runs something else, and buries the reason in hundreds of lines.
+    """
+    if engine.kv_cache_memory_bytes is not None:
+        return engine.kv_cache_memory_bytes, "config"
+    cap = int(available * CPU_KV_CACHE_SHARE)
+    context = max_model_len(engine, facts)
+    if facts is None or facts.kv_bytes_per_token is None or context is None:
+        return cap, "machine"
+    wanted = (engine.max_num_seqs or CPU_DEFAULT_MAX_NUM_SEQS) * context * facts.kv_bytes_per_token
+    return min(wanted, cap), "machine"
+
+
+def available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def engine_args(config: DescriberConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The vLLM engine arguments of a describer config, and how its KV cache size was chosen (for the manifest).
+
+    One owner for the describer and for benchmarks that give a reference `vllm.LLM` the same arguments.
+    """
+    from vllm.platforms import current_platform
+
+    engine = config.engine
+    facts = ModelFacts.read(str(config.model), engine.dtype)
+    args: dict[str, Any] = {
+        "model": config.model,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "max_model_len": max_model_len(engine, facts),
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "dtype": engine.dtype,
+        "enforce_eager": current_platform.is_cpu() if engine.enforce_eager is None else engine.enforce_eager,
+        "trust_remote_code": engine.trust_remote_code,
+        "seed": engine.seed,
+        "limit_mm_per_prompt": {"image": 1},  # one image per request; also bounds the memory profiling
+        # Compact JSON: whitespace between JSON tokens is wasted output (and all a random model emits).
+        "structured_outputs_config": {"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
+        "disable_log_stats": True,  # as vllm.LLM: no periodic throughput lines in every actor's log
+    }
+    if engine.max_num_seqs:
+        args["max_num_seqs"] = engine.max_num_seqs
+    kv_cache: dict[str, Any] = {"bytes": engine.kv_cache_memory_bytes, "chosen_by": "config"}
+    if current_platform.is_cpu() and os.environ.get(KV_CACHE_ENV):
+        kv_cache = {"bytes": int(os.environ[KV_CACHE_ENV]) * 2**30, "chosen_by": KV_CACHE_ENV}
+    elif current_platform.is_cpu():
+        size, chosen_by = cpu_kv_cache_bytes(engine, facts, available_memory())
+        kv_cache = {"bytes": size, "chosen_by": chosen_by}
+    elif engine.kv_cache_memory_bytes is None:
+        kv_cache = {"bytes": None, "chosen_by": f"gpu_memory_utilization {engine.gpu_memory_utilization}"}
+    if kv_cache["bytes"] is not None:
+        args["kv_cache_memory_bytes"] = kv_cache["bytes"]
+    return {**args, **engine.extra}, kv_cache  # `extra`: any vLLM engine argument, overriding ours
+
+
+class VLLMDescriber(ConcurrentChatDescriber):
     def __init__(self, config: DescriberConfig) -> None:
         super().__init__(config)
-        from vllm import LLM, SamplingParams
+        from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         # A dead engine cannot serve any later row: raise it so the process (a Ray actor) dies and is
         # restarted with a fresh engine, instead of marking every following row as failed (or hanging).
         self.fatal_errors = (*ChatDescriber.fatal_errors, EngineDeadError)
-        engine = config.engine
-        engine_args = {
-            "model": config.model,
-            "tensor_parallel_size": engine.tensor_parallel_size,
-            "max_model_len": engine.max_model_len,
-            "gpu_memory_utilization": engine.gpu_memory_utilization,
-            "dtype": engine.dtype,
-            "enforce_eager": engine.enforce_eager,
-            "trust_remote_code": engine.trust_remote_code,
-            "seed": engine.seed,
-            "limit_mm_per_prompt": {"image": 1},  # one image per request; also bounds the memory profiling
-            # Compact JSON: whitespace between JSON tokens is wasted output (and all a random model emits).
-            "structured_outputs_config": {"backend": engine.structured_outputs_backend, "disable_any_whitespace": True},
-        }
-        if engine.max_num_seqs:
-            engine_args["max_num_seqs"] = engine.max_num_seqs
-        self.llm = LLM(**{**engine_args, **engine.extra})  # `extra`: any vLLM engine argument, overriding ours
-        detected = bool(self.llm.model_config.is_multimodal_model)
+        args, self.kv_cache = engine_args(config)  # kv_cache: recorded by info() in the manifest
+        log.info("vLLM KV cache: %s bytes (chosen by %s)", self.kv_cache["bytes"], self.kv_cache["chosen_by"])
+        self.engine = self.loop.run(self._start_engine(args))
+        self._request_ids = itertools.count()
+        detected = bool(self.engine.model_config.is_multimodal_model)
         if config.multimodal and not detected:
             self.close()
             raise ConfigError(f"describer.multimodal is true but vLLM reports {config.model} as text-only")
@@ -58,17 +182,49 @@ class VLLMDescriber(ChatDescriber):
             structured_outputs=(StructuredOutputsParams(json=self.json_schema) if config.structured_output else None),
         )
 
-    def complete(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
-        conversations = [[{"role": "user", "content": self._content(prompt)}] for prompt in prompts]
-        outputs = self.llm.chat(conversations, self.sampling_params, use_tqdm=False)
-        return [
-            Completion(
-                text=output.outputs[0].text if output.outputs else None,
-                num_prompt_tokens=len(output.prompt_token_ids or ()),
-                num_output_tokens=len(output.outputs[0].token_ids) if output.outputs else 0,
+    async def _start_engine(self, args: dict[str, Any]):
+        """The engine, made on the describer's loop: its output handler runs there."""
+        from vllm.config import StructuredOutputsConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.renderers import ChatParams
+        from vllm.utils.mistral import is_mistral_tokenizer
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = {**args, "structured_outputs_config": StructuredOutputsConfig(**args["structured_outputs_config"])}
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # What LLM.chat renders with: the model's own template, a generation prompt, and no second BOS (the
+        # template holds it).
+        template_kwargs = {"add_generation_prompt": True, "continue_final_message": False}
+        template_kwargs["tokenize"] = is_mistral_tokenizer(engine.renderer.tokenizer)
+        self._chat_params = ChatParams(chat_template_kwargs=template_kwargs)
+        self._tok_params = engine.renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
+        return engine
+
+    async def complete_one(self, prompt: ChatPrompt) -> Completion:
+        conversation = [{"role": "user", "content": self._content(prompt)}]
+        final = None
+        try:
+            _, (engine_input,) = await self.engine.renderer.render_chat_async(
+                [conversation], self._chat_params, self._tok_params
             )
-            for output in outputs
-        ]
+            params, request_id = self.request_sampling(prompt), str(next(self._request_ids))
+            async for output in self.engine.generate(engine_input, params, request_id):
+                final = output
+        except self.fatal_errors:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the engine rejected this request alone (e.g. too long)
+            return Completion(None, error=f"{type(exc).__name__}: {exc}")
+        if final is None or not final.outputs:
+            return Completion(None, error="the engine returned no output")
+        return Completion(
+            text=final.outputs[0].text,
+            num_prompt_tokens=len(final.prompt_token_ids or ()),
+            num_output_tokens=len(final.outputs[0].token_ids),
+        )
+
+    def request_sampling(self, prompt: ChatPrompt):
+        """One request's SamplingParams: the config's for every prompt (a benchmark varies them per prompt)."""
+        return self.sampling_params
 
     @staticmethod
     def _content(prompt: ChatPrompt) -> list[dict[str, Any]]:
@@ -80,10 +236,70 @@ class VLLMDescriber(ChatDescriber):
     def info(self) -> dict[str, Any]:
         import vllm
 
-        return {**super().info(), "engine": self.config.engine.model_dump(), "vllm_version": vllm.__version__}
+        return {
+            **super().info(),
+            "engine": self.config.engine.model_dump(),
+            "max_model_len": self.engine.model_config.max_model_len,
+            "kv_cache": self.kv_cache,
+            "vllm_version": vllm.__version__,
+        }
+
+    @classmethod
+    def problems(cls, config: DescriberConfig, workers_on_cpu: bool) -> list[str]:
+        """Engine arguments against the model's local config.json, and the CPU KV cache against this machine."""
+        engine = config.engine
+        facts = ModelFacts.read(str(config.model), engine.dtype)
+        if facts is None:
+            log.info(
+                "no local config.json for %s: its engine arguments are checked by vLLM when it starts", config.model
+            )
+            return []
+        found = []
+        if engine.max_model_len is not None and facts.context is not None and engine.max_model_len > facts.context:
+            found.append(
+                f"describe.describer.engine.max_model_len {engine.max_model_len} is above the model's limit of "
+                f"{facts.context} ({facts.context_key} in {facts.path}); set it to at most {facts.context}, or "
+                f"leave it unset for the model's own limit (at most {DEFAULT_MAX_MODEL_LEN})"
+            )
+        if config.multimodal and not facts.multimodal:
+            found.append(
+                f"describe.describer.multimodal is true but {config.model} is a text-only model (model_type "
+                f"{facts.model_type!r}, no vision config in {facts.path}); unset it, or pick a vision-language model"
+            )
+        if workers_on_cpu:
+            found += _cpu_memory_problems(engine, facts)
+        return found
 
     def close(self) -> None:
         """Shut the engine core down (its worker processes and memory) so a test or notebook can go on."""
-        llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None and not self.loop.closed:
+            self.loop.call(engine.shutdown)
+        self.loop.close()
+
+
+def _cpu_memory_problems(engine: EngineConfig, facts: ModelFacts) -> list[str]:
+    """The KV cache a CPU engine will reserve: does it fit this machine, does it hold one full-length sequence."""
+    available = available_memory()
+    size, chosen_by = cpu_kv_cache_bytes(engine, facts, available)
+    gib = 2**30
+    found = []
+    if size > available:
+        found.append(
+            f"describe.describer.engine.kv_cache_memory_bytes {size} ({size / gib:.1f} GiB) is more than the "
+            f"{available / gib:.1f} GiB of memory available on this machine; lower it or leave it unset "
+            "(sized from the machine)"
+        )
+    context = max_model_len(engine, facts)
+    if facts.kv_bytes_per_token and context and size < context * facts.kv_bytes_per_token:
+        where = (
+            "set by describe.describer.engine.kv_cache_memory_bytes"
+            if chosen_by == "config"
+            else (f"a quarter of the {available / gib:.1f} GiB available")
+        )
+        found.append(
+            f"the vLLM KV cache ({size / gib:.2f} GiB, {where}) holds {size // facts.kv_bytes_per_token} tokens, "
+            f"fewer than one sequence of max_model_len {context}; lower describe.describer.engine.max_model_len "
+            "or raise kv_cache_memory_bytes"
+        )
+    return found

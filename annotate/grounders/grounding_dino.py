@@ -27,9 +27,7 @@ class GroundingDinoGrounder(PhraseGrounder):
         self.model = GroundingDinoForObjectDetection.from_pretrained(self.model_id).to(self.device).eval()
         self.max_text_len = int(self.model.config.max_text_len)
 
-    def _forward(self, images: list, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        import torch
-
+    def _encode(self, images: list, texts: list[str]) -> tuple[dict, np.ndarray]:
         pixels = self.processor.image_processor(images=images, return_tensors="pt")
         text = self.tokenizer(
             texts,
@@ -40,7 +38,12 @@ class GroundingDinoGrounder(PhraseGrounder):
             return_tensors="pt",
         )
         offsets = text.pop("offset_mapping").numpy()
-        inputs = {**pixels, **text}
+        return {**pixels, **text}, offsets
+
+    def _forward(self, encoded: tuple[dict, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        inputs, offsets = encoded
         with torch.inference_mode():
             outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
         tokens = offsets.shape[1]  # logits are padded to max_text_len; keep the real token positions

@@ -12,6 +12,7 @@ per transformed size: the model reads `.device` from its input, which only a sta
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -81,7 +82,9 @@ class GroundingDinoPyGrounder(PhraseGrounder):
                 "checkpoint %s: %d missing, %d unexpected weights", self.checkpoint, len(missing), len(unexpected)
             )
         self.model = model.to(self.device).eval()
-        self.tokenizer = model.tokenizer
+        # A copy for the prefetch thread: the model tokenizes its captions in forward on the calling thread, and a
+        # fast tokenizer must not be reconfigured (padding) by one thread while another encodes with it.
+        self.tokenizer = copy.deepcopy(model.tokenizer)
         self.max_text_len = int(model.max_text_len)
         self.transform = transforms.Compose(
             [
@@ -91,18 +94,22 @@ class GroundingDinoPyGrounder(PhraseGrounder):
             ]
         )
 
-    def _forward(self, images: list, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        import torch
-
+    def _encode(self, images: list, texts: list[str]) -> tuple[list, list[str], np.ndarray]:
         tensors = [self.transform(image, None)[0] for image in images]
         offsets = self.tokenizer(texts, padding="longest", return_offsets_mapping=True, return_tensors="np")[
             "offset_mapping"
         ][:, : self.max_text_len]
+        return tensors, texts, offsets
+
+    def _forward(self, encoded: tuple[list, list[str], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        tensors, texts, offsets = encoded
         tokens = offsets.shape[1]
         by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, tensor in enumerate(tensors):
             by_size[tuple(tensor.shape)].append(index)
-        results: list[tuple[np.ndarray, np.ndarray]] = [None] * len(images)  # type: ignore[list-item]
+        results: list[tuple[np.ndarray, np.ndarray]] = [None] * len(tensors)  # type: ignore[list-item]
         for indices in by_size.values():
             batch = torch.stack([tensors[i] for i in indices]).to(self.device)
             with torch.inference_mode():

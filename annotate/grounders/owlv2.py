@@ -28,17 +28,19 @@ class Owlv2Grounder(DetectorGrounder):
         self.processor = AutoProcessor.from_pretrained(self.model_id)
         self.model = Owlv2ForObjectDetection.from_pretrained(self.model_id).to(self.device).eval()
 
-    def _detect(self, requests: Sequence[GroundRequest]) -> list[Grounding]:
-        import torch
-
-        inputs = self.processor(
+    def _prepare(self, requests: Sequence[GroundRequest]) -> dict:
+        return self.processor(
             text=[list(r.descriptions) for r in requests],
             images=[r.image for r in requests],
             truncation=True,  # queries longer than the text tower's context are cut, not an error
             return_tensors="pt",
         )
+
+    def _run(self, requests: Sequence[GroundRequest], prepared: dict) -> list[Grounding]:
+        import torch
+
         with torch.inference_mode():
-            outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+            outputs = self.model(**{k: v.to(self.device) for k, v in prepared.items()})
         # The processor pads every image's query list to the longest in the batch with " " queries, which
         # the model does not mask: only the first len(descriptions) columns are real.
         probs = outputs.logits.sigmoid().float().cpu().numpy()  # (B, patches, max queries)

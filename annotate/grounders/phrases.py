@@ -15,9 +15,11 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from grainclip.annotate.base import chunks
 from grainclip.annotate.grounders.common import cxcywh_to_original, select_regions
 from grainclip.annotate.grounders.detector import DetectorGrounder
 from grainclip.annotate.types import Grounding, GroundRequest
@@ -87,15 +89,19 @@ def assign_boxes(
 
 
 class PhraseGrounder(DetectorGrounder):
-    """A Grounding DINO backend: subclasses load the model and tokenizer and run `_forward`."""
+    """A Grounding DINO backend: subclasses load the model and tokenizer, `_encode` inputs and run `_forward`."""
 
-    #: a fast tokenizer (offset mapping) that tokenizes exactly as the model does
+    #: a fast tokenizer (offset mapping) that tokenizes exactly as the model does; used on the prefetch thread only
     tokenizer: object
     max_text_len: int
 
     @abstractmethod
-    def _forward(self, images: list, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run the model on (image, prompt) pairs.
+    def _encode(self, images: list, texts: list[str]) -> Any:
+        """The CPU side of (image, prompt) pairs: what `_forward` takes (pixels, tokens, offsets)."""
+
+    @abstractmethod
+    def _forward(self, encoded: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the model on encoded (image, prompt) pairs.
 
         Returns (token_probs (N, Q, T), pred_boxes (N, Q, 4) cxcywh normalised, offsets (N, T, 2)) where
         token position t is the same in token_probs and offsets.
@@ -105,14 +111,20 @@ class PhraseGrounder(DetectorGrounder):
         counts = [len(self.tokenizer(phrase_text(d), add_special_tokens=False)["input_ids"]) for d in descriptions]
         return pack_chunks(descriptions, counts, self.max_text_len)
 
-    def _detect(self, requests: Sequence[GroundRequest]) -> list[Grounding]:
+    def _prepare(self, requests: Sequence[GroundRequest]) -> list[tuple[list[tuple[int, PhraseChunk]], Any]]:
+        """Every (request, prompt) pair, in forward batches of `batch_size` pairs, each with its encoded inputs."""
         pairs = [(i, chunk) for i, r in enumerate(requests) for chunk in self.chunks_for(r.descriptions)]
+        return [
+            (list(batch), self._encode([requests[i].image for i, _ in batch], [c.text for _, c in batch]))
+            for batch in chunks(pairs, self.config.batch_size)
+        ]
+
+    def _run(
+        self, requests: Sequence[GroundRequest], prepared: list[tuple[list[tuple[int, PhraseChunk]], Any]]
+    ) -> list[Grounding]:
         found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in requests]
-        for start in range(0, len(pairs), self.config.batch_size):
-            batch = pairs[start : start + self.config.batch_size]
-            probs, pred_boxes, offsets = self._forward(
-                [requests[i].image for i, _ in batch], [c.text for _, c in batch]
-            )
+        for batch, encoded in prepared:
+            probs, pred_boxes, offsets = self._forward(encoded)
             for k, (i, chunk) in enumerate(batch):
                 spans = token_spans(offsets[k], chunk.spans)
                 queries, labels, scores = assign_boxes(

@@ -30,6 +30,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from grainclip.config.base import ConfigModel
+from grainclip.config.storage import StorageConfig
+from grainclip.images import AlphaMode
 from grainclip.sources import SourceField
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,15 @@ log = logging.getLogger(__name__)
 Mode = Literal["global", "global+descriptors", "grain"]
 Task = Literal["classification", "retrieval", "grounding"]
 MODES: tuple[Mode, ...] = ("global", "global+descriptors", "grain")
+
+#: The one data option for transparent images, read by the trainer (data.image_alpha) and the evaluator.
+ImageAlpha = Annotated[
+    AlphaMode,
+    Field(
+        description="Transparent images: `white` composites them on white; `drop` discards the alpha channel as "
+        "PIL's convert('RGB') does (open_clip's loaders, CLIP_benchmark). Evaluate with what the model trained on."
+    ),
+]
 
 
 class OpenClipModel(ConfigModel):
@@ -56,8 +67,8 @@ class CheckpointModel(ConfigModel):
     """A model exported by `grainclip train` (GRAIN, or its `clip` baseline), loaded by grainclip.train."""
 
     type: Literal["checkpoint"]
-    label: str = Field(min_length=1)
-    path: Path
+    label: str = Field(min_length=1, description="Name of this model in the report.")
+    path: Path = Field(description="Model folder exported by `grainclip train`.")
 
 
 ModelSpec = Annotated[OpenClipModel | CheckpointModel, Field(discriminator="type")]
@@ -72,17 +83,24 @@ class EvalDataset(ConfigModel):
 
     name: str = Field(min_length=1, description="Name of this split in the report.")
     source: SourceField = Field(..., description="Where the images are: a source `kind` and its fields.")
-    tasks: list[Task] = Field(default_factory=lambda: ["classification"], min_length=1)
+    tasks: list[Task] = Field(
+        default_factory=lambda: ["classification"],
+        min_length=1,
+        description="What the split is evaluated for; each task needs labels, captions or regions in the data.",
+    )
     classnames: Path | None = Field(
         None,
         description="Text file, one class per line in label order: `key<TAB>display name` or `key` (the class "
         "folder, or the label column's value). Default: what the source defines (PartsWorld), else sorted keys.",
     )
     descriptors: Path | None = Field(
-        None, description="Menon & Vondrick JSON {class name: [descriptor, ...]} covering exactly the classes."
+        None,
+        description="Menon & Vondrick JSON {class: [descriptor, ...]} covering every class (extra classes ignored).",
     )
     label_column: str = Field("class_name", description="Column holding each image's class name (Parquet data).")
-    caption_column: Literal["caption", "llm_caption"] = "caption"
+    caption_column: Literal["caption", "llm_caption"] = Field(
+        "caption", description="Text that retrieval matches each image with: the alt-text or the describer's caption."
+    )
     limit: int | None = Field(None, gt=0, description="Evaluate only the first N images (smoke runs).")
 
     @model_validator(mode="before")
@@ -131,20 +149,39 @@ class ScoringConfig(ConfigModel):
 
 
 class EvaluateConfig(ConfigModel):
+    """One evaluation: every model on every dataset, results written under `out`."""
+
     out: Path = Field(Path("runs/evaluate"), description="Folder for results.json, results.md and plots.")
-    models: list[ModelSpec] = Field(min_length=1)
-    datasets: list[EvalDataset] = Field(min_length=1)
-    modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
+    models: list[ModelSpec] = Field(
+        min_length=1, description="The models, each `type: open_clip` or `type: checkpoint`."
+    )
+    datasets: list[EvalDataset] = Field(min_length=1, description="The splits; every model runs on every split.")
+    modes: list[Mode] = Field(
+        default_factory=lambda: list(MODES),
+        min_length=1,
+        description="Classification modes: global (CLIP), global+descriptors (Menon & Vondrick), grain (regions).",
+    )
     templates: Path | None = Field(
         None, description="Text file, one prompt template per line with `{}` for the class name. Default set if None."
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
-    batch_size: int = Field(64, gt=0)
-    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding and preprocessing images.")
+    batch_size: int = Field(64, gt=0, description="Images per model forward.")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader processes decoding and preprocessing images; None: what fits this machine's cores "
+        "and the model's input size (grainclip.devices.loader_workers, the trainer's default too).",
+    )
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     grid_images: int = Field(8, ge=0, description="Images drawn with their predicted regions, per region model.")
-    progress: bool = True
+    image_alpha: ImageAlpha = "white"
+    progress: bool = Field(True, description="Show a progress bar per model and split.")
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Object storage (s3://): the environment variables holding its endpoint and credentials (names "
+        "only); unset: the standard AWS variables.",
+    )
 
     @field_validator("modes")
     @classmethod

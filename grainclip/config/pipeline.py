@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from grainclip import storage
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigModel
+from grainclip.config.storage import StorageConfig
 from grainclip.sources import SourceField
 
 #: The parts of a pipeline config that decide what the output rows contain. A rerun into an existing run
@@ -30,6 +32,7 @@ RESUME_IGNORED: tuple[str, ...] = (
     "describe.describer.batch_size",
     "describe.describer.engine.tensor_parallel_size",
     "describe.describer.engine.gpu_memory_utilization",
+    "describe.describer.engine.kv_cache_memory_bytes",
     "describe.describer.engine.enforce_eager",
     "describe.describer.engine.max_num_seqs",
     "ground.grounder.batch_size",
@@ -47,7 +50,7 @@ class StageConfig(ConfigModel):
     it at a prebuilt environment, or `{}` for the main one.
     """
 
-    min_actors: int = Field(1, ge=1)
+    min_actors: int = Field(1, ge=1, description="Actors started (and kept) for this stage.")
     max_actors: int | None = Field(None, ge=1, description="Autoscale up to this many actors; None: min_actors.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor.")
     num_cpus: float = Field(1.0, ge=0.0, description="CPUs per actor.")
@@ -70,6 +73,13 @@ class StageConfig(ConfigModel):
 
 class DescribeStageConfig(StageConfig):
     describer: DescriberConfig = Field(default_factory=DescriberConfig)
+    batches_in_flight: int | None = Field(
+        None,
+        gt=0,
+        description="Batches each describe actor works on at once, so the engine (vllm) or endpoint pool (openai) "
+        "never waits for the slowest answer of one batch before the next arrives; > 1 needs a describer with "
+        "describe_async. None: the describer's default (vllm, openai 32; 1 for the others).",
+    )
 
 
 class GroundStageConfig(StageConfig):
@@ -79,8 +89,10 @@ class GroundStageConfig(StageConfig):
 class SinkConfig(ConfigModel):
     """Output shards: at most `rows_per_shard` rows each, committed atomically one file at a time."""
 
-    rows_per_shard: int = Field(1000, gt=0)
-    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = "zstd"
+    rows_per_shard: int = Field(1000, gt=0, description="Most rows per output shard.")
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = Field(
+        "zstd", description="Parquet compression codec."
+    )
 
 
 class JobConfig(ConfigModel):
@@ -118,10 +130,16 @@ class EvaluateStep(ConfigModel):
 class PipelineConfig(ConfigModel):
     """One annotation run: read `source`, describe, ground, write `output`/annotations; then optional steps."""
 
-    output: str = Field(..., description="Run directory: annotations/, manifest.json, report/.")
+    output: str = Field(
+        ..., description="Run directory (a folder or s3://bucket/prefix): annotations/, manifest.json, report/."
+    )
     source: SourceField = Field(..., description="Where the images come from: `kind` plus that kind's fields.")
-    describe: DescribeStageConfig = Field(default_factory=DescribeStageConfig)
-    ground: GroundStageConfig = Field(default_factory=GroundStageConfig)
+    describe: DescribeStageConfig = Field(
+        default_factory=DescribeStageConfig, description="The describe stage: its Ray actors and its describer (LLM)."
+    )
+    ground: GroundStageConfig = Field(
+        default_factory=GroundStageConfig, description="The ground stage: its Ray actors and its grounder (detector)."
+    )
     sink: SinkConfig = Field(default_factory=SinkConfig)
     max_pixels: int | None = Field(
         None, gt=0, description="Decode limit per image; None: grainclip.images.DEFAULT_MAX_PIXELS."
@@ -135,16 +153,32 @@ class PipelineConfig(ConfigModel):
     error_check_min_rows: int = Field(
         200, gt=0, description="Rows processed before the error fraction is checked (avoids stopping on one bad shard)."
     )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Object storage (s3://): the environment variables holding its endpoint and credentials (names "
+        "only); unset: the standard AWS variables.",
+    )
     job: JobConfig = Field(default_factory=JobConfig)
     train: TrainStep | None = None
     evaluate: EvaluateStep | None = None
+
+    @model_validator(mode="after")
+    def _reused_descriptions_need_no_describer(self) -> PipelineConfig:
+        """A source that carries descriptions (annotations_run) runs no describer: one set in YAML is a mistake."""
+        if self.source.carries_descriptions and self.describe.describer != DescriberConfig():
+            raise ValueError(
+                f"source kind {self.source.kind!r} keeps that run's descriptions, so no describer runs: remove "
+                "`describe.describer` (a describer change re-runs both stages: use that run's own source)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _partsworld_annotators_read_the_source_truth(self) -> PipelineConfig:
         """The simulated annotators need the generator's truth; default it to the one the source comes with."""
         truth = self.source.annotator_truth()
         if truth is not None:
-            for annotator in (self.describe.describer, self.ground.grounder):
+            annotators = (self.ground.grounder,) if self.source.carries_descriptions else ()
+            for annotator in annotators or (self.describe.describer, self.ground.grounder):
                 if annotator.name == "partsworld" and "truth" not in annotator.options:
                     annotator.options = {**annotator.options, "truth": truth}
         return self
@@ -174,7 +208,7 @@ class PipelineConfig(ConfigModel):
             return value
 
         data = self.model_dump(mode="json")
-        data["output"] = resolve(data["output"])
+        data["output"] = data["output"] if storage.is_uri(data["output"]) else resolve(data["output"])
         data["source"] = self.source.with_base(base).model_dump(mode="json")
         for stage, key in (("describe", "describer"), ("ground", "grounder")):
             annotator = data[stage][key]

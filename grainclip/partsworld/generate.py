@@ -28,6 +28,8 @@ import pyarrow as pa
 from PIL import Image
 
 import grainclip
+from grainclip import storage
+from grainclip.articles import indefinite_article
 from grainclip.config.base import ConfigError
 from grainclip.partsworld.classes import CATALOGUE, COLOURED_PARTS, PATTERNED_PART, CreatureClass
 from grainclip.partsworld.scene import Scene, sample_scene
@@ -52,31 +54,34 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
 
 @dataclass(frozen=True)
 class PartsWorldPaths:
-    """Where `generate` put everything; `images(split)` / `truth(split)` are shard directories."""
+    """Where `generate` put everything; `images(split)` / `truth(split)` are shard directories.
 
-    root: Path
-    classes: Path
-    descriptors: Path
-    manifest: Path
+    Paths are `Path`s for a local dataset and URI strings for one copied to object storage (read-only there).
+    """
 
-    def images(self, split: str) -> Path:
-        return self.root / _check_split(split) / "images"
+    root: Path | str
+    classes: Path | str
+    descriptors: Path | str
+    manifest: Path | str
 
-    def truth(self, split: str) -> Path:
-        return self.root / _check_split(split) / "truth"
+    def images(self, split: str) -> Path | str:
+        return storage.join(self.root, _check_split(split), "images")
+
+    def truth(self, split: str) -> Path | str:
+        return storage.join(self.root, _check_split(split), "truth")
 
     @property
-    def train_images(self) -> Path:
+    def train_images(self) -> Path | str:
         return self.images("train")
 
     @property
-    def train_truth(self) -> Path:
+    def train_truth(self) -> Path | str:
         return self.truth("train")
 
     @classmethod
     def at(cls, root: str | Path) -> PartsWorldPaths:
-        root = Path(root)
-        return cls(root, root / "classes.json", root / "descriptors.json", root / "manifest.json")
+        root = storage.location(root)
+        return cls(*(storage.join(root, leaf) for leaf in ("", "classes.json", "descriptors.json", "manifest.json")))
 
 
 def _check_split(split: str) -> str:
@@ -240,7 +245,7 @@ def rich_caption(creature: CreatureClass, scene: Scene) -> str:
 
 
 def _a(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+    return f"{indefinite_article(word)} {word}"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -257,7 +262,8 @@ def load_descriptors(root: str | Path) -> dict[str, list[str]]:
     return _read_json(PartsWorldPaths.at(root).descriptors)
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a PartsWorld directory (grainclip synth)?")
-    return json.loads(path.read_text())
+def _read_json(path: Path | str) -> dict:
+    if not storage.is_file(path):
+        folder = str(path).rstrip("/").rsplit("/", 1)[0]
+        raise FileNotFoundError(f"{path} not found: is {folder} a PartsWorld directory (grainclip synth)?")
+    return json.loads(storage.read_text(path))

@@ -9,6 +9,7 @@ the mapping is validated by that kind's own model. Config models type the field 
     webdataset    tar shards                                       (pipeline)
     partsworld    a `grainclip synth` folder, one split            (pipeline, evaluator)
     huggingface   a `datasets` save_to_disk folder, or its files   (pipeline)
+    annotations_run  an earlier pipeline run, its descriptions kept (pipeline; in grainclip.pipelines.reuse)
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import model_validator
 
+from grainclip import storage
 from grainclip.config.base import ConfigError, ConfigModel
 from grainclip.schema import RowGroup
 
@@ -37,7 +38,7 @@ class TableRows:
 
     groups: list[RowGroup]
     classes: list[str] | None = None
-    descriptors: Path | None = None
+    descriptors: Path | str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,13 @@ class ClassFolderRows:
 
 
 def is_local(path: str) -> bool:
-    """A plain local path, not a URL (`s3://...`) or a glob pattern: something that can be checked to exist."""
-    return "://" not in path and not any(c in path for c in "*?[")
+    """A plain local path, not a URL (`s3://...`) or a glob pattern: something resolved against a base folder."""
+    return not storage.is_uri(path) and not is_pattern(path)
+
+
+def is_pattern(path: str) -> bool:
+    """A glob pattern, left to the reader that expands it."""
+    return any(c in path for c in "*?[")
 
 
 class Source(ConfigModel):
@@ -59,6 +65,8 @@ class Source(ConfigModel):
     kind: str
     #: Fields holding paths (str or a list of str; Path objects are accepted); None values are skipped.
     path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    #: The rows already hold an earlier run's descriptions, which the pipeline keeps: it runs no describe stage.
+    carries_descriptions: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -84,17 +92,33 @@ class Source(ConfigModel):
         return found
 
     def missing_paths(self) -> list[str]:
-        """The local paths that do not exist (URLs and globs are left to the reader)."""
-        return [p for p in self.paths() if is_local(p) and not Path(p).exists()]
+        """The local and object-storage paths that do not exist (other URLs and globs are left to the reader).
+
+        Asking object storage also surfaces a wrong endpoint, bucket or credentials here, before Ray starts.
+        """
+        checked = [p for p in self.paths() if not is_pattern(p) and (is_local(p) or p.startswith("s3://"))]
+        for path in checked:
+            storage.check_bucket(path)  # "no such bucket" says more than "path not found"
+        return [p for p in checked if not storage.exists(p)]
+
+    def problems(self) -> list[Exception]:
+        """Everything that can be known wrong before anything is read, each as the error `check` would raise.
+
+        Preflight reports all of them, one line each, before Ray starts. The base reports the local paths that
+        do not exist (FileNotFoundError naming them all); kinds add what they know once their paths exist
+        (columns, types, splits).
+        """
+        try:
+            missing = self.missing_paths()
+        except storage.StorageError as exc:  # unreachable endpoint, no bucket, no credentials: says it all
+            return [exc]
+        return [FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")] if missing else []
 
     def check(self) -> None:
-        """Refuse in one line what can be known wrong before anything is read (preflight, before Ray starts).
-
-        The base checks that every local path exists (FileNotFoundError naming them all); kinds add their own.
-        """
-        missing = self.missing_paths()
-        if missing:
-            raise FileNotFoundError(f"source path(s) not found: {', '.join(missing)}")
+        """Refuse in one line what can be known wrong before anything is read (the first of `problems`)."""
+        problems = self.problems()
+        if problems:
+            raise problems[0]
 
     def with_base(self, base: Path) -> Source:
         """This source with relative local paths resolved against `base` (runs record absolute paths)."""

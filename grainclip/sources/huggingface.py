@@ -34,7 +34,7 @@ class HuggingFaceSource(Source):
     """A saved Hugging Face dataset: which folder, which split, and which columns hold what."""
 
     kind: Literal["huggingface"]
-    path: str
+    path: str = Field(description="A save_to_disk folder, or a folder of the dataset's Parquet or Arrow files.")
     split: str | None = Field(None, description="Split folder of a DatasetDict save_to_disk folder.")
     image_column: str = Field("image", description="Image() feature, bytes, or a string path/URI.")
     caption_column: str | None = Field("caption", description="String column used as the caption; None: none.")
@@ -86,12 +86,18 @@ class HuggingFaceSource(Source):
             **{name: name for name in self.keep_columns},
         }
 
-    def check(self) -> None:
-        super().check()
-        names = _schema(self.data_files()[0]).names
+    def problems(self) -> list[Exception]:
+        found = super().problems()
+        if found:
+            return found
+        try:
+            names = _schema(self.data_files()[0]).names
+        except (ConfigError, FileNotFoundError) as exc:
+            return [exc]
         missing = [c for c in self.columns().values() if c is not None and c not in names]
         if missing:
-            raise ConfigError(f"huggingface source {self.path}: no column(s) {missing}; the dataset has {names}")
+            return [ConfigError(f"huggingface source {self.path}: no column(s) {missing}; the dataset has {names}")]
+        return []
 
     def read(self) -> ray.data.Dataset:
         import ray.data

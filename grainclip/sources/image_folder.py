@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -19,6 +20,8 @@ from grainclip.sources.base import ClassFolderRows, Source
 if TYPE_CHECKING:
     import ray.data
 
+#: Columns a captions CSV must have (image_id is optional).
+CSV_COLUMNS = ("file_name", "caption")
 IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 
 
@@ -31,9 +34,14 @@ class ImageFolderSource(Source):
     """
 
     kind: Literal["image_folder"]
-    path: str
-    captions_csv: str | None = None
-    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    path: str = Field(description="Folder of image files, read recursively (the evaluator: one folder per class).")
+    captions_csv: str | None = Field(
+        None,
+        description="CSV with file_name, caption and optional image_id columns; None: every image file, no captions.",
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: list(IMAGE_EXTENSIONS), description="File suffixes read as images."
+    )
 
     path_fields: ClassVar[tuple[str, ...]] = ("path", "captions_csv")
 
@@ -64,11 +72,9 @@ class ImageFolderSource(Source):
             # A crawl's CSV may hold a line in another encoding: undecodable bytes become U+FFFD, not an error.
             with open(self.captions_csv, newline="", encoding="utf-8", errors="replace") as handle:
                 reader = csv.DictReader(handle)
-                missing = {"file_name", "caption"} - set(reader.fieldnames or [])
-                if missing:
-                    raise ConfigError(
-                        f"captions CSV {self.captions_csv} lacks column(s) {sorted(missing)} (has {reader.fieldnames})"
-                    )
+                problem = self._columns_problem(reader.fieldnames)
+                if problem is not None:
+                    raise problem
                 return [
                     {
                         "image_id": row.get("image_id") or row["file_name"],
@@ -79,6 +85,28 @@ class ImageFolderSource(Source):
                 ]
         except FileNotFoundError:
             raise FileNotFoundError(f"captions CSV not found: {self.captions_csv}") from None
+
+    def _columns_problem(self, fieldnames: Sequence[str] | None) -> ConfigError | None:
+        missing = sorted(set(CSV_COLUMNS) - set(fieldnames or []))
+        if not missing:
+            return None
+        return ConfigError(
+            f"captions CSV {self.captions_csv} lacks column(s) {missing} (has {list(fieldnames or [])}); it needs "
+            f"{', '.join(CSV_COLUMNS)} (file_name relative to {self.path}) and optionally image_id"
+        )
+
+    def problems(self) -> list[Exception]:
+        """Missing paths, a `path` that is not a folder, a captions CSV without its columns (header only)."""
+        found = super().problems()
+        if found:
+            return found
+        if not Path(self.path).is_dir():
+            return [FileNotFoundError(f"image folder not found: {self.path} is not a folder")]
+        if self.captions_csv is not None:
+            with open(self.captions_csv, newline="", encoding="utf-8", errors="replace") as handle:
+                problem = self._columns_problem(csv.DictReader(handle).fieldnames)
+            return [problem] if problem is not None else []
+        return []
 
     def read(self) -> ray.data.Dataset:
         import ray.data

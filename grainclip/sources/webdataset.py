@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
+from grainclip import storage
 from grainclip.sources.base import Source
 
 if TYPE_CHECKING:
@@ -18,18 +19,24 @@ if TYPE_CHECKING:
 
 
 class WebDatasetSource(Source):
-    """WebDataset tar shards (a file, a folder, a brace/glob pattern or URL, or a list of them)."""
+    """WebDataset tar shards (a file, a folder, a brace/glob pattern or URL, or a list of them; local or s3://)."""
 
     kind: Literal["webdataset"]
-    path: str | list[str]
-    image_extensions: list[str] = Field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
-    caption_extension: str = "txt"
+    path: str | list[str] = Field(description="A tar file, a folder of tars, a glob pattern, or a list of them.")
+    image_extensions: list[str] = Field(
+        default_factory=lambda: ["jpg", "jpeg", "png", "webp"],
+        description="Member extensions read as the image; the first present wins.",
+    )
+    caption_extension: str = Field("txt", description="Member extension read as the caption.")
 
     def read(self) -> ray.data.Dataset:
         import ray.data
 
         self.check()
-        dataset = ray.data.read_webdataset(self.paths(), decoder=None)
+        paths, options = self.paths(), {}
+        if all(path.startswith("s3://") for path in paths):  # grainclip's S3 settings, not Ray's own lookup
+            options["filesystem"], paths = storage.resolve_all(paths)
+        dataset = ray.data.read_webdataset(paths, decoder=None, **options)
         return dataset.map_batches(
             webdataset_to_images,
             batch_format="pyarrow",
