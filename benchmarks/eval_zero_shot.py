@@ -45,7 +45,7 @@ from grainclip.partsworld import generate
 from grainclip.schema import parquet_files
 
 sys.path.insert(0, str(Path(__file__).parent))
-from figures import is_recorded_configuration, record  # noqa: E402
+from figures import alternate, is_recorded_configuration, record  # noqa: E402
 
 MODELS = {
     # Test-suite size: decoding dominates.
@@ -134,13 +134,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, work: Path) -
         return results["images_per_second"], results["classification"][0]["top1"]
 
     sides = {"reference": run_reference, **{f"workers={w}": (lambda w=w: run_evaluator(w)) for w in counts}}
-    speeds: dict[str, list[float]] = {side: [] for side in sides}
-    top1: dict[str, float] = {}
-    for repeat in range(args.repeats):
-        order = list(sides)[repeat % len(sides) :] + list(sides)[: repeat % len(sides)]  # no side always first
-        for side in order:
-            speed, top1[side] = sides[side]()
-            speeds[side].append(speed)
+    runs = alternate(sides, args.repeats)
+    speeds = {side: [speed for speed, _ in done] for side, done in runs.items()}
+    top1 = {side: done[-1][1] for side, done in runs.items()}
     assert len({round(v, 9) for v in top1.values()}) == 1, top1
     assert class_text.TEXT_CACHE.encoded_texts == encoded_before, "the evaluator re-encoded class text"
 

@@ -3,7 +3,8 @@
 One file for all benchmarks, `name -> {value, unit, command, date, commit}`, updated in place: a benchmark
 rewrites its own names and leaves every other name as it was. Docs quote these figures, so each one says
 exactly how to reproduce it. Benchmarks record only when run in their recorded configuration
-(`is_recorded_configuration`), so a smoke run with a few steps never overwrites a reported figure.
+(`is_recorded_configuration`), so a smoke run with a few steps never overwrites a reported figure. Ratios come
+from sides measured in the same run, alternating (`alternate`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 FIGURES = Path(__file__).resolve().parent / "figures.json"
 
@@ -59,3 +63,15 @@ def is_recorded_configuration(
     """True when every option but those in `ignore` (e.g. an output folder) has its default value."""
     defaults = vars(parser.parse_args([]))
     return all(value == defaults[key] for key, value in vars(args).items() if key not in ignore)
+
+
+def alternate(sides: dict[str, Callable[[], T]], repeats: int) -> dict[str, list[T]]:
+    """Each side's results over `repeats` rounds, the sides in rotating order: none always runs first, so none
+    always meets the cold cache or a load spike that the first of a round meets."""
+    names = list(sides)
+    results: dict[str, list[T]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        k = repeat % len(names)
+        for name in names[k:] + names[:k]:
+            results[name].append(sides[name]())
+    return results

@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from figures import is_recorded_configuration, record  # noqa: E402
+from figures import alternate, is_recorded_configuration, record  # noqa: E402
 
 DESCRIPTIONS = ["red crest", "blue striped wings", "long tail", "round black wheel", "pointed ears"]
 
@@ -126,13 +126,9 @@ def measure(name: str, model: Path, images, decoded: list, args: argparse.Namesp
     sides = {"forward": run_forward, "serial": lambda: run_stage(0), "overlap": lambda: run_stage(1)}
     for side in sides.values():  # warm-up: first-call allocations are start-up, not throughput
         side()
-    seconds: dict[str, list[float]] = {side: [] for side in sides}
-    last: dict[str, object] = {}
-    for repeat in range(args.repeats):
-        order = list(sides)[repeat % len(sides) :] + list(sides)[: repeat % len(sides)]  # no side always first
-        for side in order:
-            elapsed, last[side] = sides[side]()
-            seconds[side].append(elapsed)
+    runs = alternate(sides, args.repeats)
+    seconds = {side: [elapsed for elapsed, _ in done] for side, done in runs.items()}
+    last = {side: done[-1][1] for side, done in runs.items()}
     for grounder in grounders.values():
         grounder.close()
     assert last["overlap"].equals(last["serial"]), f"{name}: the overlapping stage wrote different rows"

@@ -38,7 +38,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from figures import is_recorded_configuration, record  # noqa: E402
+from figures import alternate, is_recorded_configuration, record  # noqa: E402
 
 from grainclip.annotate.describers.vllm_engine import VLLMDescriber  # noqa: E402
 
@@ -159,16 +159,10 @@ def main() -> None:
     )  # warm-up: first-call allocations are start-up, not throughput
     run_generate()
 
-    seconds: dict[str, list[float]] = {name: [] for name in measure}
-    work: dict[str, set[tuple[int, int]]] = {name: set() for name in measure}
-    last: dict[str, object] = {}
-    for repeat in range(args.repeats):
-        order = list(measure)[repeat % len(measure) :] + list(measure)[: repeat % len(measure)]  # no side always first
-        for name in order:
-            elapsed, result = measure[name]()
-            seconds[name].append(elapsed)
-            work[name].add(tokens(result))
-            last[name] = result
+    runs = alternate(measure, args.repeats)
+    seconds = {name: [elapsed for elapsed, _ in done] for name, done in runs.items()}
+    work = {name: {tokens(result) for _, result in done} for name, done in runs.items()}
+    last = {name: done[-1][1] for name, done in runs.items()}
 
     n = images.num_rows
     lengths = sorted(len(o.outputs[0].token_ids) for o in last["generate"])
