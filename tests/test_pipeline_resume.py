@@ -70,20 +70,29 @@ def killed_twice(config: Path, out: Path, stage: str, total: int, logs: Path) ->
     assert manifest["status"] == "running"  # the killed attempt never got to close its record
     before = digests(annotations)
 
-    second = PipelineProcess(config, logs / "attempt2.log")
-    try:
-        second.wait_until(lambda: committed_rows(annotations) >= after_kill + 2 * ROWS_PER_SHARD)
-        actors = [p for p in second.descendants() if stage in " ".join(p.cmdline())]
-        assert actors, f"no {stage} actor process found"
-        killed_while_running = committed_rows(annotations) < total
-        actors[0].send_signal(signal.SIGKILL)
-        returncode = second.process.wait(timeout=300)
-    finally:
-        second.kill_everything()
-    log = (logs / "attempt2.log").read_text()
-    assert returncode == 0, log[-4000:]
-    assert killed_while_running, "the actor kill must land before the run ends"
+    log = run_with_one_kill(config, annotations, logs / "attempt2.log", stage, after_kill + 2 * ROWS_PER_SHARD, total)
     return after_kill, before, log
+
+
+def run_with_one_kill(
+    config: Path, annotations: Path, log_path: Path, process: str, after_rows: int, total: int, start_timeout=240.0
+) -> str:
+    """Run `config`; once `after_rows` rows are committed, SIGKILL one process whose name or command line holds
+    `process`, and let the run finish. Asserts it ended well and that the kill landed before its end; the log."""
+    run = PipelineProcess(config, log_path)
+    try:
+        run.wait_until(lambda: committed_rows(annotations) >= after_rows, timeout=start_timeout)
+        found = [p for p in run.descendants() if process in " ".join([p.name(), *p.cmdline()])]
+        assert found, f"no {process} process found"
+        killed_while_running = committed_rows(annotations) < total
+        found[0].send_signal(signal.SIGKILL)
+        returncode = run.process.wait(timeout=600)
+    finally:
+        run.kill_everything()
+    log = log_path.read_text()
+    assert returncode == 0, log[-4000:]
+    assert killed_while_running, f"the {process} kill must land before the run ends"
+    return log
 
 
 def assert_exactly_once(out: Path, inputs: list[str], after_kill: int, before: dict[str, str], log: str) -> dict:
@@ -208,19 +217,10 @@ def test_a_killed_vllm_engine_restarts_its_actor_and_every_image_is_written_once
             "max_error_fraction": 1.0,  # random weights: quality is not under test, exactly-once is
         },
     )
-    run = PipelineProcess(config, tmp_path / "run.log")
-    try:
-        run.wait_until(lambda: committed_rows(annotations) >= 2 * ROWS_PER_SHARD, timeout=900)  # engine start
-        engines = [p for p in run.descendants() if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
-        assert engines, "no vLLM engine core process found"
-        killed_while_running = committed_rows(annotations) < n_images
-        engines[0].send_signal(signal.SIGKILL)
-        returncode = run.process.wait(timeout=600)
-    finally:
-        run.kill_everything()
-    log = (tmp_path / "run.log").read_text()
-    assert returncode == 0, log[-4000:]
-    assert killed_while_running, "the engine kill must land before the run ends"
+    # the first shards wait for the engine's start
+    log = run_with_one_kill(
+        config, annotations, tmp_path / "run.log", "EngineCore", 2 * ROWS_PER_SHARD, n_images, start_timeout=900
+    )
     assert "exiting so Ray restarts the actor" in log, log[-4000:]
 
     ids = read_table(annotations, "annotations", columns=["image_id"]).column("image_id").to_pylist()
