@@ -157,7 +157,7 @@ class VLLMDescriber(ConcurrentChatDescriber):
     def __init__(self, config: DescriberConfig) -> None:
         super().__init__(config)
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
         # A dead engine cannot serve any later row: raise it so the process (a Ray actor) dies and is
@@ -180,6 +180,10 @@ class VLLMDescriber(ConcurrentChatDescriber):
             repetition_penalty=sampling.repetition_penalty,
             seed=sampling.seed,
             structured_outputs=(StructuredOutputsParams(json=self.json_schema) if config.structured_output else None),
+            # Only the finished answer is read. AsyncLLM's default (CUMULATIVE) builds a RequestOutput with the whole
+            # text so far at every step of every request, work that grows with the square of the answer's length;
+            # LLM.generate asks for FINAL_ONLY too.
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
     async def _start_engine(self, args: dict[str, Any]):
