@@ -23,6 +23,7 @@ from pydantic import Field
 from grainclip import schema, storage
 from grainclip.config.annotate import DescriberConfig, GrounderConfig
 from grainclip.config.base import ConfigError, ConfigModel, parse_config
+from grainclip.id_arrays import fixed_width_bytes
 from grainclip.storage import Location
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,11 @@ class TruthRecord:
 class TruthIndex:
     """Every annotations-schema Parquet file under `path` (a PartsWorld root or its truth folder), by image_id.
 
-    Only a sorted id array and each id's (file, row) are held: a file's records are built when one of its ids is
-    asked for, and the last few files are kept (requests arrive shard by shard). That is ~30 bytes per image
-    instead of every record in every simulated actor (about 1 GB each at a million images). Where an id is in
-    several files the last file wins.
+    Only a sorted id array (`grainclip.id_arrays`, built from the Arrow buffers without a Python string per id)
+    and each id's (file, row) are held: a file's records are built when one of its ids is asked for, and the last
+    few files are kept (requests arrive shard by shard). That is ~24 bytes per image instead of every record in
+    every simulated actor (about 1 GB each at a million images). Where an id is in several files the last file
+    wins.
     """
 
     CACHED_FILES = 4
@@ -63,19 +65,19 @@ class TruthIndex:
             parquet = schema.parquet_file(file)
             present = [c for c in ("image_id", "descriptions") if c in parquet.schema_arrow.names]
             table = parquet.read(columns=present)
-            ids += table.column("image_id").to_pylist()
+            ids.append(fixed_width_bytes(table.column("image_id")))
             file_of.append(np.full(table.num_rows, index, dtype=np.int32))
             row_of.append(np.arange(table.num_rows, dtype=np.int32))
             if "descriptions" in present:
-                pool.update(d for d in pc.list_flatten(table.column("descriptions")).to_pylist() if d is not None)
-        encoded = np.array([i.encode() for i in ids]) if ids else np.array([], dtype="S1")
+                pool.update(pc.unique(pc.list_flatten(table.column("descriptions"))).drop_null().to_pylist())
+        encoded = np.concatenate(ids)
         order = np.argsort(encoded, kind="stable")
         self._ids = encoded[order]
         self._file = np.concatenate(file_of)[order]
         self._row = np.concatenate(row_of)[order]
         self._cache: OrderedDict[int, list[TruthRecord]] = OrderedDict()
         self.description_pool = sorted(pool)
-        log.info("PartsWorld truth: %d images from %d file(s) under %s", len(set(ids)), len(files), path)
+        log.info("PartsWorld truth: %d images from %d file(s) under %s", len(self._last_positions()), len(files), path)
 
     def get(self, image_id: str) -> TruthRecord | None:
         probe = image_id.encode()
@@ -86,10 +88,15 @@ class TruthIndex:
 
     def items(self) -> Iterator[tuple[str, TruthRecord]]:
         """Every (image_id, record), in id order; an id held by several files once (the last file wins)."""
-        last = np.append(self._ids[1:] != self._ids[:-1], True) if len(self._ids) else self._ids.astype(bool)
-        for position in np.flatnonzero(last):
+        for position in self._last_positions():
             record = self._records(int(self._file[position]))[int(self._row[position])]
             yield self._ids[position].decode(), record
+
+    def _last_positions(self) -> np.ndarray:
+        """Where each distinct id's last entry sits in the sorted arrays (the file that wins)."""
+        if not len(self._ids):
+            return np.array([], dtype=np.int64)
+        return np.flatnonzero(np.append(self._ids[1:] != self._ids[:-1], True))
 
     def _records(self, index: int) -> list[TruthRecord]:
         """Every record of file `index`, in row order (kept for the next requests, the oldest file dropped)."""

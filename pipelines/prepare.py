@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from grainclip.annotate.rows import input_problems
-from grainclip.pipelines.rundir import contains_sorted
+from grainclip.id_arrays import contains_sorted
 from grainclip.pipelines.stages import set_column
 from grainclip.schema import Status, conform
 

@@ -11,7 +11,8 @@ Exactly-once, in three rules:
 1. A shard is committed by `schema.write_shard` (temp file + rename locally, one PUT on object storage): it
    exists whole or not at all.
 2. A rerun reads the image_ids of every committed shard and filters them out of the input before the model
-   stages (`committed_ids` + `contains_sorted`), so finished rows are never redone and unfinished ones are.
+   stages (`committed_ids` + `grainclip.id_arrays.contains_sorted`), so finished rows are never redone and
+   unfinished ones are.
 3. A shard's name is a hash of its image_ids, so a retried commit task (worker died after the rename)
    rewrites the same file instead of adding a second copy. Whatever duplicates remain possible -- the same
    image_id twice in the input, or an orphaned task racing a rerun -- are removed whenever an attempt ends
@@ -47,6 +48,7 @@ from pydantic import ValidationError
 from grainclip import storage
 from grainclip.config.base import ConfigError
 from grainclip.config.pipeline import RESUME_FIELDS, RESUME_IGNORED, PipelineConfig
+from grainclip.id_arrays import fixed_width_bytes
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.schema import parquet_dataset, parquet_file, write_shard
 
@@ -104,34 +106,6 @@ def config_changes(old: Any, new: Any, path: str = "") -> list[str]:
                 changes.extend(config_changes(old[key], new[key], where))
         return changes
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
-
-
-def contains_sorted(sorted_ids: np.ndarray, ids: list[str]) -> np.ndarray:
-    """Membership of `ids` in a sorted bytes array by binary search.
-
-    The array is shared zero-copy through Ray's object store, so every worker filters against millions of
-    committed ids without building its own hash set.
-    """
-    if not len(sorted_ids) or not ids:
-        return np.zeros(len(ids), dtype=bool)
-    probe = np.array([i.encode() for i in ids])
-    position = np.searchsorted(sorted_ids, probe).clip(max=len(sorted_ids) - 1)
-    return sorted_ids[position] == probe
-
-
-def fixed_width_bytes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A string column as a numpy `S<width>` array (the same values `str.encode()` gives), copied from the Arrow
-    buffers without a Python object per value. Values must not be null (image_ids never are)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    array = array.cast(pa.large_string())  # one offset width (int64) for both string types
-    _, offset_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offset_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    lengths = np.diff(offsets)
-    width = max(int(lengths.max(initial=0)), 1)
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]] if len(array) else []
-    out = np.zeros((len(array), width), dtype=np.uint8)
-    out[np.arange(width) < lengths[:, None]] = data  # row-major fill: each row gets its own bytes, zero-padded
-    return out.view(f"S{width}").ravel()
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,13 @@ import pytest
 from grainclip.annotate.registry import describer_class, grounder_class
 from grainclip.config.base import ConfigError, load_config, parse_config
 from grainclip.config.pipeline import PipelineConfig, StageConfig
+from grainclip.id_arrays import contains_sorted, fixed_width_bytes
 from grainclip.pipelines.manifest import RunManifest
 from grainclip.pipelines.prepare import MISSING_ID_PREFIX, prepare_images
 from grainclip.pipelines.rundir import (
     RunConfigChanged,
     RunDir,
     config_hash,
-    contains_sorted,
-    fixed_width_bytes,
     resume_view,
 )
 from grainclip.pipelines.runner import (
