@@ -126,7 +126,7 @@ def run_measured(config: Path, log: Path, kill_at_shards: int | None = None) -> 
         "peak_summed_uss_mib": round(sampler.peak_total_uss / MIB, 1),
         "top_processes_peak_uss_mib": sorted(
             ((round(sampler.peak_uss[pid] / MIB), name[:60]) for pid, (_, name) in sampler.peak.items()), reverse=True
-        )[:4],
+        )[:8],
     }
 
 
