@@ -340,6 +340,8 @@ def run_attempt(
 
 def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.ObjectRef) -> ray.data.Dataset:
     """The lazy Ray Data plan; nothing runs until the caller iterates it."""
+    import ray.data
+
     from grainclip.annotate.registry import describer_class, grounder_class
 
     dataset = config.source.read()
@@ -364,11 +366,17 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
         runtime_env = annotator_class(annotator.name).runtime_env
         kwargs = {"config": annotator, **({"batches_in_flight": concurrency} if concurrency > 1 else {})}
         dataset = _actor_stage(dataset, stage, kwargs, config, stage_config, runtime_env, concurrency)
+    # No CPU slot for the commits (a bounded pool instead): Ray Data reserves CPUs for the stages in plan order, so
+    # where the read and the actor pools take every slot (2 cores: read 1, describe 0.5, ground 0.5) a commit that
+    # needs one waits until the read has finished -- at a million images, every annotated row held in the object
+    # store, nothing committed for a kill to keep, no progress.
     return dataset.map_batches(
         commit_shard,
         batch_format="pyarrow",
         batch_size=config.sink.rows_per_shard,
         fn_kwargs={"output": str(run.root), "run_id": run_id, "compression": config.sink.compression},
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=config.sink.commit_tasks),
     )
 
 

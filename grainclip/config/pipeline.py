@@ -93,6 +93,12 @@ class SinkConfig(ConfigModel):
     compression: Literal["zstd", "snappy", "gzip", "lz4", "brotli", "none"] = Field(
         "zstd", description="Parquet compression codec."
     )
+    commit_tasks: int = Field(
+        2,
+        ge=1,
+        description="Commit tasks running at once. They hold no CPU slot: Ray Data makes a task that cannot get its "
+        "CPU wait until the stages above it finish, so commits would wait for the whole source to be read.",
+    )
 
 
 class JobConfig(ConfigModel):
