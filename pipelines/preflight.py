@@ -90,7 +90,7 @@ def preflight_resources(config: PipelineConfig, address: str | None = None) -> N
 
 
 def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscaling: bool) -> None:
-    """Refuse a plan whose actor pools leave no room for the read/commit tasks: it would wait forever.
+    """Refuse a plan whose actor pools leave no room for the read tasks: it would wait forever (commit tasks take no CPU).
 
     On an attached cluster this is only a warning, since an autoscaler may add the missing nodes once the
     actors ask for them; an embedded local Ray never grows, so there it is an error.
@@ -102,7 +102,7 @@ def check_resources(config: PipelineConfig, cluster: dict[str, float], autoscali
         if needed <= have:
             continue
         wants = ", ".join(f"{name}: {stage.min_actors} x {per_actor(stage):g}" for name, stage in stages)
-        tasks = ", plus 1 for the read/commit tasks" if resource == "CPU" else ""
+        tasks = ", plus 1 for the read tasks" if resource == "CPU" else ""
         message = (
             f"the stages' actors need {needed:g} {resource} ({wants}{tasks}) but the Ray cluster has {have:g}; "
             f"lower min_actors or num_{resource.lower()}s per actor (describe/ground in the config)"
