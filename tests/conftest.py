@@ -7,6 +7,8 @@ clone builds them from seeds, without network.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,57 @@ def partsworld_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("partsworld")
     generate(out, n=64, n_test=32, seed=0, image_size=64)
     return out
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """A finished `grainclip` command run in its own process: the folder it worked in, and how it ended."""
+
+    folder: Path
+    returncode: int
+    stderr: str
+
+    @property
+    def output(self) -> Path:
+        return self.folder / "out"
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_run(partsworld_small: Path, tiny_models: dict[str, Path], tmp_path_factory) -> CliRun:
+    """`grainclip pipeline run` of the tiny text-only vLLM describer on partsworld_small, in its own process with
+    its own embedded Ray, the default engine config and no environment variable set by the test (so the describer
+    sizes its own KV cache from the machine), and the simulated grounder. An engine start costs 30-60 s on 2 cores:
+    one run serves the first-contact case that checks its records and the two-describer comparison."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("tiny-vllm-run")
+    config = {
+        "output": str(folder / "out"),
+        "source": {"kind": "partsworld", "path": str(partsworld_small)},
+        "describe": {
+            "describer": {
+                "name": "vllm",
+                "model": str(tiny_models["llm"]),
+                "max_descriptions": 3,
+                "max_description_chars": 20,
+                "max_caption_chars": 40,  # schema-bounded answers finish well inside max_tokens
+                "sampling": {"max_tokens": 160},
+            },
+            "num_cpus": 0.5,
+            "batch_size": 64,
+        },
+        "ground": {"num_cpus": 0.25},
+        "sink": {"rows_per_shard": 16},
+        "max_error_fraction": 1.0,  # random weights: a describe failure is a row with a status, not a failed run
+    }
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "grainclip.cli", "pipeline", "run", str(folder / "pipeline.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return CliRun(folder, done.returncode, done.stderr)
 
 
 @dataclass(frozen=True)

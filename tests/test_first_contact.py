@@ -5,9 +5,9 @@ the `error:` lines expected (one regex each, in order; nothing else may start wi
 a traceback), and a check of what the records on disk say. Add a case by adding a row.
 
 Preflight cases need no Ray. The cases that run a pipeline run the CLI as a user does, in its own process with
-its own embedded Ray (in-process, Ray's log handlers outlive typer's captured streams); one of them starts a
-real vLLM engine on CPU with the default engine config and no environment variable set by the test: the
-describer sizes its own KV cache from the machine.
+its own embedded Ray (in-process, Ray's log handlers outlive typer's captured streams); one of them checks the
+session's `tiny_vllm_run` (a real vLLM engine on CPU with the default engine config and no environment variable
+set by the test: the describer sizes its own KV cache from the machine), which other modules read too.
 
 The evaluator's cases run a tiny open_clip model on class folders of transparent images; the config reference's
 cases check docs/config.md against the models and that every printed example loads.
@@ -88,12 +88,13 @@ class Env:
 @dataclass
 class Case:
     name: str
-    build: Callable[[Env], list[list[str]]]  # CLI argument lists, run in order; the last one is checked
+    build: Callable[[Env], list[list[str]]] | None  # CLI argument lists, run in order; the last one is checked
     exit_code: int
     errors: list[str]  # regexes, one per expected `error:` line of the last command
     check: Callable[[Env], None] | None = None  # what the records say
     subprocess: bool = False  # run the commands as separate processes (each with its own embedded Ray)
     marks: list[Any] = field(default_factory=list)
+    ran: str | None = None  # instead of build: the session fixture (a CliRun) that already ran the command
 
 
 # --- builders -------------------------------------------------------------------------------------------------
@@ -141,20 +142,6 @@ def vllm_kv_cache_larger_than_the_machine(env: Env) -> list[list[str]]:
         "name": "vllm",
         "model": str(env.tiny_models["llm"]),
         "engine": {"kv_cache_memory_bytes": 2**50},
-    }
-    return [["pipeline", "run", env.write(config)]]
-
-
-def vllm_with_the_default_engine_on_cpu(env: Env) -> list[list[str]]:
-    config = env.pipeline(**{"sink.rows_per_shard": 4, "max_error_fraction": 1.0})
-    rows = env.images(4)
-    pq.write_table(pa.Table.from_pylist(rows), env.tmp / "images.parquet")
-    config["source"] = {"kind": "parquet", "path": str(env.tmp / "images.parquet")}
-    config["describe"]["describer"] = {
-        "name": "vllm",
-        "model": str(env.tiny_models["llm"]),
-        "batch_size": 4,
-        "sampling": {"max_tokens": 48},
     }
     return [["pipeline", "run", env.write(config)]]
 
@@ -339,7 +326,7 @@ def nothing_written(env: Env) -> None:
 
 def vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine(env: Env) -> None:
     rows = read_table(env.out / "annotations", "annotations").to_pylist()
-    assert sorted(r["image_id"] for r in rows) == sorted(r["image_id"] for r in env.images(4))  # nothing lost
+    assert sorted(r["image_id"] for r in rows) == sorted(r["image_id"] for r in env.images(64))  # nothing lost
     assert all(r["status"] in ("ok", "no_regions", "describe_failed") for r in rows), [r["error"] for r in rows]
     manifest = json.loads((env.out / "manifest.json").read_text())
     describer = manifest["annotators"]["describer"]
@@ -484,12 +471,13 @@ CASES = [
     ),
     Case(
         "vllm default engine on cpu",
-        vllm_with_the_default_engine_on_cpu,
+        None,
         0,
         [],
         vllm_ran_on_cpu_with_a_kv_cache_sized_from_the_machine,
         subprocess=True,
         marks=[pytest.mark.slow],
+        ran="tiny_vllm_run",
     ),
     Case(
         "descriptor file covering more classes: read, the extra ones counted",
@@ -554,12 +542,16 @@ def run_cli(args: list[str], separate: bool = False) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
-def test_first_contact(case: Case, tmp_path, partsworld_small, tiny_models):
-    env = Env(tmp_path, partsworld_small, tiny_models)
-    commands = case.build(env)
-    for args in commands[:-1]:
-        run_cli(args, case.subprocess)
-    code, stderr = run_cli(commands[-1], case.subprocess)
+def test_first_contact(case: Case, tmp_path, partsworld_small, tiny_models, request):
+    if case.ran is not None:
+        run = request.getfixturevalue(case.ran)
+        env, code, stderr = Env(run.folder, partsworld_small, tiny_models), run.returncode, run.stderr
+    else:
+        env = Env(tmp_path, partsworld_small, tiny_models)
+        commands = case.build(env)
+        for args in commands[:-1]:
+            run_cli(args, case.subprocess)
+        code, stderr = run_cli(commands[-1], case.subprocess)
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == len(case.errors), stderr

@@ -1,4 +1,4 @@
-"""Exactly-once resume under real SIGKILLs: the driver of a 2000-image run is killed midway, the rerun has one
+"""Exactly-once resume under real SIGKILLs: the driver of a 1000-image run is killed midway, the rerun has one
 of its describe actors killed midway, and the output still holds every input image exactly once. The same for a
 grounder swap that reuses an earlier run's descriptions (its ground actor is the one killed).
 
@@ -29,7 +29,7 @@ from grainclip.testing.runs import PipelineProcess
 
 pytestmark = pytest.mark.slow
 
-N_IMAGES = 2000
+N_IMAGES = 1000
 ROWS_PER_SHARD = 10
 
 

@@ -1,9 +1,10 @@
 """Swapping annotators: two describers on the same images, a grounder swap that reuses the descriptions
 (annotations_run source, no describer built), `grainclip pipeline compare` between them, and truth scoring.
 
-One embedded Ray for the module; the runs go through run_pipeline on it, `compare` through the real CLI.
+One embedded Ray for the module; runs S and R go through run_pipeline on it, `compare` through the real CLI.
 Runs: S = simulated describer (drop_prob P) + tiny Grounding DINO; R = S's descriptions reused + tiny OWLv2;
-V = tiny vLLM on the same images (with the simulated grounder, which costs nothing to load).
+V = tiny vLLM on the same images with the simulated grounder, which costs nothing to load (the session's
+`tiny_vllm_run`, a CLI run in its own process that the first-contact tests check too).
 """
 
 from __future__ import annotations
@@ -135,27 +136,9 @@ def test_grounder_swap_reuses_the_descriptions_and_builds_no_describer(simulated
         )
 
 
-def test_two_describers_on_the_same_images(simulated, partsworld_small, tiny_models, tmp_path):
-    llm = run(
-        {
-            "output": str(tmp_path / "vllm"),
-            "source": {"kind": "partsworld", "path": str(partsworld_small)},
-            "describe": {
-                "describer": {
-                    "name": "vllm",
-                    "model": str(tiny_models["llm"]),
-                    "max_descriptions": 3,
-                    "max_description_chars": 20,
-                    "max_caption_chars": 40,  # schema-bounded answers finish well inside max_tokens
-                    "sampling": {"max_tokens": 160},
-                    "engine": {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024},
-                },
-                "num_cpus": 0.5,
-                "batch_size": 64,
-            },
-            "ground": {"num_cpus": 0.25},  # the simulated grounder: only the describer is compared here
-        }
-    )
+def test_two_describers_on_the_same_images(simulated, tiny_vllm_run, tmp_path):
+    assert tiny_vllm_run.returncode == 0, tiny_vllm_run.stderr[-3000:]
+    llm = tiny_vllm_run
     done = compare(str(simulated.output), str(llm.output), "--out", str(tmp_path / "cmp"))
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
