@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 10.0
+#: Blocks `object_store_mib` should hold at least (Ray Data shares it among the stages).
+READ_AHEAD_MIN_BLOCKS = 16
 
 
 class PipelineError(RuntimeError):
@@ -95,6 +98,7 @@ class AttemptProgress:
     committed_before: Counter = field(default_factory=Counter)  # rows per status of earlier attempts
     error_examples: dict[str, str] = field(default_factory=dict)
     last_log: float = field(default_factory=time.monotonic)
+    warned_read_ahead: bool = False
 
     def add(self, stats: dict[str, Any]) -> None:
         self.rows += stats["rows"]
@@ -119,6 +123,23 @@ class AttemptProgress:
             raise ErrorFractionExceeded(
                 f"stopped after {rows} rows: {problem}. Committed shards are kept; fix the cause and rerun to resume."
             )
+
+    def check_read_ahead(self, block_bytes: int, object_store_mib: float | None) -> None:
+        """Warn once when the read-ahead bound holds fewer than READ_AHEAD_MIN_BLOCKS of this run's blocks.
+
+        Ray Data splits the bound between the stages; with room for only a few blocks each, a stage with input
+        queued waits for budget instead of working, and the run crawls (seen at ~8 blocks).
+        """
+        if self.warned_read_ahead or object_store_mib is None:
+            return
+        needed = READ_AHEAD_MIN_BLOCKS * block_bytes / 2**20
+        if needed > object_store_mib:
+            self.warned_read_ahead = True
+            log.warning(
+                "blocks of %.1f MiB: object_store_mib %g holds fewer than %d of them, so the stages may wait on each "
+                "other; set object_store_mib to at least %d (or lower sink.rows_per_shard)",
+                block_bytes / 2**20, object_store_mib, READ_AHEAD_MIN_BLOCKS, math.ceil(needed),
+            )  # fmt: skip
 
     def log_progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -205,6 +226,7 @@ def run_pipeline(config: PipelineConfig, address: str | None = None, force_new_r
             ray.init(
                 address="local" if embedded else address,
                 num_cpus=num_cpus,
+                include_dashboard=config.dashboard if embedded else None,
                 log_to_driver=True,
                 # An embedded Ray's workers inherit this environment; an attached cluster's get the names here.
                 runtime_env=None if embedded else storage.ray_runtime_env(),
@@ -297,7 +319,9 @@ def run_attempt(
         with contextlib.closing(iter(summaries.iter_batches(batch_size=None, batch_format="pyarrow"))) as batches:
             for batch in batches:
                 for line in batch.column("stats").to_pylist():
-                    progress.add(json.loads(line))
+                    stats = json.loads(line)
+                    progress.add(stats)
+                    progress.check_read_ahead(stats["block_bytes"], config.object_store_mib)
                     progress.log_progress()
                     progress.check_errors(config.max_error_fraction, config.error_check_min_rows)
         progress.log_progress(force=True)
@@ -370,7 +394,7 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
     # where the read and the actor pools take every slot (2 cores: read 1, describe 0.5, ground 0.5) a commit that
     # needs one waits until the read has finished -- at a million images, every annotated row held in the object
     # store, nothing committed for a kill to keep, no progress.
-    return dataset.map_batches(
+    summaries = dataset.map_batches(
         commit_shard,
         batch_format="pyarrow",
         batch_size=config.sink.rows_per_shard,
@@ -378,6 +402,13 @@ def build_plan(config: PipelineConfig, run: RunDir, run_id: str, done_ids: ray.O
         num_cpus=0,
         compute=ray.data.TaskPoolStrategy(size=config.sink.commit_tasks),
     )
+    if config.object_store_mib is not None:
+        # Without a bound the read runs ahead until it fills half the object store: at a million 32-px images that
+        # is the whole source, and the pages its workers wrote stay in their memory (benchmarks/RESULTS.md).
+        context = summaries.context
+        limits = context.execution_options.resource_limits
+        context.execution_options.resource_limits = limits.copy(object_store_memory=config.object_store_mib * 2**20)
+    return summaries
 
 
 def _prepare(batch: pa.Table, done_ids: ray.ObjectRef) -> pa.Table:

@@ -61,6 +61,7 @@ def commit_shard(batch: pa.Table, output: str, run_id: str, compression: str) ->
     stats = {
         "file": storage.name(path),
         "rows": table.num_rows,
+        "block_bytes": batch.nbytes,  # in memory, as it went through the stages (runner.check_read_ahead)
         "committed_at": time.time(),
         "node": socket.gethostname(),
         "statuses": dict(Counter(statuses)),

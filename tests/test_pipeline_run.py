@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import subprocess
 import sys
 import tarfile
@@ -225,6 +226,35 @@ def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path)
     assert "describe_failed" in str(error.value) and "not in the PartsWorld truth" in str(error.value)
     manifest = json.loads((tmp_path / "stopped" / "manifest.json").read_text())
     assert manifest["status"] == "stopped" and "max_error_fraction" in manifest["message"]
+
+
+def test_the_read_ahead_bound_reaches_ray_data_and_warns_when_too_small(partsworld_small, tmp_path, caplog):
+    """`object_store_mib` is the executor's object-store limit; the run still ends with every row, and a bound
+    that holds fewer than 16 of the run's blocks is named in one warning with the value to set."""
+    import numpy as np
+    import ray
+
+    from grainclip.pipelines import run_pipeline
+    from grainclip.pipelines.rundir import RunDir
+    from grainclip.pipelines.runner import build_plan
+
+    source = {"kind": "partsworld", "path": str(partsworld_small)}
+    config = config_for(source, tmp_path / "run", partsworld_small, object_store_mib=4)
+    plan = build_plan(config, RunDir(config.output), "bounded", ray.put(np.array([], dtype="S1")))
+    assert plan.context.execution_options.resource_limits.object_store_memory == 4 * 2**20
+    unbounded = build_plan(config.model_copy(update={"object_store_mib": None}), RunDir(config.output), "x", None)
+    assert unbounded.context.execution_options.resource_limits.object_store_memory == float("inf")
+
+    with caplog.at_level("WARNING", logger="grainclip.pipelines.runner"):
+        result = run_pipeline(config.model_copy(update={"sink": config.sink.model_copy(update={"rows_per_shard": 64})}))
+    ids = read_table(result.annotations, "annotations").column("image_id").to_pylist()
+    expected = read_table(partsworld_small / "train" / "images", "images").column("image_id").to_pylist()
+    assert sorted(ids) == sorted(expected)
+    assert set(result.counts) <= {"ok", "no_regions"} and result.counts.get("ok")
+    block = RunDir(result.output).read_shard_stats()[0]["block_bytes"]
+    assert 16 * block > 4 * 2**20 > 8 * block  # one 64-row block of 64-px PNGs: 1/16 to 1/8 of the bound
+    warnings = [r.getMessage() for r in caplog.records if "object_store_mib" in r.getMessage()]
+    assert len(warnings) == 1 and f"at least {math.ceil(16 * block / 2**20)}" in warnings[0]
 
 
 def test_cli_refuses_to_resume_a_run_made_with_another_config(partsworld_small, tmp_path):

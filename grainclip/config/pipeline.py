@@ -150,6 +150,14 @@ class PipelineConfig(ConfigModel):
     max_pixels: int | None = Field(
         None, gt=0, description="Decode limit per image; None: grainclip.images.DEFAULT_MAX_PIXELS."
     )
+    object_store_mib: float | None = Field(
+        256,
+        gt=0,
+        description="Most MiB of Ray's object store this run's blocks hold at once, over the whole cluster (Ray "
+        "Data's resource limit). It bounds how far the read runs ahead of the annotators, so memory does not grow "
+        "with the source's size; null: Ray Data's default, half the object store. On a cluster, about 4 blocks of "
+        "sink.rows_per_shard rows per annotator actor (docs/cluster.md).",
+    )
     max_error_fraction: float = Field(
         0.1,
         ge=0.0,
@@ -158,6 +166,11 @@ class PipelineConfig(ConfigModel):
     )
     error_check_min_rows: int = Field(
         200, gt=0, description="Rows processed before the error fraction is checked (avoids stopping on one bad shard)."
+    )
+    dashboard: bool = Field(
+        False,
+        description="Start Ray's dashboard with an embedded Ray (an attached cluster has its own). It costs ~300 MiB "
+        "in a dozen processes, and its memory grows with the tasks run.",
     )
     storage: StorageConfig = Field(
         default_factory=StorageConfig,
