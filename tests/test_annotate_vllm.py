@@ -96,6 +96,16 @@ def test_text_only_model_with_structured_output_answers_parseable_json(text_llm)
     assert info["structured_output"] is True and info["engine"]["max_model_len"] == 1024 and info["vllm_version"]
 
 
+def test_text_prompts_skip_the_chat_renderer_and_keep_its_tokens(text_llm, vlm):
+    """The tokenizer path (one call per batch) gives exactly the tokens of vLLM's chat renderer; a multimodal model
+    keeps the renderer."""
+    assert text_llm.templates_text_itself is True and vlm.templates_text_itself is False
+    captions = ["a red bird", "two cats on a mat, one asleep", "caf\u00e9 \u6f22\u5b57 \u00fc"]
+    prompts = [text_llm.to_prompt(DescribeRequest(str(i), None, c)) for i, c in enumerate(captions)]
+    for prompt, ids in zip(prompts, text_llm.template_tokens([p.text for p in prompts]), strict=True):
+        assert list(text_llm.loop.run(text_llm.chat_input(prompt))["prompt_token_ids"]) == ids
+
+
 def test_a_prompt_too_long_for_the_engine_fails_alone(text_llm):
     requests = [
         DescribeRequest("a", None, "a red bird"),

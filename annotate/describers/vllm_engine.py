@@ -3,8 +3,9 @@
 Every prompt is its own engine request on the describer's loop (`ConcurrentChatDescriber`): the engine's
 continuous batching schedules the requests of every batch a caller keeps in flight (`describe_async`), so it never
 idles on the longest answer of one batch while the next waits. A request the engine rejects (a prompt longer than
-max_model_len) fails its row alone. The model's chat template is applied by vLLM's own renderer, exactly as
-`LLM.chat` does. Multimodal models (vLLM's own model config says so, unless `multimodal` is set) get the image as
+max_model_len) fails its row alone. The model's chat template is applied as `LLM.chat` applies it: by vLLM's own
+renderer, or for text-only prompts by the tokenizer in one call per batch where a probe at start-up shows that gives
+the renderer's tokens (it is faster). Multimodal models (vLLM's own model config says so, unless `multimodal` is set) get the image as
 a PIL image part; text-only models get the alt-text prompt. With `structured_output` the decoder is constrained to
 the bounded JSON schema of prompts.py (`StructuredOutputsParams(json=...)`; vLLM 0.32 removed `guided_json`,
 which would be silently ignored).
@@ -12,10 +13,12 @@ which would be silently ignored).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +175,9 @@ class VLLMDescriber(ConcurrentChatDescriber):
             self.close()
             raise ConfigError(f"describer.multimodal is true but vLLM reports {config.model} as text-only")
         self.multimodal = detected if config.multimodal is None else config.multimodal
+        #: text-only prompts skip vLLM's chat renderer (`template_tokens`), where that gives the same tokens
+        self.templates_text_itself = not self.multimodal and self.loop.run(self._renders_like_chat())
+        log.info("vLLM prompts rendered by %s", "the tokenizer" if self.templates_text_itself else "vLLM's renderer")
         sampling = config.sampling
         self.sampling_params = SamplingParams(
             temperature=sampling.temperature,
@@ -204,13 +210,51 @@ class VLLMDescriber(ConcurrentChatDescriber):
         self._tok_params = engine.renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False)
         return engine
 
+    async def complete_all(self, prompts: Sequence[ChatPrompt]) -> list[Completion]:
+        if not self.templates_text_itself:
+            return await super().complete_all(prompts)
+        ids = self.template_tokens([prompt.text for prompt in prompts])
+        return list(await asyncio.gather(*(self._complete(p, self._tokens_input, i) for p, i in zip(prompts, ids))))
+
     async def complete_one(self, prompt: ChatPrompt) -> Completion:
+        return await self._complete(prompt, self.chat_input, prompt)
+
+    def template_tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Text-only prompts through the chat template and the tokenizer, one call for the whole batch.
+
+        vLLM's chat renderer parses every conversation as a multimodal one and tokenizes it in a thread pool, one
+        prompt at a time: on a busy CPU that is most of what the describe stage costs beyond `LLM.generate` on
+        ready prompts (benchmarks/RESULTS.md). Used only where `templates_text_itself` checked it gives the
+        renderer's tokens.
+        """
+        tokenizer = self.engine.renderer.get_tokenizer()
+        rendered = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            for text in texts
+        ]
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+    async def chat_input(self, prompt: ChatPrompt) -> Any:
         conversation = [{"role": "user", "content": self._content(prompt)}]
+        _, (engine_input,) = await self.engine.renderer.render_chat_async(
+            [conversation], self._chat_params, self._tok_params
+        )
+        return engine_input
+
+    async def _tokens_input(self, token_ids: list[int]) -> Any:
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        prompt = parse_model_prompt(self.engine.model_config, {"prompt_token_ids": token_ids})
+        (engine_input,) = self.engine.renderer.render_cmpl([prompt], self._tok_params)
+        return engine_input
+
+    async def _complete(self, prompt: ChatPrompt, render: Callable[[Any], Awaitable[Any]], what: Any) -> Completion:
+        """One request: `render(what)` makes the engine input, then the engine answers `prompt`."""
         final = None
         try:
-            _, (engine_input,) = await self.engine.renderer.render_chat_async(
-                [conversation], self._chat_params, self._tok_params
-            )
+            engine_input = await render(what)
             params, request_id = self.request_sampling(prompt), str(next(self._request_ids))
             async for output in self.engine.generate(engine_input, params, request_id):
                 final = output
@@ -225,6 +269,16 @@ class VLLMDescriber(ConcurrentChatDescriber):
             num_prompt_tokens=len(final.prompt_token_ids or ()),
             num_output_tokens=len(final.outputs[0].token_ids),
         )
+
+    async def _renders_like_chat(self) -> bool:
+        """Whether `template_tokens` gives the chat renderer's tokens here (a probe prompt through both)."""
+        probe = ChatPrompt(self.prompt.render("a probe caption", self.config.max_descriptions, sees_image=False), None)
+        try:
+            chat = await self.chat_input(probe)
+            (tokens,) = self.template_tokens([probe.text])
+        except Exception:  # noqa: BLE001 -- a tokenizer without a usable template (mistral): the renderer's path
+            return False
+        return list(chat["prompt_token_ids"]) == list(tokens)
 
     def request_sampling(self, prompt: ChatPrompt):
         """One request's SamplingParams: the config's for every prompt (a benchmark varies them per prompt)."""
