@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from grainclip import storage
@@ -197,19 +196,18 @@ class RunDir:
         files = self.committed_files()
         if not files:
             return 0
-        tables = [parquet_file(f).read(columns=["image_id"]) for f in files]
-        ids = pa.concat_arrays([t.column("image_id").combine_chunks() for t in tables])
-        order = pa.array(np.arange(len(ids)))
-        groups = (
-            pa.table({"image_id": ids, "order": order})
-            .group_by("image_id")
-            .aggregate([("order", "min"), ("order", "count")])
-        )
-        if pc.max(groups.column("order_count")).as_py() <= 1:
+        # As bytes arrays (see committed_ids): a million ids are ~16 MB here, not a string table and its hash groups.
+        per_file = [fixed_width_bytes(parquet_file(f).read(columns=["image_id"]).column("image_id")) for f in files]
+        offsets = np.cumsum([0] + [len(file_ids) for file_ids in per_file])
+        ids = np.concatenate(per_file)
+        del per_file
+        ordered = np.sort(ids)
+        if not (ordered[1:] == ordered[:-1]).any():  # the usual case, at a sort's cost
             return 0
+        del ordered
+        _, first = np.unique(ids, return_index=True)  # each id's first row, in shard name order
         keep = np.zeros(len(ids), dtype=bool)
-        keep[groups.column("order_min").to_numpy()] = True
-        offsets = np.cumsum([0] + [t.num_rows for t in tables])
+        keep[first] = True
         dropped = 0
         for index, path in enumerate(files):
             mask = keep[offsets[index] : offsets[index + 1]]

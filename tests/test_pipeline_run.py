@@ -16,6 +16,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -188,6 +189,8 @@ def test_a_dataset_saved_with_hugging_face_datasets(partsworld_small, tmp_path):
 
 def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path):
     from grainclip.pipelines import ErrorFractionExceeded, run_pipeline
+    from grainclip.pipelines.report import read_figures
+    from grainclip.pipelines.rundir import RunDir
 
     images = read_table(partsworld_small / "train" / "images", "images").to_pylist()[:24]
     tar_path = tmp_path / "shard-000.tar"
@@ -212,6 +215,19 @@ def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path)
         row = rows[image["image_id"]]
         assert row["status"] in ("ok", "no_regions") and row["caption"] == image["caption"] and row["descriptions"]
     assert sum(len(r["regions"]) for r in rows.values()) > 0
+    # The report's histograms, added batch by batch, count what the rows hold.
+    figures = read_figures(RunDir(result.output))
+    described = [r for r in rows.values() if r["status"] in ("ok", "no_regions")]
+    words = [len(d.split()) for r in described for d in r["descriptions"]]
+    scores = [region["score"] for r in described for region in r["regions"]]
+    assert figures.regions_per_image.counts.tolist() == np.bincount([len(r["regions"]) for r in described]).tolist()
+    assert (
+        figures.descriptions_per_image.counts.tolist()
+        == np.bincount([len(r["descriptions"]) for r in described]).tolist()
+    )
+    assert figures.words_per_description.counts.tolist() == np.bincount(words).tolist()
+    assert figures.region_scores.counts.tolist() == np.histogram(scores, bins=np.linspace(0, 1, 21))[0].tolist()
+    assert figures.region_scores.mean == pytest.approx(np.mean(scores))
 
     # The same tar against truth that knows none of its images: every row fails and the run stops early.
     stopping = config_for(
@@ -231,7 +247,6 @@ def test_webdataset_tars_and_the_error_fraction_stop(partsworld_small, tmp_path)
 def test_the_read_ahead_bound_reaches_ray_data_and_warns_when_too_small(partsworld_small, tmp_path, caplog):
     """`object_store_mib` is the executor's object-store limit; the run still ends with every row, and a bound
     that holds fewer than 16 of the run's blocks is named in one warning with the value to set."""
-    import numpy as np
     import ray
 
     from grainclip.pipelines import run_pipeline
