@@ -5,10 +5,10 @@ continuous batching schedules the requests of every batch a caller keeps in flig
 idles on the longest answer of one batch while the next waits. A request the engine rejects (a prompt longer than
 max_model_len) fails its row alone. The model's chat template is applied as `LLM.chat` applies it: by vLLM's own
 renderer, or for text-only prompts by the tokenizer in one call per batch where a probe at start-up shows that gives
-the renderer's tokens (it is faster). Multimodal models (vLLM's own model config says so, unless `multimodal` is set) get the image as
-a PIL image part; text-only models get the alt-text prompt. With `structured_output` the decoder is constrained to
-the bounded JSON schema of prompts.py (`StructuredOutputsParams(json=...)`; vLLM 0.32 removed `guided_json`,
-which would be silently ignored).
+the renderer's tokens (it is faster). Multimodal models (vLLM's own model config says so, unless `multimodal` is
+set) get the image as a PIL image part; text-only models get the alt-text prompt. With `structured_output` the
+decoder is constrained to the bounded JSON schema of prompts.py (`StructuredOutputsParams(json=...)`; vLLM 0.32
+removed `guided_json`, which would be silently ignored).
 """
 
 from __future__ import annotations
