@@ -155,8 +155,8 @@ class PipelineConfig(ConfigModel):
         gt=0,
         description="Most MiB of Ray's object store this run's blocks hold at once, over the whole cluster (Ray "
         "Data's resource limit). It bounds how far the read runs ahead of the annotators, so memory does not grow "
-        "with the source's size; null: Ray Data's default, half the object store. On a cluster, about 4 blocks of "
-        "sink.rows_per_shard rows per annotator actor (docs/cluster.md).",
+        "with the source's size; null: Ray Data's default, half the object store. Give it at least 16 blocks of "
+        "sink.rows_per_shard rows (the run warns when it holds fewer; sizing in docs/cluster.md).",
     )
     max_error_fraction: float = Field(
         0.1,
