@@ -19,10 +19,10 @@ import pyarrow as pa
 import ray.data
 from PIL import Image
 
-from grainclip import storage
 from grainclip.config.train import TrainConfig
 from grainclip.images import encode_image
-from grainclip.schema import parquet_file, parquet_files
+from grainclip.schema import list_row_groups, parquet_file
+from grainclip.sources.parquet import read_listed_row_groups
 from grainclip.train.data import READ_COLUMNS
 from grainclip.train.samples import SampleBuilder, Skipped, SkipTally
 
@@ -78,11 +78,10 @@ def epochs_needed(cfg: TrainConfig, start_step: int, trainable_rows: int) -> int
 
 
 def training_dataset(cfg: TrainConfig, builder: SampleBuilder, start_epoch: int, epochs: int) -> ray.data.Dataset:
-    files = parquet_files(cfg.data.train)
-    columns = [name for name in READ_COLUMNS if name in parquet_file(files[0]).schema_arrow.names]
-    filesystem, inner = storage.resolve_all(files)
+    groups = list_row_groups(cfg.data.train)
+    columns = [name for name in READ_COLUMNS if name in parquet_file(groups[0].path).schema_arrow.names]
     passes = [
-        ray.data.read_parquet(inner, columns=columns, filesystem=filesystem)
+        read_listed_row_groups(groups, columns)
         .randomize_block_order(seed=cfg.seed + epoch)
         .map_batches(partial(tag_epoch, epoch=epoch), batch_format="pyarrow", batch_size=None)
         for epoch in range(start_epoch, start_epoch + epochs)

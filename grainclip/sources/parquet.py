@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -17,28 +19,35 @@ if TYPE_CHECKING:
     import ray.data
 
 
-def read_parquet_files(paths: list[str]) -> ray.data.Dataset:
+def read_parquet_files(paths: list[str], columns: Sequence[str] | None = None) -> ray.data.Dataset:
     """A lazy Ray Dataset over every Parquet file under `paths` (files or folders, local or s3://): one unit of
     work per row group. Refuses a listing without rows.
 
     Not `ray.data.read_parquet`: its read worker keeps ~20 MiB of private memory per 4-MiB file it has read
-    (benchmarks/RESULTS.md), so on one node it grows with the number of files without bound. Here the driver
-    lists the row groups once (footers only) and each task reads its row group with pyarrow and hands the
-    memory back, so a reader holds one row group whatever the dataset's size.
+    (benchmarks/RESULTS.md), so on one node it grows with the number of files without bound, and its V2 reader
+    starts a listing task and a pool of footer-reading actors for every read. Here the driver lists the row
+    groups once (footers only) and each task reads its row group with pyarrow and hands the memory back, so a
+    reader holds one row group whatever the dataset's size.
     """
+    return read_listed_row_groups(list_row_groups(paths), columns)
+
+
+def read_listed_row_groups(groups: Sequence[RowGroup], columns: Sequence[str] | None = None) -> ray.data.Dataset:
+    """`read_parquet_files` over row groups already listed (a caller reading the same files several times);
+    `columns`: only these (None: all)."""
     import ray.data
 
-    groups = list_row_groups(paths)
     units = ray.data.from_items([asdict(group) for group in groups], override_num_blocks=len(groups))
-    return units.map_batches(read_row_groups, batch_size=1, batch_format="pyarrow")
+    read = partial(read_row_groups, columns=list(columns) if columns is not None else None)
+    return units.map_batches(read, batch_size=1, batch_format="pyarrow")
 
 
-def read_row_groups(units: pa.Table) -> pa.Table:
-    """Ray task: the rows of the listed row groups, all columns, as they are in the files."""
+def read_row_groups(units: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """Ray task: the rows of the listed row groups as they are in the files (`columns`, or all)."""
     tables = []
     for unit in units.to_pylist():
         group = RowGroup(**unit)
-        tables.append(parquet_file(group.path).read_row_group(group.index))
+        tables.append(parquet_file(group.path).read_row_group(group.index, columns=columns))
     table = pa.concat_tables(tables, promote_options="permissive")
     pa.default_memory_pool().release_unused()
     return table
