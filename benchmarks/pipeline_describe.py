@@ -13,10 +13,11 @@ Sides, run in rotating order, every one on the same prompts with the same per-pr
 - `InflightDescribeStage` with N batches in flight (each N of `--in-flight`), driven as Ray Data drives an async
   actor with `max_concurrency` N.
 Both stages share one `vllm` describer (its AsyncLLM engine); the reference is a `vllm.LLM`. Prompt and output
-token totals are printed per side, so unequal work would show. Ratios are the stage's images/s over generate's
-(goal for in flight: >= 0.9); the median pass is the headline, the best beside it.
+token totals are printed per side, so unequal work would show, and so are the CPU seconds of the front end (this
+process) and of the engine processes, which show where a slower side spent more. Ratios are the stage's images/s
+over generate's (goal for in flight: >= 0.9); the median pass is the headline, the best beside it.
 
-    python benchmarks/pipeline_describe.py [--images 1024] [--batch 32] [--in-flight 8 16 32] [--repeats 3]
+    python benchmarks/pipeline_describe.py [--images 1024] [--batch 32] [--in-flight 8 16 32] [--repeats 5]
 
 Needs the `llm` tiny model (built into the grainclip cache on first use). A run with the defaults records
 `describe_inflight_vs_generate` (at the vllm describer's default N) and `describe_sync_vs_generate`; one with
@@ -65,12 +66,42 @@ def long_tailed_max_tokens(n: int, caps: list[int], seed: int = 0) -> list[int]:
     return [int(max(1, min(round(d), cap))) for d, cap in zip(draws, caps, strict=True)]
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process (the front ends: stage or LLM) and of its live child processes (the
+    engines' cores and workers; the idle engine adds ~0)."""
+    import psutil
+
+    me = psutil.Process()
+    own = me.cpu_times()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        children += times.user + times.system
+    return own.user + own.system, children
+
+
+def counting_cpu(run):
+    """`run` (-> (seconds, result)) that also returns the CPU seconds it cost, split as `cpu_seconds`."""
+
+    def counted():
+        before = cpu_seconds()
+        elapsed, result = run()
+        return elapsed, result, tuple(a - b for a, b in zip(cpu_seconds(), before, strict=True))
+
+    return counted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=32, help="Rows per stage call (the pipeline's default).")
     parser.add_argument("--in-flight", type=int, nargs="+", default=[8, 16, 32], help="Batches in flight to measure.")
-    parser.add_argument("--repeats", type=int, default=3)
+    # 5, not 3: on a 2-core machine one side's passes spread by 15-25 % (the engine and the front end share both
+    # cores), so the median of 3 moves with a single slow pass.
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lengths", choices=["longtail", "fixed"], default="longtail")
     parser.add_argument("--max-tokens", type=int, default=64, help="Every prompt's max_tokens with --lengths fixed.")
     parser.add_argument("--max-model-len", type=int, default=1024)
@@ -161,10 +192,11 @@ def main() -> None:
     )  # warm-up: first-call allocations are start-up, not throughput
     run_generate()
 
-    runs = alternate(measure, args.repeats)
-    seconds = {name: [elapsed for elapsed, _ in done] for name, done in runs.items()}
-    work = {name: {tokens(result) for _, result in done} for name, done in runs.items()}
+    runs = alternate({name: counting_cpu(run) for name, run in measure.items()}, args.repeats)
+    seconds = {name: [elapsed for elapsed, _, _ in done] for name, done in runs.items()}
+    work = {name: {tokens(result) for _, result, _ in done} for name, done in runs.items()}
     last = {name: done[-1][1] for name, done in runs.items()}
+    cpu = {name: [statistics.median(c[i] for _, _, c in done) for i in (0, 1)] for name, done in runs.items()}
 
     n = images.num_rows
     lengths = sorted(len(o.outputs[0].token_ids) for o in last["generate"])
@@ -181,7 +213,8 @@ def main() -> None:
     for name, times in seconds.items():
         print(
             f"{name:11s}: median {median[name]:6.2f} s = {n / median[name]:6.1f} images/s, best {best[name]:6.2f} s  "
-            f"(runs: {', '.join(f'{t:.2f}' for t in times)}; prompt/output tokens {sorted(work[name])})"
+            f"(runs: {', '.join(f'{t:.2f}' for t in times)}; prompt/output tokens {sorted(work[name])}; "
+            f"CPU s, median: this process {cpu[name][0]:.1f}, engine processes {cpu[name][1]:.1f})"
         )
     answers = {
         name: sorted(zip(t["image_id"].to_pylist(), t["llm_caption"].to_pylist(), t["descriptions"].to_pylist()))
