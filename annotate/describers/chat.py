@@ -196,9 +196,9 @@ class ConcurrentChatDescriber(ChatDescriber):
     """
 
     #: Measured (benchmarks/RESULTS.md, "Describe stage with batches in flight"): on 1,024 long-tailed prompts in
-    #: batches of 32, 8 / 16 / 32 in flight gave 0.74 / 0.78 / 0.88 of one LLM.generate (1 at a time: 0.27), so the
-    #: most measured. 32 x 32 rows = 1,024 requests, vLLM's max_num_seqs on an H100/H200 (256 elsewhere, so the
-    #: engine always has a queue); Ray Data LLM's max_concurrent_batches default is 8.
+    #: batches of 32, 8 / 16 / 32 in flight gave 0.78-0.84 / 0.88-0.94 / 0.91-0.92 of one LLM.generate (medians of 5;
+    #: 1 at a time: 0.30-0.32). 32 x 32 rows = 1,024 requests, vLLM's max_num_seqs on an H100/H200 (256 elsewhere,
+    #: so the engine always has a queue); Ray Data LLM's max_concurrent_batches default is 8.
     default_batches_in_flight = 32
 
     def __init__(self, config: DescriberConfig) -> None:
