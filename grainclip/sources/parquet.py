@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import ray.data
 
 
-def read_parquet_files(paths: list[str], columns: Sequence[str] | None = None) -> ray.data.Dataset:
+def read_parquet_files(paths: list[str]) -> ray.data.Dataset:
     """A lazy Ray Dataset over every Parquet file under `paths` (files or folders, local or s3://): one unit of
     work per row group. Refuses a listing without rows.
 
@@ -29,7 +29,7 @@ def read_parquet_files(paths: list[str], columns: Sequence[str] | None = None) -
     groups once (footers only) and each task reads its row group with pyarrow and hands the memory back, so a
     reader holds one row group whatever the dataset's size.
     """
-    return read_listed_row_groups(list_row_groups(paths), columns)
+    return read_listed_row_groups(list_row_groups(paths))
 
 
 def read_listed_row_groups(groups: Sequence[RowGroup], columns: Sequence[str] | None = None) -> ray.data.Dataset:
