@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -21,7 +22,7 @@ from PIL import Image
 
 from grainclip.config.train import TrainConfig
 from grainclip.images import encode_image
-from grainclip.schema import list_row_groups, parquet_file
+from grainclip.schema import RowGroup, parquet_file
 from grainclip.sources.parquet import read_listed_row_groups
 from grainclip.train.data import READ_COLUMNS
 from grainclip.train.samples import SampleBuilder, Skipped, SkipTally
@@ -77,8 +78,10 @@ def epochs_needed(cfg: TrainConfig, start_step: int, trainable_rows: int) -> int
     return math.ceil(rows / max(trainable_rows, 1)) + 1
 
 
-def training_dataset(cfg: TrainConfig, builder: SampleBuilder, start_epoch: int, epochs: int) -> ray.data.Dataset:
-    groups = list_row_groups(cfg.data.train)
+def training_dataset(
+    cfg: TrainConfig, groups: Sequence[RowGroup], builder: SampleBuilder, start_epoch: int, epochs: int
+) -> ray.data.Dataset:
+    """`groups`: the row groups of `cfg.data.train`, listed once by the caller (who checked them)."""
     columns = [name for name in READ_COLUMNS if name in parquet_file(groups[0].path).schema_arrow.names]
     passes = [
         read_listed_row_groups(groups, columns)

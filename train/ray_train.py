@@ -114,11 +114,14 @@ def train_with_ray(cfg: TrainConfig, resume: str | None, eval_hook: EvalHook | N
         # An embedded Ray's workers inherit this environment; an attached cluster's get the storage names here.
         ray.init(address=address, num_cpus=num_cpus, runtime_env=storage.ray_runtime_env() if address else None)
     try:
-        statuses = check_trainable(list_row_groups(cfg.data.train), num_shards=1)
+        groups = list_row_groups(cfg.data.train)
+        statuses = check_trainable(groups, num_shards=1)
         trainable = sum(count for status, count in statuses.items() if status in TRAINABLE_STATUSES)
         backbone: Backbone = build_backbone(cfg.backbone, cfg.data.image_size, load_weights=False)
         step, epoch = resume_point(cfg, resume, sum(statuses.values()))
-        dataset = training_dataset(cfg, sample_builder(cfg, backbone), epoch, epochs_needed(cfg, step, trainable))
+        dataset = training_dataset(
+            cfg, groups, sample_builder(cfg, backbone), epoch, epochs_needed(cfg, step, trainable)
+        )
         options = ray.data.ExecutionOptions(preserve_order=True)  # reproducible order of batches
         trainer = TorchTrainer(
             train_worker,
