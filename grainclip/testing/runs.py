@@ -39,6 +39,17 @@ class PipelineProcess:
             self.seen.setdefault(child.pid, child)
         return children
 
+    def named(self, text: str) -> list[psutil.Process]:
+        """Live descendants whose name or command line holds `text` (ones that exit meanwhile are left out)."""
+        found = []
+        for child in self.descendants():
+            try:
+                if text in " ".join([child.name(), *child.cmdline()]):
+                    found.append(child)
+            except psutil.NoSuchProcess:  # ZombieProcess too: it exited after the listing
+                continue
+        return found
+
     def wait_until(self, condition: Callable[[], bool], timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
