@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +26,9 @@ from grainclip.config.train import TrainConfig
 from grainclip.images import encode_image
 from grainclip.schema import RowGroup, parquet_file
 from grainclip.sources.parquet import read_listed_row_groups
-from grainclip.train.data import READ_COLUMNS
-from grainclip.train.samples import SampleBuilder, Skipped, SkipTally
+
+if TYPE_CHECKING:
+    from grainclip.train.samples import SampleBuilder
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +37,17 @@ EPOCH_COLUMN = "_epoch"
 
 class PrepareSamples:
     """Ray Data stage (callable class, one per actor): rows -> stacked samples; skips are counted on the
-    next sample of the block (or the last one when the skipped rows end the block)."""
+    next sample of the block (or the last one when the skipped rows end the block).
 
-    def __init__(self, builder: SampleBuilder) -> None:
-        self.builder = builder
+    The builder comes pickled, and this module imports torch (through samples.py) only inside the stage: Ray
+    Data's coordinators (SplitCoordinator, DatasetManager) unpickle the whole plan, and a SampleBuilder in it
+    made each of them import torch and torchvision (~12 CPU-s apiece per run)."""
+
+    def __init__(self, pickled_builder: bytes) -> None:
+        from grainclip.train.samples import Skipped, SkipTally
+
+        self.skipped, self.tally = Skipped, SkipTally
+        builder = self.builder = pickle.loads(pickled_builder)
         blank = {
             "image_id": "template",
             "image": encode_image(Image.new("RGB", (8, 8))),
@@ -52,10 +62,10 @@ class PrepareSamples:
         }
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        samples, skips = [], SkipTally()
+        samples, skips = [], self.tally()
         for row in table.to_pylist():
             sample = self.builder(row, row[EPOCH_COLUMN])
-            if isinstance(sample, Skipped):
+            if isinstance(sample, self.skipped):
                 skips.add(sample)
                 continue
             samples.append(skips.stamp(sample))
@@ -82,6 +92,8 @@ def training_dataset(
     cfg: TrainConfig, groups: Sequence[RowGroup], builder: SampleBuilder, start_epoch: int, epochs: int
 ) -> ray.data.Dataset:
     """`groups`: the row groups of `cfg.data.train`, listed once by the caller (who checked them)."""
+    from grainclip.train.data import READ_COLUMNS  # the driver's import only: data.py imports torch
+
     columns = [name for name in READ_COLUMNS if name in parquet_file(groups[0].path).schema_arrow.names]
     passes = [
         read_listed_row_groups(groups, columns)
@@ -92,7 +104,7 @@ def training_dataset(
     dataset = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
     samples = dataset.map_batches(
         PrepareSamples,
-        fn_constructor_kwargs={"builder": builder},
+        fn_constructor_kwargs={"pickled_builder": pickle.dumps(builder)},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.data.workers(builder.image_size), 1)),
