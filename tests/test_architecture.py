@@ -369,8 +369,11 @@ sys.meta_path.insert(0, Blocker())
             "from grainclip.evaluate import evaluate, zero_shot_accuracy\n"
             "from grainclip.evaluate import cli as evaluate_cli",
         ),
+        # Ray Data's coordinators unpickle the Ray Train data plan, which names this module: torch would cost
+        # each of them ~12 CPU-s per run.
+        (("torch", "torchvision", "open_clip"), "from grainclip.train import ray_data"),
     ],
-    ids=["annotation-node", "training-machine"],
+    ids=["annotation-node", "training-machine", "ray-train-data-plan"],
 )
 def test_packages_import_with_the_missing_libraries_blocked(blocked: tuple[str, ...], imports: str):
     code = BLOCKER + textwrap.dedent(imports) + "\nprint('imported')\n"
