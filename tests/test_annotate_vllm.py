@@ -1,6 +1,7 @@
 """The in-process vLLM describer on the tiny chat LLM (text-only) and the tiny LLaVA (multimodal), the pipeline's
 describe stage with batches in flight against the synchronous one on the same engine, and the whole notebook path
-(annotate_rows) over a corpus of bad inputs with a real describer and a real detector."""
+(annotate_rows) over a corpus of bad inputs with a real describer and a real detector. The same two engines first
+show that vLLM runs each tiny model as transformers does (same chat tokens, same log-probs)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,81 @@ def assert_within_limits(result):
     assert result.llm_caption is None or len(result.llm_caption) <= LIMITS["max_caption_chars"]
 
 
+def ok_images() -> list[Image.Image]:
+    return [decode_image(data) for name, (data, outcome) in sorted(bad_images().items()) if outcome == "ok"]
+
+
+def greedy_first_steps(describer, prompt: ChatPrompt) -> tuple[list[int], dict[int, float]]:
+    """The prompt's tokens as the describer's engine renders them, and the top-5 log-probs of the first greedy
+    step (4 tokens are generated, through the engine's own chat rendering)."""
+    from vllm import SamplingParams
+
+    async def generate():
+        final = None
+        engine_input = await describer.chat_input(prompt)
+        params = SamplingParams(max_tokens=4, temperature=0.0, logprobs=5)
+        async for output in describer.engine.generate(engine_input, params, f"tiny-check-{id(prompt)}"):
+            final = output
+        return final
+
+    final = describer.loop.run(generate())
+    assert len(final.outputs[0].token_ids) == 4
+    return list(final.prompt_token_ids), {token: item.logprob for token, item in final.outputs[0].logprobs[0].items()}
+
+
+def assert_logprobs_agree(vllm_step: dict[int, float], hf_logits) -> None:
+    """vLLM's top-5 log-probs at one step equal transformers' log-softmax there (same greedy token too)."""
+    hf = hf_logits.float().log_softmax(-1)
+    for token, logprob in vllm_step.items():
+        assert hf[token].item() == pytest.approx(logprob, abs=1e-3)
+    assert max(vllm_step, key=vllm_step.get) == int(hf.argmax())
+
+
+def test_the_tiny_llm_generates_in_transformers_and_vllm_alike(text_llm, tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "Describe a red crest and blue wings."
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llm"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llm"])
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
+    generated = model.generate(**chat, max_new_tokens=4, do_sample=False)
+    assert generated.shape == (1, chat["input_ids"].shape[1] + 4)
+
+    prompt_ids, first_step = greedy_first_steps(text_llm, ChatPrompt(text, None))
+    assert prompt_ids == chat["input_ids"][0].tolist()  # same chat template and tokenizer
+    with torch.no_grad():
+        logits = model(**chat).logits[0, -1]
+    assert_logprobs_agree(first_step, logits)
+
+
+def test_the_tiny_vlm_generates_in_transformers_and_vllm_alike_and_sees_the_image(vlm, tiny_models):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    text = "Write a caption and descriptions."
+    processor = AutoProcessor.from_pretrained(tiny_models["vlm"])
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models["vlm"])
+    first_steps = []
+    for image in ok_images()[:2]:
+        messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+        inputs = processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+        assert (inputs["input_ids"] == model.config.image_token_id).sum() == 16
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+        prompt_ids, first_step = greedy_first_steps(vlm, ChatPrompt(text, image))
+        assert prompt_ids == inputs["input_ids"][0].tolist()
+        with torch.no_grad():
+            logits = model(**inputs).logits[0, -1]
+        assert_logprobs_agree(first_step, logits)
+        first_steps.append(first_step)
+    assert first_steps[0] != first_steps[1]  # the image reaches the language model
+
+
 def test_text_only_model_with_structured_output_answers_parseable_json(text_llm):
     assert text_llm.multimodal is False
     requests = [DescribeRequest(str(i), None, f"a photo of creature number {i}") for i in range(6)]
@@ -120,8 +196,7 @@ def test_a_prompt_too_long_for_the_engine_fails_alone(text_llm):
 
 def test_multimodal_model_gets_the_image(vlm):
     assert vlm.multimodal is True and vlm.info()["multimodal"] is True
-    images = [decode_image(data) for name, (data, outcome) in sorted(bad_images().items()) if outcome == "ok"][:4]
-    images = [image.resize((64, 64)) for image in images]
+    images = [image.resize((64, 64)) for image in ok_images()[:4]]
     prompt = vlm.to_prompt(DescribeRequest("a", images[0], "a photo")).text
     answers = [c.text for c in vlm.complete([ChatPrompt(prompt, image) for image in images])]
     assert len(set(answers)) > 1  # same prompt, different pixels -> different answers
