@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -39,15 +38,15 @@ class PrepareSamples:
     """Ray Data stage (callable class, one per actor): rows -> stacked samples; skips are counted on the
     next sample of the block (or the last one when the skipped rows end the block).
 
-    The builder comes pickled, and this module imports torch (through samples.py) only inside the stage: Ray
-    Data's coordinators (SplitCoordinator, DatasetManager) unpickle the whole plan, and a SampleBuilder in it
-    made each of them import torch and torchvision (~12 CPU-s apiece per run)."""
+    The builder comes as an object-store reference, and this module imports torch (through samples.py) only
+    inside the stage: Ray Data's coordinators (SplitCoordinator, DatasetManager) deserialize the whole plan, and a
+    SampleBuilder in it made each of them import torch and torchvision (~12 CPU-s apiece per run)."""
 
-    def __init__(self, pickled_builder: bytes) -> None:
+    def __init__(self, builder_ref: ray.ObjectRef) -> None:
         from grainclip.train.samples import Skipped, SkipTally
 
         self.skipped, self.tally = Skipped, SkipTally
-        builder = self.builder = pickle.loads(pickled_builder)
+        builder = self.builder = ray.get(builder_ref)
         blank = {
             "image_id": "template",
             "image": encode_image(Image.new("RGB", (8, 8))),
@@ -104,7 +103,7 @@ def training_dataset(
     dataset = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
     samples = dataset.map_batches(
         PrepareSamples,
-        fn_constructor_kwargs={"pickled_builder": pickle.dumps(builder)},
+        fn_constructor_kwargs={"builder_ref": ray.put(builder)},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(cfg.data.workers(builder.image_size), 1)),
