@@ -45,7 +45,6 @@ class PrepareSamples:
     def __init__(self, builder_ref: ray.ObjectRef) -> None:
         from grainclip.train.samples import Skipped, SkipTally
 
-        self.skipped, self.tally = Skipped, SkipTally
         builder = self.builder = ray.get(builder_ref)
         blank = {
             "image_id": "template",
@@ -61,10 +60,12 @@ class PrepareSamples:
         }
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        samples, skips = [], self.tally()
+        from grainclip.train.samples import Skipped, SkipTally
+
+        samples, skips = [], SkipTally()
         for row in table.to_pylist():
             sample = self.builder(row, row[EPOCH_COLUMN])
-            if isinstance(sample, self.skipped):
+            if isinstance(sample, Skipped):
                 skips.add(sample)
                 continue
             samples.append(skips.stamp(sample))
